@@ -1,0 +1,382 @@
+//! Command-line flags, each with a `TIMBRIDGE_*` environment fallback, and their translation
+//! into a validated [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::callback::{AppIds, Policy, Token};
+use crate::config::{parse_duration, parse_size, Config, NatsConfig, SinkConfig};
+use crate::error::ConfigError;
+use crate::sink::Template;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "timbridge",
+    version,
+    about = "Receives Tencent Cloud IM callbacks and republishes them to NATS JetStream or Kafka, answering 200 only once the broker acknowledged."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the callback endpoint and the admin endpoints until SIGTERM/SIGINT.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkKind {
+    /// JSON lines on standard output (no broker needed).
+    Stdout,
+    /// NATS JetStream.
+    Nats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the callback listener.
+    #[arg(long, env = "TIMBRIDGE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    #[arg(long, env = "TIMBRIDGE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Path of the callback URL configured in Tencent's console.
+    #[arg(long, env = "TIMBRIDGE_PATH", default_value = "/callback")]
+    pub path: String,
+
+    /// An SdkAppid this bridge serves (repeat the flag, or comma-separate in the env variable).
+    #[arg(long = "sdkappid", env = "TIMBRIDGE_SDKAPPID", value_delimiter = ',')]
+    pub sdkappids: Vec<u64>,
+
+    /// Accept callbacks of any SdkAppid (development only).
+    #[arg(long, env = "TIMBRIDGE_ALLOW_ANY_SDKAPPID", conflicts_with = "sdkappids")]
+    pub allow_any_sdkappid: bool,
+
+    /// Callback authentication token from Tencent's console; when set, Sign and RequestTime are required.
+    #[arg(long, env = "TIMBRIDGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Read the token from this file (trailing newline ignored).
+    #[arg(long, env = "TIMBRIDGE_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+
+    /// How far RequestTime may be from this server's clock.
+    #[arg(long, env = "TIMBRIDGE_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_duration)]
+    pub max_clock_skew: Duration,
+
+    /// Where callbacks are published.
+    #[arg(long, env = "TIMBRIDGE_SINK", value_enum, default_value = "stdout")]
+    pub sink: SinkKind,
+
+    /// Longest wait for the broker's acknowledgement before answering 503 (Tencent gives up after 2s).
+    #[arg(long, env = "TIMBRIDGE_PUBLISH_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// Largest accepted body, enforced while reading (413 above it).
+    #[arg(long, env = "TIMBRIDGE_MAX_BODY_BYTES", default_value = "256KiB", value_parser = parse_size)]
+    pub max_body_bytes: usize,
+
+    /// Most client connections open at once; further connections wait in the listen backlog.
+    #[arg(long, env = "TIMBRIDGE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a request's headers (cuts off slow clients).
+    #[arg(long, env = "TIMBRIDGE_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Longest time to let in-flight requests finish after SIGTERM.
+    #[arg(long, env = "TIMBRIDGE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Number of partitions of the GroupId key: the {partition} of NATS subjects.
+    #[arg(long, env = "TIMBRIDGE_PARTITIONS", default_value_t = 16)]
+    pub partitions: u32,
+
+    /// Log line format (logs go to stderr).
+    #[arg(long, env = "TIMBRIDGE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. info, or debug to log every published callback (RUST_LOG syntax).
+    #[arg(long, env = "TIMBRIDGE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "NATS JetStream sink")]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "TIMBRIDGE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// JetStream stream; created with file storage when missing (an existing one is not changed).
+    #[arg(long, env = "TIMBRIDGE_NATS_STREAM", default_value = "TIM")]
+    pub nats_stream: String,
+
+    /// Subjects of the stream when the bridge creates it.
+    #[arg(long, env = "TIMBRIDGE_NATS_STREAM_SUBJECTS", default_value = "tim.>", value_delimiter = ',')]
+    pub nats_stream_subjects: Vec<String>,
+
+    /// Replicas of the stream when the bridge creates it.
+    #[arg(long, env = "TIMBRIDGE_NATS_STREAM_REPLICAS", default_value_t = 1)]
+    pub nats_stream_replicas: usize,
+
+    /// JetStream duplicate window of the stream when the bridge creates it (Nats-Msg-Id dedupe).
+    #[arg(long, env = "TIMBRIDGE_NATS_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub nats_duplicate_window: Duration,
+
+    /// Subject template; placeholders {command}, {partition}, {sdkappid}.
+    #[arg(long, env = "TIMBRIDGE_NATS_SUBJECT", default_value = "tim.{command}.{partition}")]
+    pub nats_subject: String,
+
+    /// NATS credentials file (JWT + nkey).
+    #[arg(long, env = "TIMBRIDGE_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// NATS authentication token.
+    #[arg(long, env = "TIMBRIDGE_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "TIMBRIDGE_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+
+    /// NATS password (with --nats-user).
+    #[arg(long, env = "TIMBRIDGE_NATS_PASSWORD", hide_env_values = true, requires = "nats_user")]
+    pub nats_password: Option<String>,
+
+    /// CA certificate (PEM) to verify the NATS server.
+    #[arg(long, env = "TIMBRIDGE_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS (with --nats-tls-key).
+    #[arg(long, env = "TIMBRIDGE_NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+
+    /// Client key (PEM) for mutual TLS (with --nats-tls-cert).
+    #[arg(long, env = "TIMBRIDGE_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+
+    /// Require TLS to the NATS server.
+    #[arg(long, env = "TIMBRIDGE_NATS_TLS_REQUIRED")]
+    pub nats_tls_required: bool,
+
+    /// Time allowed for one connection attempt to NATS.
+    #[arg(long, env = "TIMBRIDGE_NATS_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub nats_connect_timeout: Duration,
+
+    /// Publishes awaiting their PubAck at once; past it new callbacks get 503 at once.
+    #[arg(long, env = "TIMBRIDGE_NATS_MAX_PENDING_ACKS", default_value_t = 8192)]
+    pub nats_max_pending_acks: usize,
+}
+
+impl ServeArgs {
+    /// Validates the flags. Reads the token file: the one piece of I/O of configuration.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        if !self.path.starts_with('/') {
+            return Err(ConfigError::new("--path", "must start with '/'"));
+        }
+        let sdkappids = match (self.allow_any_sdkappid, self.sdkappids.is_empty()) {
+            (true, _) => AppIds::Any,
+            (false, false) => AppIds::Only(self.sdkappids),
+            (false, true) => {
+                return Err(ConfigError::new(
+                    "--sdkappid",
+                    "give the SdkAppid(s) to serve, or --allow-any-sdkappid",
+                ))
+            }
+        };
+        let token = match (self.token, self.token_file) {
+            (Some(token), _) => Some(token),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::new("--token-file", format!("{}: {e}", path.display())))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        if token.as_deref() == Some("") {
+            return Err(ConfigError::new("--token", "is empty"));
+        }
+        if self.publish_timeout.is_zero() {
+            return Err(ConfigError::new("--publish-timeout", "must be more than 0"));
+        }
+        if self.publish_timeout >= Duration::from_secs(2) {
+            tracing::warn!(
+                "--publish-timeout is 2s or more: Tencent stops waiting after 2s, so late answers are lost"
+            );
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::new("--max-body-bytes", "must be more than 0"));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("--max-connections", "must be more than 0"));
+        }
+        if self.partitions == 0 {
+            return Err(ConfigError::new("--partitions", "must be more than 0"));
+        }
+        let sink = match self.sink {
+            SinkKind::Stdout => SinkConfig::Stdout,
+            SinkKind::Nats => SinkConfig::Nats(self.nats.into_config(self.partitions)?),
+        };
+        Ok(Config {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            path: self.path,
+            policy: Policy {
+                sdkappids,
+                token: token.map(Token::new),
+                max_clock_skew: self.max_clock_skew,
+            },
+            sink,
+            publish_timeout: self.publish_timeout,
+            max_body_bytes: self.max_body_bytes,
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            partitions: self.partitions,
+        })
+    }
+}
+
+impl NatsArgs {
+    fn into_config(self, partitions: u32) -> Result<NatsConfig, ConfigError> {
+        let subject = Template::parse("--nats-subject", &self.nats_subject)?;
+        if self.nats_stream.is_empty()
+            || self
+                .nats_stream
+                .contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+        {
+            return Err(ConfigError::new(
+                "--nats-stream",
+                "must be a name without spaces, '.', '*', '>', '/' or '\\'",
+            ));
+        }
+        // The subject of a typical callback must fall in the stream, or every publish would be
+        // refused with "no responders".
+        let sample = subject.render("Group.CallbackAfterSendMsg", 0, 1400000000);
+        if !self
+            .nats_stream_subjects
+            .iter()
+            .any(|pattern| subject_matches(pattern, &sample))
+        {
+            return Err(ConfigError::new(
+                "--nats-stream-subjects",
+                format!(
+                    "{:?} do not cover the subject {sample:?} of --nats-subject",
+                    self.nats_stream_subjects
+                ),
+            ));
+        }
+        Ok(NatsConfig {
+            url: self.nats_url,
+            stream: self.nats_stream,
+            stream_subjects: self.nats_stream_subjects,
+            stream_replicas: self.nats_stream_replicas,
+            duplicate_window: self.nats_duplicate_window,
+            subject,
+            partitions,
+            creds_file: self.nats_creds,
+            token: self.nats_token,
+            user_password: self.nats_user.zip(self.nats_password),
+            tls_ca: self.nats_tls_ca,
+            tls_client_cert: self.nats_tls_cert.zip(self.nats_tls_key),
+            tls_required: self.nats_tls_required,
+            connect_timeout: self.nats_connect_timeout,
+            max_pending_acks: self.nats_max_pending_acks.max(1),
+            client_capacity: self.nats_max_pending_acks.max(128),
+        })
+    }
+}
+
+/// NATS subject matching: `*` matches one token, a final `>` one or more.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(s)) if p == s => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["timbridge", "serve"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Command::Serve(serve) = cli.command;
+        serve.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = serve(&["--sdkappid", "1400000000"]).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.path, "/callback");
+        assert_eq!(c.publish_timeout, Duration::from_millis(1500));
+        assert_eq!(c.max_body_bytes, 256 * 1024);
+        assert_eq!(c.partitions, 16);
+        assert!(matches!(c.sink, SinkConfig::Stdout));
+        assert_eq!(c.policy.sdkappids, AppIds::Only(vec![1400000000]));
+        assert!(c.policy.token.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        assert!(serve(&[]).unwrap_err().contains("--sdkappid"));
+        assert!(serve(&["--allow-any-sdkappid", "--publish-timeout", "soon"])
+            .unwrap_err()
+            .contains("--publish-timeout"));
+        assert!(serve(&["--allow-any-sdkappid", "--sink", "nats", "--nats-subject", "tim.{x}"])
+            .unwrap_err()
+            .contains("--nats-subject"));
+        assert!(serve(&["--allow-any-sdkappid", "--sink", "nats", "--nats-subject", "other.{command}"])
+            .unwrap_err()
+            .contains("--nats-stream-subjects"));
+        assert!(serve(&["--allow-any-sdkappid", "--path", "callback"])
+            .unwrap_err()
+            .contains("--path"));
+    }
+
+    #[test]
+    fn token_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "xxxxyyyy\n").unwrap();
+        let c = serve(&["--allow-any-sdkappid", "--token-file", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.policy.token, Some(Token::new("xxxxyyyy".into())));
+    }
+
+    #[test]
+    fn subject_patterns() {
+        assert!(subject_matches("tim.>", "tim.Group.CallbackAfterSendMsg.3"));
+        assert!(!subject_matches("tim.>", "tim"));
+        assert!(subject_matches("tim.*.*.*", "tim.Group.CallbackAfterSendMsg.3"));
+        assert!(!subject_matches("tim.*", "tim.Group.CallbackAfterSendMsg.3"));
+        assert!(!subject_matches("other.>", "tim.a"));
+    }
+}

@@ -1,0 +1,189 @@
+//! Prometheus metrics on the bridge's own registry, one method per thing that happens.
+//!
+//! Label values come from fixed sets (command names Tencent documents or `other`, rejection
+//! reasons, sink names): never raw error text, user or group ids.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::error::{Outcome, Rejection};
+
+/// Seconds; dense below 10 ms (the normal case) and around Tencent's 2 s deadline.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    callbacks: IntCounterVec,
+    rejections: IntCounterVec,
+    request_duration: Histogram,
+    publish_duration: HistogramVec,
+    broker_duplicates: IntCounterVec,
+    inflight: IntGauge,
+    open_connections: IntGauge,
+    sink_ready: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every metric. Fails only on a programming error (a duplicate name).
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let callbacks = IntCounterVec::new(
+            Opts::new(
+                "timbridge_callbacks_total",
+                "Callbacks answered, by command and outcome (ok: published and acknowledged; rejected: 4xx; failed: 5xx).",
+            ),
+            &["command", "outcome"],
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "timbridge_rejections_total",
+                "Requests not answered OK, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "timbridge_request_duration_seconds",
+                "Time from the request's arrival to its answer.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let publish_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "timbridge_publish_duration_seconds",
+                "Time from handing a callback to the sink to the broker's acknowledgement (successful publishes).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["sink"],
+        )?;
+        let broker_duplicates = IntCounterVec::new(
+            Opts::new(
+                "timbridge_broker_duplicates_total",
+                "Publishes the broker acknowledged as duplicates of a message it already had (the same callback delivered twice).",
+            ),
+            &["sink"],
+        )?;
+        let inflight = IntGauge::new(
+            "timbridge_inflight_requests",
+            "Callback requests being processed now.",
+        )?;
+        let open_connections = IntGauge::new(
+            "timbridge_open_connections",
+            "Open client connections on the callback listener.",
+        )?;
+        let sink_ready = IntGauge::new(
+            "timbridge_sink_ready",
+            "1 when the sink is connected and can publish, 0 otherwise.",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("timbridge_build_info", "Always 1; the version is a label."),
+            &["version"],
+        )?;
+
+        registry.register(Box::new(callbacks.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(publish_duration.clone()))?;
+        registry.register(Box::new(broker_duplicates.clone()))?;
+        registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(open_connections.clone()))?;
+        registry.register(Box::new(sink_ready.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Series that alerts and dashboards rate() over exist from the first scrape.
+        for reason in Rejection::REASONS {
+            rejections.with_label_values(&[reason]);
+        }
+        for outcome in [Outcome::Ok, Outcome::Rejected, Outcome::Failed] {
+            callbacks.with_label_values(&["Group.CallbackAfterSendMsg", outcome.label()]);
+        }
+
+        Ok(Metrics {
+            registry,
+            callbacks,
+            rejections,
+            request_duration,
+            publish_duration,
+            broker_duplicates,
+            inflight,
+            open_connections,
+            sink_ready,
+        })
+    }
+
+    /// A callback request was answered. `command` must come from `callback::command_label`.
+    pub fn answered(&self, command: &'static str, outcome: Outcome, took: Duration) {
+        self.callbacks
+            .with_label_values(&[command, outcome.label()])
+            .inc();
+        self.request_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn rejected(&self, rejection: &Rejection) {
+        self.rejections
+            .with_label_values(&[rejection.reason()])
+            .inc();
+    }
+
+    pub fn published(&self, sink: &'static str, took: Duration, duplicate: bool) {
+        self.publish_duration
+            .with_label_values(&[sink])
+            .observe(took.as_secs_f64());
+        if duplicate {
+            self.broker_duplicates.with_label_values(&[sink]).inc();
+        }
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn inflight(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.inflight)
+    }
+
+    /// Counts a connection as open until the guard is dropped.
+    pub fn connection(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.open_connections)
+    }
+
+    pub fn set_sink_ready(&self, ready: bool) {
+        self.sink_ready.set(i64::from(ready));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Encoding into a Vec fails only for metrics that are malformed by construction.
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %err, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Decrements its gauge when dropped, so early returns and cancelled futures keep it right.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    fn new(gauge: &IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
