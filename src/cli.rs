@@ -62,7 +62,11 @@ pub struct ServeArgs {
     pub sdkappids: Vec<u64>,
 
     /// Accept callbacks of any SdkAppid (development only).
-    #[arg(long, env = "TIMBRIDGE_ALLOW_ANY_SDKAPPID", conflicts_with = "sdkappids")]
+    #[arg(
+        long,
+        env = "TIMBRIDGE_ALLOW_ANY_SDKAPPID",
+        conflicts_with = "sdkappids"
+    )]
     pub allow_any_sdkappid: bool,
 
     /// Callback authentication token from Tencent's console; when set, Sign and RequestTime are required.
@@ -121,7 +125,11 @@ pub struct ServeArgs {
 #[command(next_help_heading = "NATS JetStream sink")]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "TIMBRIDGE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "TIMBRIDGE_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
 
     /// JetStream stream; created with file storage when missing (an existing one is not changed).
@@ -129,7 +137,12 @@ pub struct NatsArgs {
     pub nats_stream: String,
 
     /// Subjects of the stream when the bridge creates it.
-    #[arg(long, env = "TIMBRIDGE_NATS_STREAM_SUBJECTS", default_value = "tim.>", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TIMBRIDGE_NATS_STREAM_SUBJECTS",
+        default_value = "tim.>",
+        value_delimiter = ','
+    )]
     pub nats_stream_subjects: Vec<String>,
 
     /// Replicas of the stream when the bridge creates it.
@@ -141,7 +154,11 @@ pub struct NatsArgs {
     pub nats_duplicate_window: Duration,
 
     /// Subject template; placeholders {command}, {partition}, {sdkappid}.
-    #[arg(long, env = "TIMBRIDGE_NATS_SUBJECT", default_value = "tim.{command}.{partition}")]
+    #[arg(
+        long,
+        env = "TIMBRIDGE_NATS_SUBJECT",
+        default_value = "tim.{command}.{partition}"
+    )]
     pub nats_subject: String,
 
     /// NATS credentials file (JWT + nkey).
@@ -157,7 +174,12 @@ pub struct NatsArgs {
     pub nats_user: Option<String>,
 
     /// NATS password (with --nats-user).
-    #[arg(long, env = "TIMBRIDGE_NATS_PASSWORD", hide_env_values = true, requires = "nats_user")]
+    #[arg(
+        long,
+        env = "TIMBRIDGE_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
     pub nats_password: Option<String>,
 
     /// CA certificate (PEM) to verify the NATS server.
@@ -205,7 +227,9 @@ impl ServeArgs {
             (Some(token), _) => Some(token),
             (None, Some(path)) => Some(
                 std::fs::read_to_string(&path)
-                    .map_err(|e| ConfigError::new("--token-file", format!("{}: {e}", path.display())))?
+                    .map_err(|e| {
+                        ConfigError::new("--token-file", format!("{}: {e}", path.display()))
+                    })?
                     .trim_end_matches(['\r', '\n'])
                     .to_owned(),
             ),
@@ -348,15 +372,29 @@ mod tests {
     #[test]
     fn errors_name_the_flag() {
         assert!(serve(&[]).unwrap_err().contains("--sdkappid"));
-        assert!(serve(&["--allow-any-sdkappid", "--publish-timeout", "soon"])
-            .unwrap_err()
-            .contains("--publish-timeout"));
-        assert!(serve(&["--allow-any-sdkappid", "--sink", "nats", "--nats-subject", "tim.{x}"])
-            .unwrap_err()
-            .contains("--nats-subject"));
-        assert!(serve(&["--allow-any-sdkappid", "--sink", "nats", "--nats-subject", "other.{command}"])
-            .unwrap_err()
-            .contains("--nats-stream-subjects"));
+        assert!(
+            serve(&["--allow-any-sdkappid", "--publish-timeout", "soon"])
+                .unwrap_err()
+                .contains("--publish-timeout")
+        );
+        assert!(serve(&[
+            "--allow-any-sdkappid",
+            "--sink",
+            "nats",
+            "--nats-subject",
+            "tim.{x}"
+        ])
+        .unwrap_err()
+        .contains("--nats-subject"));
+        assert!(serve(&[
+            "--allow-any-sdkappid",
+            "--sink",
+            "nats",
+            "--nats-subject",
+            "other.{command}"
+        ])
+        .unwrap_err()
+        .contains("--nats-stream-subjects"));
         assert!(serve(&["--allow-any-sdkappid", "--path", "callback"])
             .unwrap_err()
             .contains("--path"));
@@ -367,7 +405,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "xxxxyyyy\n").unwrap();
-        let c = serve(&["--allow-any-sdkappid", "--token-file", path.to_str().unwrap()]).unwrap();
+        let c = serve(&[
+            "--allow-any-sdkappid",
+            "--token-file",
+            path.to_str().unwrap(),
+        ])
+        .unwrap();
         assert_eq!(c.policy.token, Some(Token::new("xxxxyyyy".into())));
     }
 
@@ -375,8 +418,14 @@ mod tests {
     fn subject_patterns() {
         assert!(subject_matches("tim.>", "tim.Group.CallbackAfterSendMsg.3"));
         assert!(!subject_matches("tim.>", "tim"));
-        assert!(subject_matches("tim.*.*.*", "tim.Group.CallbackAfterSendMsg.3"));
-        assert!(!subject_matches("tim.*", "tim.Group.CallbackAfterSendMsg.3"));
+        assert!(subject_matches(
+            "tim.*.*.*",
+            "tim.Group.CallbackAfterSendMsg.3"
+        ));
+        assert!(!subject_matches(
+            "tim.*",
+            "tim.Group.CallbackAfterSendMsg.3"
+        ));
         assert!(!subject_matches("other.>", "tim.a"));
     }
 }

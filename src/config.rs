@@ -27,6 +27,8 @@ pub struct Config {
     pub partitions: u32,
 }
 
+// One per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     Stdout,
@@ -73,7 +75,11 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, KB, MB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, KB, MB)"
+            ))
+        }
     };
     n.checked_mul(factor)
         .ok_or_else(|| format!("{text:?} is too large"))

@@ -26,7 +26,9 @@ pub enum Rejection {
     MissingSignature,
     #[error("Sign does not match")]
     BadSignature,
-    #[error("RequestTime is {skew_secs}s away from this server's clock (at most {max_secs}s allowed)")]
+    #[error(
+        "RequestTime is {skew_secs}s away from this server's clock (at most {max_secs}s allowed)"
+    )]
     StaleRequestTime { skew_secs: u64, max_secs: u64 },
     #[error("body larger than {0} bytes")]
     BodyTooLarge(usize),

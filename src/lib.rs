@@ -105,7 +105,12 @@ impl Bridge {
         };
         let (stop_server, server_rx) = watch::channel(false);
         let (stop_admin, admin_rx) = watch::channel(false);
-        let server = tokio::spawn(server::run(listener, app.clone(), limits, stopped(server_rx)));
+        let server = tokio::spawn(server::run(
+            listener,
+            app.clone(),
+            limits,
+            stopped(server_rx),
+        ));
         let admin = tokio::spawn(admin::run(admin_listener, app.clone(), stopped(admin_rx)));
         tracing::info!(%addr, %admin_addr, path = %config.path, sink = app.sink().name(), "timbridge serving");
         Ok(Bridge {

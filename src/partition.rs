@@ -54,7 +54,10 @@ mod tests {
             ("foobar", -790332482),
             ("a-little-bit-long-string", -985981536),
             ("a-little-bit-longer-string", -1486304829),
-            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
             ("abc", 479470107),
         ];
         for (input, expected) in cases {
@@ -72,6 +75,9 @@ mod tests {
             }
         }
         // Kafka: Utils.toPositive(murmur2("foobar")) % 16
-        assert_eq!(partition(b"foobar", 16), ((-790332482i32 & 0x7fffffff) % 16) as u32);
+        assert_eq!(
+            partition(b"foobar", 16),
+            ((-790332482i32 & 0x7fffffff) % 16) as u32
+        );
     }
 }

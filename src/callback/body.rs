@@ -58,7 +58,10 @@ pub fn parse(url_command: &str, body: &[u8]) -> Result<Fields, Rejection> {
         ("MsgId", &fields.msg_id),
     ] {
         // These become broker headers; a control character could split or forge one.
-        if let Some(c) = value.as_deref().and_then(|v| v.chars().find(|c| c.is_control())) {
+        if let Some(c) = value
+            .as_deref()
+            .and_then(|v| v.chars().find(|c| c.is_control()))
+        {
             return Err(Rejection::InvalidBody(format!(
                 "{name} contains the control character {c:?}"
             )));
@@ -393,49 +396,116 @@ mod tests {
             v["MsgId"] = "144115233406643804-1727580296-4026038328".into();
         });
         let f = parse(GROUP_AFTER_SEND_MSG, &body).unwrap();
-        assert_eq!(f.topic_id.as_deref(), Some("@TGS#_@TGS#cQVLVHIM62CJ@TOPIC#_TestTopic"));
-        assert_eq!(f.msg_id.as_deref(), Some("144115233406643804-1727580296-4026038328"));
+        assert_eq!(
+            f.topic_id.as_deref(),
+            Some("@TGS#_@TGS#cQVLVHIM62CJ@TOPIC#_TestTopic")
+        );
+        assert_eq!(
+            f.msg_id.as_deref(),
+            Some("144115233406643804-1727580296-4026038328")
+        );
     }
 
     #[test]
     fn accepts_a_u64_msgseq() {
         let body = group(|v| v["MsgSeq"] = u64::MAX.into());
-        assert_eq!(parse(GROUP_AFTER_SEND_MSG, &body).unwrap().msg_seq, Some(u64::MAX));
+        assert_eq!(
+            parse(GROUP_AFTER_SEND_MSG, &body).unwrap().msg_seq,
+            Some(u64::MAX)
+        );
     }
 
     #[test]
     fn refuses_wrong_types_and_missing_fields() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        type Patch = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Patch)> = vec![
             ("MsgSeq string", Box::new(|v| v["MsgSeq"] = "123".into())),
             ("MsgSeq negative", Box::new(|v| v["MsgSeq"] = (-1).into())),
             ("MsgSeq float", Box::new(|v| v["MsgSeq"] = 1.5.into())),
-            ("MsgSeq missing", Box::new(|v| drop(v.as_object_mut().unwrap().remove("MsgSeq")))),
-            ("GroupId missing", Box::new(|v| drop(v.as_object_mut().unwrap().remove("GroupId")))),
+            (
+                "MsgSeq missing",
+                Box::new(|v| drop(v.as_object_mut().unwrap().remove("MsgSeq"))),
+            ),
+            (
+                "GroupId missing",
+                Box::new(|v| drop(v.as_object_mut().unwrap().remove("GroupId"))),
+            ),
             ("GroupId number", Box::new(|v| v["GroupId"] = 5.into())),
             ("GroupId empty", Box::new(|v| v["GroupId"] = "".into())),
-            ("GroupId newline", Box::new(|v| v["GroupId"] = "a\r\nb".into())),
-            ("From_Account missing", Box::new(|v| drop(v.as_object_mut().unwrap().remove("From_Account")))),
-            ("MsgBody object", Box::new(|v| v["MsgBody"] = serde_json::json!({}))),
-            ("MsgBody element string", Box::new(|v| v["MsgBody"] = serde_json::json!(["x"]))),
-            ("MsgType number", Box::new(|v| v["MsgBody"][0]["MsgType"] = 1.into())),
-            ("MsgContent array", Box::new(|v| v["MsgBody"][0]["MsgContent"] = serde_json::json!([]))),
-            ("EventTime letters", Box::new(|v| v["EventTime"] = "soon".into())),
-            ("EventTime negative", Box::new(|v| v["EventTime"] = (-5).into())),
-            ("OnlineOnlyFlag 2", Box::new(|v| v["OnlineOnlyFlag"] = 2.into())),
-            ("GroupAtInfo object", Box::new(|v| v["GroupAtInfo"] = serde_json::json!({}))),
+            (
+                "GroupId newline",
+                Box::new(|v| v["GroupId"] = "a\r\nb".into()),
+            ),
+            (
+                "From_Account missing",
+                Box::new(|v| drop(v.as_object_mut().unwrap().remove("From_Account"))),
+            ),
+            (
+                "MsgBody object",
+                Box::new(|v| v["MsgBody"] = serde_json::json!({})),
+            ),
+            (
+                "MsgBody element string",
+                Box::new(|v| v["MsgBody"] = serde_json::json!(["x"])),
+            ),
+            (
+                "MsgType number",
+                Box::new(|v| v["MsgBody"][0]["MsgType"] = 1.into()),
+            ),
+            (
+                "MsgContent array",
+                Box::new(|v| v["MsgBody"][0]["MsgContent"] = serde_json::json!([])),
+            ),
+            (
+                "EventTime letters",
+                Box::new(|v| v["EventTime"] = "soon".into()),
+            ),
+            (
+                "EventTime negative",
+                Box::new(|v| v["EventTime"] = (-5).into()),
+            ),
+            (
+                "OnlineOnlyFlag 2",
+                Box::new(|v| v["OnlineOnlyFlag"] = 2.into()),
+            ),
+            (
+                "GroupAtInfo object",
+                Box::new(|v| v["GroupAtInfo"] = serde_json::json!({})),
+            ),
             ("TopicId number", Box::new(|v| v["TopicId"] = 1.into())),
         ];
         for (name, patch) in cases {
             let body = group(|v| patch(v));
-            assert_eq!(reason(GROUP_AFTER_SEND_MSG, &body), "invalid_body", "{name}");
+            assert_eq!(
+                reason(GROUP_AFTER_SEND_MSG, &body),
+                "invalid_body",
+                "{name}"
+            );
         }
     }
 
     #[test]
     fn refuses_what_is_not_a_json_object() {
-        for body in ["", "  ", "[]", "null", "\"x\"", "{", "{\"CallbackCommand\":", "{} x"] {
-            assert_eq!(reason(GROUP_AFTER_SEND_MSG, body.as_bytes()), "bad_json", "{body:?}");
-            assert_eq!(reason("State.StateChange", body.as_bytes()), "bad_json", "{body:?}");
+        for body in [
+            "",
+            "  ",
+            "[]",
+            "null",
+            "\"x\"",
+            "{",
+            "{\"CallbackCommand\":",
+            "{} x",
+        ] {
+            assert_eq!(
+                reason(GROUP_AFTER_SEND_MSG, body.as_bytes()),
+                "bad_json",
+                "{body:?}"
+            );
+            assert_eq!(
+                reason("State.StateChange", body.as_bytes()),
+                "bad_json",
+                "{body:?}"
+            );
         }
         let array = format!("[{GROUP_TEXT}]");
         assert_eq!(reason(GROUP_AFTER_SEND_MSG, array.as_bytes()), "bad_json");
@@ -446,11 +516,24 @@ mod tests {
 
     #[test]
     fn refuses_a_command_that_differs_from_the_url() {
-        assert_eq!(reason("Group.CallbackBeforeSendMsg", GROUP_TEXT.as_bytes()), "command_mismatch");
-        let member_join = br#"{"CallbackCommand":"Group.CallbackAfterNewMemberJoin","GroupId":"g"}"#;
-        assert_eq!(reason(GROUP_AFTER_SEND_MSG, member_join), "command_mismatch");
-        assert_eq!(reason(GROUP_AFTER_SEND_MSG, br#"{"GroupId":"g"}"#), "invalid_body");
-        assert_eq!(reason("State.StateChange", br#"{"Info":{}}"#), "invalid_body");
+        assert_eq!(
+            reason("Group.CallbackBeforeSendMsg", GROUP_TEXT.as_bytes()),
+            "command_mismatch"
+        );
+        let member_join =
+            br#"{"CallbackCommand":"Group.CallbackAfterNewMemberJoin","GroupId":"g"}"#;
+        assert_eq!(
+            reason(GROUP_AFTER_SEND_MSG, member_join),
+            "command_mismatch"
+        );
+        assert_eq!(
+            reason(GROUP_AFTER_SEND_MSG, br#"{"GroupId":"g"}"#),
+            "invalid_body"
+        );
+        assert_eq!(
+            reason("State.StateChange", br#"{"Info":{}}"#),
+            "invalid_body"
+        );
     }
 
     #[test]
@@ -469,7 +552,13 @@ mod tests {
         assert_eq!(f.msg_key.as_deref(), Some("48374_2837546_1557481126"));
 
         let escaped = br#"{"CallbackCommand":"State.StateChange","GroupId":"a\u0041b"}"#;
-        assert_eq!(parse("State.StateChange", escaped).unwrap().group_id.as_deref(), Some("aAb"));
+        assert_eq!(
+            parse("State.StateChange", escaped)
+                .unwrap()
+                .group_id
+                .as_deref(),
+            Some("aAb")
+        );
     }
 
     #[test]

@@ -139,21 +139,28 @@ impl Callback {
             Some((header::SDKAPPID, Cow::Owned(q.sdkappid.to_string()))),
             Some((header::COMMAND, Cow::Borrowed(q.command.as_str()))),
             borrowed(header::GROUP_ID, &f.group_id),
-            f.msg_seq.map(|s| (header::MSG_SEQ, Cow::Owned(s.to_string()))),
+            f.msg_seq
+                .map(|s| (header::MSG_SEQ, Cow::Owned(s.to_string()))),
             borrowed(header::TOPIC_ID, &f.topic_id),
             borrowed(header::MSG_ID, &f.msg_id),
             borrowed(header::CLIENT_IP, &q.client_ip),
             borrowed(header::OPT_PLATFORM, &q.opt_platform),
-            Some((header::RECEIVED_AT, Cow::Owned(self.received_at_ms.to_string()))),
+            Some((
+                header::RECEIVED_AT,
+                Cow::Owned(self.received_at_ms.to_string()),
+            )),
         ]
         .into_iter()
         .flatten()
     }
 
     /// A stable identity for brokers that drop duplicates (JetStream's `Nats-Msg-Id`), for the
-    /// callbacks that have one: group messages by (SdkAppid, GroupId, TopicId, MsgSeq), C2C
-    /// messages by (SdkAppid, From_Account, To_Account, MsgKey). Lengths prefix the free-form
-    /// parts so that no two identities can spell the same id.
+    /// callbacks that have one: group messages by (SdkAppid, GroupId, TopicId, MsgSeq) plus the
+    /// room `MsgId` when there is one, C2C messages by (SdkAppid, From_Account, To_Account,
+    /// MsgKey). Lengths prefix the free-form parts so that no two identities spell the same id.
+    ///
+    /// Adding `MsgId` can only make two ids differ, never collide: a retried callback carries
+    /// the same `MsgId`, while two room messages that share a MsgSeq are not both dropped.
     pub fn dedup_id(&self) -> Option<String> {
         let f = &self.fields;
         let app = self.query.sdkappid;
@@ -162,13 +169,22 @@ impl Callback {
                 let group = f.group_id.as_deref()?;
                 let seq = f.msg_seq?;
                 let topic = f.topic_id.as_deref().unwrap_or("");
-                Some(format!("g:{app}:{seq}:{}:{group}:{topic}", group.len()))
+                let msg_id = f.msg_id.as_deref().unwrap_or("");
+                Some(format!(
+                    "g:{app}:{seq}:{}:{group}:{}:{topic}:{msg_id}",
+                    group.len(),
+                    topic.len()
+                ))
             }
             body::C2C_AFTER_SEND_MSG => {
                 let from = f.from_account.as_deref()?;
                 let to = f.to_account.as_deref()?;
                 let key = f.msg_key.as_deref()?;
-                Some(format!("c:{app}:{}:{from}:{}:{to}:{key}", from.len(), to.len()))
+                Some(format!(
+                    "c:{app}:{}:{from}:{}:{to}:{key}",
+                    from.len(),
+                    to.len()
+                ))
             }
             _ => None,
         }
@@ -280,13 +296,15 @@ mod tests {
             GROUP,
         )
         .unwrap();
-        let headers: Vec<(&str, String)> =
-            cb.headers().map(|(k, v)| (k, v.into_owned())).collect();
+        let headers: Vec<(&str, String)> = cb.headers().map(|(k, v)| (k, v.into_owned())).collect();
         assert_eq!(
             headers,
             vec![
                 ("tim-sdkappid", "1400000000".to_string()),
-                ("tim-callback-command", "Group.CallbackAfterSendMsg".to_string()),
+                (
+                    "tim-callback-command",
+                    "Group.CallbackAfterSendMsg".to_string()
+                ),
                 ("tim-group-id", "@TGS#2J4SZEAEL".to_string()),
                 ("tim-msg-seq", "123".to_string()),
                 ("tim-client-ip", "1.2.3.4".to_string()),
@@ -296,7 +314,10 @@ mod tests {
         );
         assert_eq!(cb.partition_key(), "@TGS#2J4SZEAEL");
         assert_eq!(cb.body().as_ref(), GROUP);
-        assert_eq!(cb.dedup_id().as_deref(), Some("g:1400000000:123:14:@TGS#2J4SZEAEL:"));
+        assert_eq!(
+            cb.dedup_id().as_deref(),
+            Some("g:1400000000:123:14:@TGS#2J4SZEAEL:0::")
+        );
     }
 
     #[test]
@@ -307,7 +328,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c2c.partition_key(), "jared");
-        assert_eq!(c2c.dedup_id().as_deref(), Some("c:1400000000:5:jared:4:Jonh:1_2_3"));
+        assert_eq!(
+            c2c.dedup_id().as_deref(),
+            Some("c:1400000000:5:jared:4:Jonh:1_2_3")
+        );
         let state = accept(
             "SdkAppid=1400000000&CallbackCommand=State.StateChange",
             br#"{"CallbackCommand":"State.StateChange","Info":{"To_Account":"x"}}"#,
@@ -319,7 +343,10 @@ mod tests {
 
     #[test]
     fn command_labels_are_a_fixed_set() {
-        assert_eq!(command_label("Group.CallbackAfterSendMsg"), "Group.CallbackAfterSendMsg");
+        assert_eq!(
+            command_label("Group.CallbackAfterSendMsg"),
+            "Group.CallbackAfterSendMsg"
+        );
         assert_eq!(command_label("Group.CallbackSomethingNew"), "other");
     }
 }

@@ -102,8 +102,8 @@ mod tests {
 
     #[test]
     fn client_ip_and_platform_are_optional() {
-        let q = Query::parse("SdkAppid=1&CallbackCommand=Group.CallbackOnMemberStateChange")
-            .unwrap();
+        let q =
+            Query::parse("SdkAppid=1&CallbackCommand=Group.CallbackOnMemberStateChange").unwrap();
         assert_eq!(q.client_ip, None);
         assert_eq!(q.opt_platform, None);
     }

@@ -27,7 +27,11 @@ pub fn fail(error_code: u32, error_info: &str) -> Bytes {
     // Serialising three plain fields cannot fail; the fallback keeps the shape regardless.
     serde_json::to_vec(&reply)
         .map(Bytes::from)
-        .unwrap_or_else(|_| Bytes::from_static(br#"{"ActionStatus":"FAIL","ErrorInfo":"internal error","ErrorCode":5000}"#))
+        .unwrap_or_else(|_| {
+            Bytes::from_static(
+                br#"{"ActionStatus":"FAIL","ErrorInfo":"internal error","ErrorCode":5000}"#,
+            )
+        })
 }
 
 #[cfg(test)]

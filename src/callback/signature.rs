@@ -111,17 +111,23 @@ mod tests {
         let future = r(Some(EXAMPLE_SIGN), Some("1669872112"), 1669872112 - 61).unwrap_err();
         assert_eq!(future.reason(), "stale_request_time");
         assert_eq!(
-            r(None, Some("1669872112"), 1669872112).unwrap_err().reason(),
+            r(None, Some("1669872112"), 1669872112)
+                .unwrap_err()
+                .reason(),
             "missing_signature"
         );
         assert_eq!(
-            r(Some(EXAMPLE_SIGN), None, 1669872112).unwrap_err().reason(),
+            r(Some(EXAMPLE_SIGN), None, 1669872112)
+                .unwrap_err()
+                .reason(),
             "missing_signature"
         );
         let mut wrong = EXAMPLE_SIGN.to_string();
         wrong.replace_range(0..1, "2");
         assert_eq!(
-            r(Some(&wrong), Some("1669872112"), 1669872112).unwrap_err().reason(),
+            r(Some(&wrong), Some("1669872112"), 1669872112)
+                .unwrap_err()
+                .reason(),
             "bad_signature"
         );
         assert_eq!(
@@ -132,16 +138,24 @@ mod tests {
         );
         for bad_time in ["+1669872112", "", "16698721x2", "99999999999999999999999"] {
             assert_eq!(
-                r(Some(EXAMPLE_SIGN), Some(bad_time), 1669872112).unwrap_err().reason(),
+                r(Some(EXAMPLE_SIGN), Some(bad_time), 1669872112)
+                    .unwrap_err()
+                    .reason(),
                 "bad_signature",
                 "{bad_time:?}"
             );
         }
         let other = Token::new("xxxxyyyz".into());
         assert_eq!(
-            verify(&other, Some(EXAMPLE_SIGN), Some("1669872112"), 1669872112, skew)
-                .unwrap_err()
-                .reason(),
+            verify(
+                &other,
+                Some(EXAMPLE_SIGN),
+                Some("1669872112"),
+                1669872112,
+                skew
+            )
+            .unwrap_err()
+            .reason(),
             "bad_signature"
         );
     }

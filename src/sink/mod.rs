@@ -13,6 +13,8 @@ use crate::error::{ConfigError, Rejection};
 pub use nats::NatsSink;
 pub use stdout::StdoutSink;
 
+// One per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Sink {
     Stdout(StdoutSink),
     Nats(NatsSink),

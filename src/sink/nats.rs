@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::header::{HeaderMap, HeaderValue, NATS_MESSAGE_ID};
-use async_nats::jetstream::context::{PublishErrorKind, ContextBuilder};
+use async_nats::jetstream::context::{ContextBuilder, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::{jetstream, ConnectOptions, Event};
@@ -120,7 +120,8 @@ impl NatsSink {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.client.connection_state() == State::Connected && self.stream.ready.load(Ordering::Relaxed)
+        self.client.connection_state() == State::Connected
+            && self.stream.ready.load(Ordering::Relaxed)
     }
 
     pub async fn publish(&self, callback: &Callback) -> Result<Ack, SinkError> {
@@ -140,9 +141,9 @@ impl NatsSink {
             headers.insert(name, value);
         }
         if let Some(id) = callback.dedup_id() {
-            let id: HeaderValue = id
-                .parse()
-                .map_err(|_| SinkError::Rejected("the message id is not a valid header value".into()))?;
+            let id: HeaderValue = id.parse().map_err(|_| {
+                SinkError::Rejected("the message id is not a valid header value".into())
+            })?;
             headers.insert(NATS_MESSAGE_ID, id);
         }
         let message = PublishMessage::build()
@@ -153,7 +154,9 @@ impl NatsSink {
             .send_publish(subject, message)
             .await
             .map_err(|e| self.publish_error(e.kind(), &e))?;
-        let ack = pending.await.map_err(|e| self.publish_error(e.kind(), &e))?;
+        let ack = pending
+            .await
+            .map_err(|e| self.publish_error(e.kind(), &e))?;
         Ok(Ack {
             duplicate: ack.duplicate,
         })
