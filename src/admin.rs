@@ -60,7 +60,16 @@ fn answer<B>(app: &App, request: &Request<B>) -> Response<Full<Bytes>> {
             );
             response
         }
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => {
+            if app.sink().is_healthy() {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "sink failed fatally; restart needed\n",
+                )
+            }
+        }
         "/readyz" => {
             if app.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::callback::{AppIds, Policy, Token};
-use crate::config::{parse_duration, parse_size, Config, NatsConfig, SinkConfig};
+use crate::config::{parse_duration, parse_size, Config, KafkaConfig, NatsConfig, SinkConfig};
 use crate::error::ConfigError;
 use crate::sink::Template;
 
@@ -35,6 +35,17 @@ pub enum SinkKind {
     Stdout,
     /// NATS JetStream.
     Nats,
+    /// Kafka (idempotent producer, acks=all).
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,6 +130,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +221,143 @@ pub struct NatsArgs {
     pub nats_max_pending_acks: usize,
 }
 
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Kafka sink")]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma-separated host:port.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub kafka_brokers: String,
+
+    /// Topic template; placeholders {command}, {sdkappid} (the partition is Kafka's, from the key).
+    #[arg(long, env = "TIMBRIDGE_KAFKA_TOPIC", default_value = "tim.{command}")]
+    pub kafka_topic: String,
+
+    /// How long the producer waits to batch records (linger.ms).
+    #[arg(long, env = "TIMBRIDGE_KAFKA_LINGER", default_value = "5ms", value_parser = parse_duration)]
+    pub kafka_linger: Duration,
+
+    /// Batch compression.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_KAFKA_COMPRESSION",
+        value_enum,
+        default_value = "lz4"
+    )]
+    pub kafka_compression: Compression,
+
+    /// Most messages the producer holds (queued or in flight); past it a publish gets 503 at once.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_KAFKA_QUEUE_MAX_MESSAGES",
+        default_value_t = 20_000
+    )]
+    pub kafka_queue_max_messages: usize,
+
+    /// security.protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long, env = "TIMBRIDGE_KAFKA_SECURITY_PROTOCOL")]
+    pub kafka_security_protocol: Option<String>,
+
+    /// sasl.mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long, env = "TIMBRIDGE_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+
+    /// sasl.username.
+    #[arg(long, env = "TIMBRIDGE_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+
+    /// sasl.password.
+    #[arg(long, env = "TIMBRIDGE_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+
+    /// ssl.ca.location: CA certificate(s) to verify the brokers.
+    #[arg(long, env = "TIMBRIDGE_KAFKA_SSL_CA")]
+    pub kafka_ssl_ca: Option<PathBuf>,
+
+    /// Any librdkafka producer setting as key=value (repeatable). Settings that would break the
+    /// guarantees (enable.idempotence=false, acks other than all, another partitioner) are refused.
+    #[arg(long = "kafka-option", env = "TIMBRIDGE_KAFKA_OPTION", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not key=value"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("{text:?} has an empty key"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+impl KafkaArgs {
+    fn into_config(self, publish_timeout: Duration) -> Result<KafkaConfig, ConfigError> {
+        let topic = Template::parse("--kafka-topic", &self.kafka_topic)?;
+        if topic.uses_partition() {
+            return Err(ConfigError::new(
+                "--kafka-topic",
+                "{partition} is not allowed: Kafka picks the partition from the GroupId key",
+            ));
+        }
+        let sample = topic.render("Group.CallbackAfterSendMsg", 0, 1400000000);
+        if sample.len() > 249
+            || !sample
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(ConfigError::new(
+                "--kafka-topic",
+                format!("{sample:?} is not a valid Kafka topic name (letters, digits, . _ -)"),
+            ));
+        }
+        if self.kafka_linger >= publish_timeout {
+            return Err(ConfigError::new(
+                "--kafka-linger",
+                "must be shorter than --publish-timeout",
+            ));
+        }
+        let compression = match self.kafka_compression {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        };
+        let mut options = Vec::new();
+        let named = [
+            ("security.protocol", self.kafka_security_protocol),
+            ("sasl.mechanism", self.kafka_sasl_mechanism),
+            ("sasl.username", self.kafka_sasl_username),
+            ("sasl.password", self.kafka_sasl_password),
+            (
+                "ssl.ca.location",
+                self.kafka_ssl_ca.map(|p| p.display().to_string()),
+            ),
+        ];
+        for (key, value) in named {
+            if let Some(value) = value {
+                options.push((key.to_owned(), value));
+            }
+        }
+        options.extend(self.kafka_options);
+        for (key, value) in &options {
+            crate::sink::kafka::check_option(key, value, publish_timeout)?;
+        }
+        Ok(KafkaConfig {
+            brokers: self.kafka_brokers,
+            topic,
+            linger: self.kafka_linger,
+            compression: compression.to_owned(),
+            queue_max_messages: self.kafka_queue_max_messages.max(1),
+            options,
+        })
+    }
+}
+
 impl ServeArgs {
     /// Validates the flags. Reads the token file: the one piece of I/O of configuration.
     pub fn into_config(self) -> Result<Config, ConfigError> {
@@ -258,6 +409,7 @@ impl ServeArgs {
         let sink = match self.sink {
             SinkKind::Stdout => SinkConfig::Stdout,
             SinkKind::Nats => SinkConfig::Nats(self.nats.into_config(self.partitions)?),
+            SinkKind::Kafka => SinkConfig::Kafka(self.kafka.into_config(self.publish_timeout)?),
         };
         Ok(Config {
             listen: self.listen,
@@ -395,9 +547,73 @@ mod tests {
         ])
         .unwrap_err()
         .contains("--nats-stream-subjects"));
+        assert!(serve(&[
+            "--allow-any-sdkappid",
+            "--sink",
+            "kafka",
+            "--kafka-option",
+            "acks=1"
+        ])
+        .unwrap_err()
+        .contains("--kafka-option"));
+        assert!(serve(&[
+            "--allow-any-sdkappid",
+            "--sink",
+            "kafka",
+            "--kafka-topic",
+            "t.{partition}"
+        ])
+        .unwrap_err()
+        .contains("--kafka-topic"));
+        assert!(serve(&[
+            "--allow-any-sdkappid",
+            "--sink",
+            "kafka",
+            "--kafka-option",
+            "novalue"
+        ])
+        .unwrap_err()
+        .contains("--kafka-option"));
         assert!(serve(&["--allow-any-sdkappid", "--path", "callback"])
             .unwrap_err()
             .contains("--path"));
+    }
+
+    #[test]
+    fn kafka_flags_become_producer_settings() {
+        let c = serve(&[
+            "--allow-any-sdkappid",
+            "--sink",
+            "kafka",
+            "--kafka-brokers",
+            "k1:9092,k2:9092",
+            "--kafka-security-protocol",
+            "sasl_ssl",
+            "--kafka-sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--kafka-option",
+            "socket.keepalive.enable=true",
+        ])
+        .unwrap();
+        let SinkConfig::Kafka(k) = c.sink else {
+            panic!("kafka sink")
+        };
+        assert_eq!(k.brokers, "k1:9092,k2:9092");
+        assert_eq!(k.compression, "lz4");
+        assert_eq!(k.linger, Duration::from_millis(5));
+        assert_eq!(
+            k.topic.render("Group.CallbackAfterSendMsg", 0, 1),
+            "tim.Group.CallbackAfterSendMsg"
+        );
+        assert!(k
+            .options
+            .contains(&("security.protocol".into(), "sasl_ssl".into())));
+        assert!(k
+            .options
+            .contains(&("sasl.mechanism".into(), "SCRAM-SHA-512".into())));
+        assert!(k
+            .options
+            .contains(&("socket.keepalive.enable".into(), "true".into())));
     }
 
     #[test]

@@ -33,6 +33,20 @@ pub struct Config {
 pub enum SinkConfig {
     Stdout,
     Nats(NatsConfig),
+    Kafka(KafkaConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Topic template; `{partition}` is refused (Kafka's partitioner picks the partition).
+    pub topic: Template,
+    pub linger: Duration,
+    pub compression: String,
+    /// Messages librdkafka may hold (queued and in flight); past it a publish fails at once.
+    pub queue_max_messages: usize,
+    /// Pass-through librdkafka settings, already checked against the bridge's guarantees.
+    pub options: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]

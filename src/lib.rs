@@ -47,7 +47,7 @@ pub use app::App;
 pub use config::{Config, SinkConfig};
 pub use error::ConfigError;
 use metrics::Metrics;
-use sink::{NatsSink, Sink, StdoutSink};
+use sink::{KafkaSink, NatsSink, Sink, StdoutSink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -69,23 +69,34 @@ pub struct Bridge {
     stop_admin: watch::Sender<bool>,
     server: JoinHandle<()>,
     admin: JoinHandle<()>,
+    shutdown_timeout: std::time::Duration,
 }
 
 impl Bridge {
     /// Connects the configured sink (in the background for brokers), binds both listeners and
     /// starts serving.
     pub async fn start(config: Config) -> Result<Bridge, StartError> {
+        let metrics = new_metrics()?;
         let sink = match &config.sink {
             SinkConfig::Stdout => Sink::Stdout(StdoutSink::new(config.partitions)),
             SinkConfig::Nats(nats) => {
                 Sink::Nats(NatsSink::connect(nats, config.publish_timeout).await?)
             }
+            SinkConfig::Kafka(kafka) => Sink::Kafka(KafkaSink::connect(
+                kafka,
+                config.publish_timeout,
+                metrics.kafka_gauges(),
+            )?),
         };
-        Bridge::start_with_sink(config, sink).await
+        Bridge::serve(config, sink, metrics).await
     }
 
     /// As [`Bridge::start`], with a sink built by the caller (tests capture stdout this way).
     pub async fn start_with_sink(config: Config, sink: Sink) -> Result<Bridge, StartError> {
+        Bridge::serve(config, sink, new_metrics()?).await
+    }
+
+    async fn serve(config: Config, sink: Sink, metrics: Metrics) -> Result<Bridge, StartError> {
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -96,7 +107,6 @@ impl Bridge {
         let addr = local_addr(&listener, config.listen);
         let admin_addr = local_addr(&admin_listener, config.admin_listen);
 
-        let metrics = Metrics::new().map_err(|e| ConfigError::new("metrics", e.to_string()))?;
         let app = Arc::new(App::new(&config, sink, metrics));
         let limits = server::Limits {
             max_connections: config.max_connections,
@@ -121,6 +131,7 @@ impl Bridge {
             stop_admin,
             server,
             admin,
+            shutdown_timeout: config.shutdown_timeout,
         })
     }
 
@@ -145,11 +156,16 @@ impl Bridge {
         if let Err(err) = self.server.await {
             tracing::error!(error = %err, "callback server task failed");
         }
-        self.app.sink().close().await;
+        self.app.sink().close(self.shutdown_timeout).await;
         let _ = self.stop_admin.send(true);
         let _ = self.admin.await;
         tracing::info!("timbridge stopped");
     }
+}
+
+fn new_metrics() -> Result<Metrics, StartError> {
+    // Fails only on a programming error (two metrics of one name).
+    Metrics::new().map_err(|e| ConfigError::new("metrics", e.to_string()).into())
 }
 
 fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {

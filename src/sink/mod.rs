@@ -2,14 +2,17 @@
 //! the broker acknowledged (the JetStream PubAck, the Kafka delivery report) or the line was
 //! written (stdout), so the HTTP answer can wait on it.
 
+pub mod kafka;
 pub mod nats;
 pub mod stdout;
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use crate::callback::Callback;
 use crate::error::{ConfigError, Rejection};
 
+pub use kafka::KafkaSink;
 pub use nats::NatsSink;
 pub use stdout::StdoutSink;
 
@@ -18,6 +21,7 @@ pub use stdout::StdoutSink;
 pub enum Sink {
     Stdout(StdoutSink),
     Nats(NatsSink),
+    Kafka(KafkaSink),
 }
 
 /// What the broker said about a publish that succeeded.
@@ -53,6 +57,7 @@ impl Sink {
         match self {
             Sink::Stdout(_) => "stdout",
             Sink::Nats(_) => "nats",
+            Sink::Kafka(_) => "kafka",
         }
     }
 
@@ -62,6 +67,7 @@ impl Sink {
         match self {
             Sink::Stdout(sink) => sink.publish(callback),
             Sink::Nats(sink) => sink.publish(callback).await,
+            Sink::Kafka(sink) => sink.publish(callback).await,
         }
     }
 
@@ -70,14 +76,29 @@ impl Sink {
         match self {
             Sink::Stdout(_) => true,
             Sink::Nats(sink) => sink.is_ready(),
+            Sink::Kafka(sink) => sink.is_ready(),
         }
     }
 
-    /// Flushes what the sink buffers and lets go of the connection.
-    pub async fn close(&self) {
+    /// False only when the sink can never publish again without a restart (a fatal producer
+    /// error): `/healthz` fails so that Kubernetes restarts the pod.
+    pub fn is_healthy(&self) -> bool {
+        match self {
+            Sink::Kafka(sink) => sink.is_healthy(),
+            Sink::Stdout(_) | Sink::Nats(_) => true,
+        }
+    }
+
+    /// Flushes what the sink buffers, waiting at most `timeout`.
+    pub async fn close(&self, timeout: Duration) {
         match self {
             Sink::Stdout(sink) => sink.flush(),
-            Sink::Nats(sink) => sink.close().await,
+            Sink::Nats(sink) => {
+                if tokio::time::timeout(timeout, sink.close()).await.is_err() {
+                    tracing::warn!("NATS flush did not finish within {timeout:?}");
+                }
+            }
+            Sink::Kafka(sink) => sink.close(timeout).await,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! in-process on port 0, an HTTP client, and polling with deadlines instead of fixed sleeps.
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod nats;
 
 use std::net::SocketAddr;
@@ -33,7 +34,18 @@ pub fn config(extra: &[&str]) -> Config {
     args.into_config().expect("valid configuration")
 }
 
+/// Bridge logs in test output when `TEST_LOG` is set (e.g. `TEST_LOG=debug`).
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub async fn start(extra: &[&str]) -> Bridge {
+    init_logs();
     Bridge::start(config(extra)).await.expect("bridge starts")
 }
 

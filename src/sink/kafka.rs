@@ -1,0 +1,346 @@
+//! Kafka: an idempotent producer (`acks=all`), the record keyed by the partition key so Kafka's
+//! murmur2 partitioner keeps each group in one partition, and a publish done only when the
+//! delivery report arrived.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
+use tokio::task::JoinHandle;
+
+use super::{Ack, SinkError, Template};
+use crate::callback::Callback;
+use crate::config::KafkaConfig;
+use crate::error::ConfigError;
+use crate::metrics::KafkaGauges;
+
+/// The header carrying the callback's stable identity, for consumers that drop duplicates.
+pub const DEDUP_HEADER: &str = "tim-dedup-id";
+
+pub struct KafkaSink {
+    producer: FutureProducer<Context>,
+    topic: Template,
+    state: Arc<State>,
+    watcher: JoinHandle<()>,
+}
+
+struct State {
+    /// Cluster metadata was reachable at the last check.
+    reachable: AtomicBool,
+    /// librdkafka raised a fatal error: this producer can never publish again.
+    fatal: AtomicBool,
+}
+
+/// The librdkafka settings the bridge's guarantees rest on; `--kafka-option` may not change
+/// them.
+const GUARANTEES: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("partitioner", "murmur2_random"),
+];
+
+impl KafkaSink {
+    pub fn connect(
+        config: &KafkaConfig,
+        publish_timeout: Duration,
+        gauges: KafkaGauges,
+    ) -> Result<KafkaSink, ConfigError> {
+        let client_config = client_config(config, publish_timeout)?;
+        let producer: FutureProducer<Context> = client_config
+            .create_with_context(Context { gauges })
+            .map_err(|e| ConfigError::new("--kafka-option", e.to_string()))?;
+        let state = Arc::new(State {
+            reachable: AtomicBool::new(false),
+            fatal: AtomicBool::new(false),
+        });
+        let watcher = tokio::spawn(watch(producer.clone(), state.clone()));
+        Ok(KafkaSink {
+            producer,
+            topic: config.topic.clone(),
+            state,
+            watcher,
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state.reachable.load(Ordering::Relaxed) && !self.state.fatal.load(Ordering::Relaxed)
+    }
+
+    /// False once the producer hit a fatal error: only a new process recovers from that.
+    pub fn is_healthy(&self) -> bool {
+        !self.state.fatal.load(Ordering::Relaxed)
+    }
+
+    pub async fn publish(&self, callback: &Callback) -> Result<Ack, SinkError> {
+        let topic = self
+            .topic
+            .render(callback.command(), 0, callback.sdkappid());
+        let mut headers = OwnedHeaders::new_with_capacity(10);
+        for (name, value) in callback.headers() {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let dedup = callback.dedup_id();
+        if let Some(id) = &dedup {
+            headers = headers.insert(Header {
+                key: DEDUP_HEADER,
+                value: Some(id.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(&topic)
+            .key(callback.partition_key().as_bytes())
+            .payload(callback.body().as_ref())
+            .headers(headers);
+        // Never block on a full producer queue: that is backpressure, answered 503 at once.
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(err, _)| classify(&err))?;
+        match delivery.await {
+            Ok(Ok(_)) => Ok(Ack { duplicate: false }),
+            Ok(Err((err, _))) => Err(classify(&err)),
+            Err(_) => Err(SinkError::Unavailable(
+                "the producer dropped the delivery report".into(),
+            )),
+        }
+    }
+
+    /// Waits (bounded) for queued messages to be delivered.
+    pub async fn close(&self, timeout: Duration) {
+        self.watcher.abort();
+        let producer = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("Kafka producer flushed"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "Kafka producer flush incomplete"),
+            Err(err) => tracing::warn!(error = %err, "Kafka flush task failed"),
+        }
+    }
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+fn client_config(
+    config: &KafkaConfig,
+    publish_timeout: Duration,
+) -> Result<ClientConfig, ConfigError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", "timbridge")
+        .set("linger.ms", config.linger.as_millis().to_string())
+        .set("compression.type", &config.compression)
+        // A message still undelivered when the HTTP answer is due has been answered 503; no
+        // point keeping it longer (it would only arrive as a duplicate).
+        .set(
+            "message.timeout.ms",
+            publish_timeout.as_millis().max(1).to_string(),
+        )
+        .set(
+            "queue.buffering.max.messages",
+            config.queue_max_messages.to_string(),
+        )
+        .set("statistics.interval.ms", "5000")
+        .set_log_level(RDKafkaLogLevel::Warning);
+    for (key, value) in GUARANTEES {
+        c.set(*key, *value);
+    }
+    for (key, value) in &config.options {
+        check_option(key, value, publish_timeout)?;
+        c.set(key, value);
+    }
+    Ok(c)
+}
+
+/// Refuses pass-through options that would break what a 200 promises.
+pub fn check_option(key: &str, value: &str, publish_timeout: Duration) -> Result<(), ConfigError> {
+    let flag = "--kafka-option";
+    let value_lc = value.trim().to_ascii_lowercase();
+    match key {
+        "enable.idempotence" if value_lc != "true" => Err(ConfigError::new(
+            flag,
+            "enable.idempotence must stay true: retries could reorder or double a group's messages",
+        )),
+        "acks" | "request.required.acks" if value_lc != "all" && value_lc != "-1" => {
+            Err(ConfigError::new(
+                flag,
+                "acks must stay all: a 200 promises the message is on every in-sync replica",
+            ))
+        }
+        "partitioner" if value_lc != "murmur2_random" => Err(ConfigError::new(
+            flag,
+            "partitioner must stay murmur2_random: the partition of a group must match Java clients and the NATS {partition}",
+        )),
+        "message.timeout.ms" | "delivery.timeout.ms" => {
+            let ms: u128 = value_lc
+                .parse()
+                .map_err(|_| ConfigError::new(flag, format!("{key} must be milliseconds")))?;
+            if ms == 0 || ms > publish_timeout.as_millis() {
+                Err(ConfigError::new(
+                    flag,
+                    format!("{key} must be between 1 and the publish timeout ({} ms)", publish_timeout.as_millis()),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Transient errors (503: the broker may take it later) apart from permanent ones (500: this
+/// message, or this configuration, will never be accepted).
+fn classify(err: &KafkaError) -> SinkError {
+    let code = match err {
+        KafkaError::MessageProduction(code) => Some(*code),
+        other => other.rdkafka_error_code(),
+    };
+    match code {
+        Some(RDKafkaErrorCode::QueueFull) => {
+            SinkError::Unavailable("the producer queue is full".into())
+        }
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::InvalidRequiredAcks
+            | RDKafkaErrorCode::PolicyViolation,
+        ) => SinkError::Rejected(err.to_string()),
+        _ => SinkError::Unavailable(err.to_string()),
+    }
+}
+
+/// Checks every second that the cluster's metadata is reachable (readiness) and whether the
+/// producer hit a fatal error (health).
+async fn watch(producer: FutureProducer<Context>, state: Arc<State>) {
+    loop {
+        let probe = producer.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let fatal = probe.client().fatal_error();
+            let reachable = probe
+                .client()
+                .fetch_metadata(None, Duration::from_secs(1))
+                .map(|m| !m.brokers().is_empty());
+            (fatal, reachable)
+        })
+        .await;
+        if let Ok((fatal, reachable)) = result {
+            if let Some((code, reason)) = fatal {
+                if !state.fatal.swap(true, Ordering::Relaxed) {
+                    tracing::error!(?code, %reason, "Kafka producer fatal error: restart needed (/healthz now fails)");
+                }
+            }
+            let reachable = matches!(reachable, Ok(true));
+            if reachable != state.reachable.swap(reachable, Ordering::Relaxed) {
+                if reachable {
+                    tracing::info!("Kafka cluster reachable");
+                } else {
+                    tracing::warn!("Kafka cluster unreachable");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Routes librdkafka's logs and errors into tracing and its statistics into metrics.
+struct Context {
+    gauges: KafkaGauges,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(facility, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(facility, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, "librdkafka: {reason}");
+    }
+
+    fn stats(&self, stats: Statistics) {
+        let rtt_us = stats
+            .brokers
+            .values()
+            .filter_map(|b| b.rtt.as_ref().map(|w| w.avg))
+            .max()
+            .unwrap_or(0);
+        let in_flight: i64 = stats
+            .brokers
+            .values()
+            .map(|b| b.outbuf_msg_cnt + b.waitresp_msg_cnt)
+            .sum();
+        self.gauges
+            .update(stats.msg_cnt, stats.msg_size, rtt_us, in_flight);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guarantee_breaking_options_are_refused() {
+        let t = Duration::from_millis(1500);
+        for (k, v) in [
+            ("enable.idempotence", "false"),
+            ("acks", "1"),
+            ("request.required.acks", "0"),
+            ("partitioner", "consistent_random"),
+            ("message.timeout.ms", "300000"),
+            ("delivery.timeout.ms", "0"),
+        ] {
+            assert!(check_option(k, v, t).is_err(), "{k}={v}");
+        }
+        for (k, v) in [
+            ("acks", "all"),
+            ("acks", "-1"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("message.timeout.ms", "1000"),
+        ] {
+            assert!(check_option(k, v, t).is_ok(), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn permanent_errors_are_told_from_transient_ones() {
+        let permanent = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(matches!(classify(&permanent), SinkError::Rejected(_)));
+        let auth = KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed);
+        assert!(matches!(classify(&auth), SinkError::Rejected(_)));
+        let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+        assert!(matches!(classify(&full), SinkError::Unavailable(_)));
+        let timeout = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        assert!(matches!(classify(&timeout), SinkError::Unavailable(_)));
+    }
+}
