@@ -65,9 +65,10 @@ async fn every_rejection_has_its_status_code_and_counter_and_publishes_nothing()
     let cmd = "Group.CallbackAfterSendMsg";
     let good = group_message("@TGS#rej", 1);
     let t = now();
+    // Flip the last hex digit: always a different signature.
     let mut wrong_sign = signed(cmd, t);
-    wrong_sign.truncate(wrong_sign.len() - 1);
-    wrong_sign.push('0');
+    let last = wrong_sign.pop().unwrap();
+    wrong_sign.push(if last == '0' { '1' } else { '0' });
     let invalid = Bytes::from(
         String::from_utf8(good.to_vec())
             .unwrap()
