@@ -52,7 +52,13 @@ fn answer<B>(app: &App, request: &Request<B>) -> Response<Full<Bytes>> {
     }
     match request.uri().path() {
         "/metrics" => {
-            app.metrics().set_sink_ready(app.sink().is_ready());
+            let admission = app.admission();
+            app.metrics().set_state(
+                app.sink().is_ready(),
+                admission.inflight_bytes(),
+                admission.ack_latency(),
+                admission.sink_slow(),
+            );
             let mut response = Response::new(Full::new(Bytes::from(app.metrics().encode())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -70,15 +76,10 @@ fn answer<B>(app: &App, request: &Request<B>) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/readyz" => {
-            if app.is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else if !app.sink().is_ready() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "sink not ready\n")
-            } else {
-                text(StatusCode::OK, "ready\n")
-            }
-        }
+        "/readyz" => match app.unready_reason() {
+            Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+            None => text(StatusCode::OK, "ready"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -1,9 +1,10 @@
 //! The request path: from an HTTP request to the broker's acknowledgement and Tencent's answer.
 //!
-//! Order of checks, cheapest and most telling first: path and method, the query (app id, then
-//! signature), the body (size while reading, then validation), then the publish, bounded by the
-//! publish timeout. Nothing is published unless every check passed, and 200 is sent only after
-//! the broker acknowledged.
+//! Order of checks, cheapest and most telling first: path and method, admission (a request slot),
+//! the query (app id, then signature), the broker's health (slow acks), the body (memory budget,
+//! size and time while reading, then validation), then the publish, bounded by the publish
+//! timeout. Nothing is published unless every check passed, and 200 is sent only after the broker
+//! acknowledged.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 
+use crate::admission::Admission;
 use crate::callback::{command_label, reply, Callback, Policy, VerifiedQuery};
 use crate::config::Config;
 use crate::error::{Outcome, Rejection};
@@ -27,7 +29,9 @@ pub struct App {
     path: String,
     policy: Policy,
     max_body_bytes: usize,
+    body_read_timeout: Duration,
     publish_timeout: Duration,
+    admission: Admission,
     sink: Sink,
     metrics: Metrics,
     draining: AtomicBool,
@@ -39,7 +43,9 @@ impl App {
             path: config.path.clone(),
             policy: config.policy.clone(),
             max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.body_read_timeout,
             publish_timeout: config.publish_timeout,
+            admission: Admission::new(config.admission),
             sink,
             metrics,
             draining: AtomicBool::new(false),
@@ -54,9 +60,27 @@ impl App {
         &self.sink
     }
 
-    /// Ready for traffic: the sink can publish and the bridge is not shutting down.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Why the bridge should not get traffic now, if it should not.
+    pub fn unready_reason(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            Some("draining")
+        } else if !self.sink.is_ready() {
+            Some("sink not ready")
+        } else if self.admission.is_saturated() {
+            Some("saturated")
+        } else {
+            None
+        }
+    }
+
+    /// Ready for traffic: the sink can publish, the bridge is not at a bound and not shutting
+    /// down.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.sink.is_ready()
+        self.unready_reason().is_none()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -66,6 +90,7 @@ impl App {
     /// Readiness goes false at once; requests are still served until the listener stops.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.metrics.set_draining(true);
     }
 
     /// Answers one request. Never fails: every error becomes a Tencent-format FAIL answer.
@@ -123,6 +148,7 @@ impl App {
         if request.method() != Method::POST {
             return Err(Rejection::MethodNotAllowed);
         }
+        let mut admitted = self.admission.admit()?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -132,6 +158,8 @@ impl App {
             now.as_secs(),
         )?;
         *command = command_label(query.command());
+        // Refused before the body is read: a callback admitted now would most likely time out.
+        self.admission.check_sink()?;
 
         // A declared length over the limit is refused before reading anything; a body without
         // one (chunked) is cut off by `Limited` as soon as it passes the limit.
@@ -143,9 +171,12 @@ impl App {
         if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
             return Err(Rejection::BodyTooLarge(self.max_body_bytes));
         }
-        let body = Limited::new(request.into_body(), self.max_body_bytes)
-            .collect()
+        let reserve = declared.map_or(self.max_body_bytes, |len| len as usize);
+        self.admission.reserve_body(&mut admitted, reserve)?;
+        let read = Limited::new(request.into_body(), self.max_body_bytes).collect();
+        let body = tokio::time::timeout(self.body_read_timeout, read)
             .await
+            .map_err(|_| Rejection::BodyTimeout(self.body_read_timeout))?
             .map_err(|err| {
                 if err.downcast_ref::<LengthLimitError>().is_some() {
                     Rejection::BodyTooLarge(self.max_body_bytes)
@@ -157,11 +188,21 @@ impl App {
 
         let callback = seen.insert(query.accept(body, now.as_millis() as u64)?);
         let publish_started = Instant::now();
-        let ack = tokio::time::timeout(self.publish_timeout, self.sink.publish(callback))
-            .await
-            .map_err(|_| Rejection::PublishTimeout(self.publish_timeout))??;
+        let published =
+            tokio::time::timeout(self.publish_timeout, self.sink.publish(callback)).await;
+        let took = publish_started.elapsed();
+        let ack = match published {
+            Ok(Ok(ack)) => ack,
+            Ok(Err(err)) => return Err(err.into()),
+            Err(_) => {
+                self.admission.record_ack(took);
+                return Err(Rejection::PublishTimeout(self.publish_timeout));
+            }
+        };
+        self.admission.record_ack(took);
         self.metrics
-            .published(self.sink.name(), publish_started.elapsed(), ack.duplicate);
+            .published(self.sink.name(), took, ack.duplicate);
+        drop(admitted);
         Ok(())
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::admission;
 use crate::callback::Policy;
 use crate::sink::Template;
 
@@ -19,9 +20,16 @@ pub struct Config {
     /// The bound on waiting for the broker's acknowledgement.
     pub publish_timeout: Duration,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+    pub admission: admission::Limits,
     pub max_connections: usize,
+    /// From the first byte of a request head to its end.
     pub header_read_timeout: Duration,
-    /// The bound on draining in-flight requests at shutdown.
+    /// A keep-alive connection with no request in progress is closed after this long.
+    pub idle_timeout: Duration,
+    /// After SIGTERM, how long to keep serving (not ready) before closing the listener.
+    pub shutdown_delay: Duration,
+    /// From SIGTERM to exit, all included.
     pub shutdown_timeout: Duration,
     /// Partitions of the partition key (the `{partition}` of NATS subjects, stdout lines).
     pub partitions: u32,

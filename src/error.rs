@@ -46,8 +46,12 @@ pub enum Rejection {
     SinkUnavailable(String),
     #[error("the broker did not acknowledge within {0:?}")]
     PublishTimeout(Duration),
-    #[error("the bridge is shutting down")]
-    ShuttingDown,
+    #[error("the body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
+    #[error("the broker cannot keep up: {0}")]
+    SinkBackpressure(String),
 }
 
 /// The outcome label of `timbridge_callbacks_total`.
@@ -87,12 +91,14 @@ impl Rejection {
             | Rejection::BadSignature
             | Rejection::StaleRequestTime { .. } => StatusCode::UNAUTHORIZED,
             Rejection::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             // A permanent refusal by the broker (too large for it, not authorised, no such
             // topic) is the bridge's configuration problem, not the sender's.
             Rejection::SinkRejected(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::SinkUnavailable(_)
             | Rejection::PublishTimeout(_)
-            | Rejection::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | Rejection::Overloaded(_)
+            | Rejection::SinkBackpressure(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -111,11 +117,13 @@ impl Rejection {
             Rejection::ForbiddenAppId(_) => 4030,
             Rejection::NotFound => 4040,
             Rejection::MethodNotAllowed => 4050,
+            Rejection::BodyTimeout(_) => 4080,
             Rejection::BodyTooLarge(_) => 4130,
             Rejection::SinkRejected(_) => 5000,
             Rejection::SinkUnavailable(_) => 5030,
             Rejection::PublishTimeout(_) => 5031,
-            Rejection::ShuttingDown => 5033,
+            Rejection::Overloaded(_) => 5032,
+            Rejection::SinkBackpressure(_) => 5034,
         }
     }
 
@@ -138,7 +146,9 @@ impl Rejection {
             Rejection::SinkRejected(_) => "sink_rejected",
             Rejection::SinkUnavailable(_) => "sink_unavailable",
             Rejection::PublishTimeout(_) => "publish_timeout",
-            Rejection::ShuttingDown => "shutting_down",
+            Rejection::BodyTimeout(_) => "body_timeout",
+            Rejection::Overloaded(_) => "overloaded",
+            Rejection::SinkBackpressure(_) => "sink_backpressure",
         }
     }
 
@@ -150,7 +160,8 @@ impl Rejection {
         }
     }
 
-    /// Every reason label, so the metric series exist (at zero) from the first scrape.
+    /// Every reason label, so the metric series exist (at zero) from the first scrape. A unit
+    /// test keeps it in step with `reason()`.
     pub const REASONS: &'static [&'static str] = &[
         "not_found",
         "method_not_allowed",
@@ -168,7 +179,9 @@ impl Rejection {
         "sink_rejected",
         "sink_unavailable",
         "publish_timeout",
-        "shutting_down",
+        "body_timeout",
+        "overloaded",
+        "sink_backpressure",
     ];
 }
 
@@ -185,6 +198,54 @@ impl ConfigError {
         ConfigError {
             flag,
             message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_a_listed_reason_and_a_distinct_code() {
+        let all = [
+            Rejection::NotFound,
+            Rejection::MethodNotAllowed,
+            Rejection::BadQuery(String::new()),
+            Rejection::BadContentType(String::new()),
+            Rejection::ForbiddenAppId(1),
+            Rejection::MissingSignature,
+            Rejection::BadSignature,
+            Rejection::StaleRequestTime {
+                skew_secs: 0,
+                max_secs: 0,
+            },
+            Rejection::BodyTooLarge(0),
+            Rejection::BodyRead(String::new()),
+            Rejection::BadJson(String::new()),
+            Rejection::CommandMismatch {
+                url: String::new(),
+                body: String::new(),
+            },
+            Rejection::InvalidBody(String::new()),
+            Rejection::SinkRejected(String::new()),
+            Rejection::SinkUnavailable(String::new()),
+            Rejection::PublishTimeout(Duration::ZERO),
+            Rejection::BodyTimeout(Duration::ZERO),
+            Rejection::Overloaded(""),
+            Rejection::SinkBackpressure(String::new()),
+        ];
+        assert_eq!(all.len(), Rejection::REASONS.len());
+        let mut codes = std::collections::HashSet::new();
+        for r in &all {
+            assert!(Rejection::REASONS.contains(&r.reason()), "{}", r.reason());
+            assert!(
+                codes.insert(r.error_code()),
+                "duplicate code {}",
+                r.error_code()
+            );
+            assert_ne!(r.error_code(), 0);
+            assert!(!r.status().is_success());
         }
     }
 }

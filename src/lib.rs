@@ -6,17 +6,20 @@
 //!                                                                   │
 //!            app::App::handle ◀─────────────────────────────────────┘
 //!              1. path, method                                        → 404 / 405
-//!              2. callback::VerifiedQuery::verify: SdkAppid, Sign    → 400 / 403 / 401
-//!              3. body read under --max-body-bytes                   → 413
-//!              4. VerifiedQuery::accept: JSON validation → Callback  → 400
-//!              5. sink::Sink::publish, bounded by --publish-timeout  → 503 / 500
-//!              6. broker ack ──▶ 200 {"ActionStatus":"OK",...}
+//!              2. admission: a request slot (--max-inflight)          → 503
+//!              3. callback::VerifiedQuery::verify: SdkAppid, Sign    → 400 / 403 / 401
+//!              4. admission: broker acks not too slow                 → 503
+//!              5. body read: memory budget, size, time                → 503 / 413 / 408
+//!              6. VerifiedQuery::accept: JSON validation → Callback  → 400
+//!              7. sink::Sink::publish, bounded by --publish-timeout  → 503 / 500
+//!              8. broker ack ──▶ 200 {"ActionStatus":"OK",...}
 //! ```
 //!
 //! Module map:
 //! - [`cli`], [`config`]: flags (with `TIMBRIDGE_*` env fallbacks) → validated [`Config`].
 //! - [`server`]: the callback listener; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`]: the request path above; [`error`]: every rejection with its status and code.
+//! - [`admission`]: the bounds on work in progress (requests, body bytes, slow broker acks).
 //! - [`callback`]: Tencent's protocol (query, signature, body, reply), pure functions.
 //! - [`partition`]: Kafka's murmur2 partitioner, shared by every sink.
 //! - [`sink`]: stdout and NATS JetStream publishers.
@@ -25,6 +28,7 @@
 //! [`Bridge`] ties them together; `main.rs` only parses flags, sets up logging and runs it.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod callback;
 pub mod cli;
@@ -38,6 +42,7 @@ pub mod sink;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -69,7 +74,29 @@ pub struct Bridge {
     stop_admin: watch::Sender<bool>,
     server: JoinHandle<()>,
     admin: JoinHandle<()>,
-    shutdown_timeout: std::time::Duration,
+    budget: ShutdownBudget,
+}
+
+/// How the shutdown timeout is spent: serving while not ready, draining, flushing.
+#[derive(Debug, Clone, Copy)]
+struct ShutdownBudget {
+    delay: Duration,
+    drain: Duration,
+    flush: Duration,
+}
+
+impl ShutdownBudget {
+    fn new(delay: Duration, total: Duration) -> ShutdownBudget {
+        let after_delay = total.saturating_sub(delay);
+        // The flush gets a quarter, at most 2 s: by then every answered message was acked
+        // anyway; what is left are messages whose requests already got 503.
+        let flush = (after_delay / 4).min(Duration::from_secs(2));
+        ShutdownBudget {
+            delay,
+            drain: after_delay - flush,
+            flush,
+        }
+    }
 }
 
 impl Bridge {
@@ -108,10 +135,12 @@ impl Bridge {
         let admin_addr = local_addr(&admin_listener, config.admin_listen);
 
         let app = Arc::new(App::new(&config, sink, metrics));
+        let budget = ShutdownBudget::new(config.shutdown_delay, config.shutdown_timeout);
         let limits = server::Limits {
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
-            shutdown_timeout: config.shutdown_timeout,
+            idle_timeout: config.idle_timeout,
+            drain_timeout: budget.drain,
         };
         let (stop_server, server_rx) = watch::channel(false);
         let (stop_admin, admin_rx) = watch::channel(false);
@@ -131,7 +160,7 @@ impl Bridge {
             stop_admin,
             server,
             admin,
-            shutdown_timeout: config.shutdown_timeout,
+            budget,
         })
     }
 
@@ -148,18 +177,22 @@ impl Bridge {
         &self.app
     }
 
-    /// Stops gracefully: readiness false, no new connections, in-flight requests answered
-    /// (bounded by the shutdown timeout), the sink flushed.
+    /// Stops gracefully, within the shutdown timeout: readiness false at once, still serving
+    /// for the shutdown delay (while Kubernetes removes the pod from its endpoints), then no new
+    /// connections, in-flight requests answered, the sink flushed.
     pub async fn shutdown(self) {
+        let started = std::time::Instant::now();
         self.app.start_draining();
+        tracing::info!(delay = ?self.budget.delay, "shutting down: readiness false, still serving for the shutdown delay");
+        tokio::time::sleep(self.budget.delay).await;
         let _ = self.stop_server.send(true);
         if let Err(err) = self.server.await {
             tracing::error!(error = %err, "callback server task failed");
         }
-        self.app.sink().close(self.shutdown_timeout).await;
+        self.app.sink().close(self.budget.flush).await;
         let _ = self.stop_admin.send(true);
         let _ = self.admin.await;
-        tracing::info!("timbridge stopped");
+        tracing::info!(took = ?started.elapsed(), "timbridge stopped");
     }
 }
 

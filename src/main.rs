@@ -68,7 +68,12 @@ fn main() -> ExitCode {
             }
         };
         shutdown::signal().await;
-        bridge.shutdown().await;
-        ExitCode::SUCCESS
+        tokio::select! {
+            _ = bridge.shutdown() => ExitCode::SUCCESS,
+            _ = shutdown::signal() => {
+                eprintln!("timbridge: second signal: exiting without finishing the drain");
+                ExitCode::FAILURE
+            }
+        }
     })
 }

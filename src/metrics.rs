@@ -27,6 +27,10 @@ pub struct Metrics {
     inflight: IntGauge,
     open_connections: IntGauge,
     sink_ready: IntGauge,
+    inflight_bytes: IntGauge,
+    sink_ack_latency: Gauge,
+    sink_backpressure: IntGauge,
+    draining: IntGauge,
     kafka: KafkaGauges,
 }
 
@@ -128,6 +132,22 @@ impl Metrics {
             "timbridge_sink_ready",
             "1 when the sink is connected and can publish, 0 otherwise.",
         )?;
+        let inflight_bytes = IntGauge::new(
+            "timbridge_inflight_body_bytes",
+            "Request-body bytes reserved by callbacks in flight (bounded by --max-inflight-bytes).",
+        )?;
+        let sink_ack_latency = Gauge::new(
+            "timbridge_sink_ack_latency_seconds",
+            "Moving average of the broker's acknowledgement time, as used for shedding.",
+        )?;
+        let sink_backpressure = IntGauge::new(
+            "timbridge_sink_backpressure",
+            "1 while new callbacks are refused because the broker acknowledges too slowly.",
+        )?;
+        let draining = IntGauge::new(
+            "timbridge_draining",
+            "1 once shutdown began (readiness false, draining in-flight requests).",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("timbridge_build_info", "Always 1; the version is a label."),
             &["version"],
@@ -141,6 +161,10 @@ impl Metrics {
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(sink_ready.clone()))?;
+        registry.register(Box::new(inflight_bytes.clone()))?;
+        registry.register(Box::new(sink_ack_latency.clone()))?;
+        registry.register(Box::new(sink_backpressure.clone()))?;
+        registry.register(Box::new(draining.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -169,6 +193,10 @@ impl Metrics {
             inflight,
             open_connections,
             sink_ready,
+            inflight_bytes,
+            sink_ack_latency,
+            sink_backpressure,
+            draining,
             kafka,
         })
     }
@@ -211,8 +239,28 @@ impl Metrics {
         GaugeGuard::new(&self.open_connections)
     }
 
-    pub fn set_sink_ready(&self, ready: bool) {
-        self.sink_ready.set(i64::from(ready));
+    /// The gauges sampled at scrape time.
+    pub fn set_state(
+        &self,
+        sink_ready: bool,
+        inflight_bytes: usize,
+        ack_latency: Duration,
+        backpressure: bool,
+    ) {
+        self.sink_ready.set(i64::from(sink_ready));
+        self.inflight_bytes
+            .set(i64::try_from(inflight_bytes).unwrap_or(i64::MAX));
+        self.sink_ack_latency.set(ack_latency.as_secs_f64());
+        self.sink_backpressure.set(i64::from(backpressure));
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.set(i64::from(draining));
+    }
+
+    /// Callback requests being processed now.
+    pub fn inflight_now(&self) -> i64 {
+        self.inflight.get()
     }
 
     /// The Prometheus text exposition of every metric.

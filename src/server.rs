@@ -1,17 +1,32 @@
 //! The callback listener: hyper 1.x over HTTP/1.1 with keep-alive (Tencent keeps connections
-//! open), one task per connection, a bound on open connections, and graceful shutdown.
+//! open), one task per connection, a bound on open connections, deadlines for slow clients, and
+//! graceful shutdown.
+//!
+//! Slow clients are bounded at three points: the request head must arrive within
+//! `header_read_timeout` of its first byte (enforced by [`GuardedIo`]), the body within the
+//! body-read timeout (in [`crate::app`]), and a connection with no request in progress is closed
+//! after `idle_timeout` (hyper's header-read timer, which runs from the end of the previous
+//! response). Idle and header deadlines are separate so that keep-alive connections can stay
+//! open long (closing them races with the client's next request) while a slow-loris head is cut
+//! short.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
 
 use crate::app::App;
 
@@ -20,12 +35,17 @@ use crate::app::App;
 pub struct Limits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     /// How long in-flight requests get to finish once `shutdown` resolved.
-    pub shutdown_timeout: Duration,
+    pub drain_timeout: Duration,
 }
 
+/// Largest read buffer of a connection: headers plus a body chunk (hyper's default is ~400 KiB;
+/// this keeps the memory of many slow connections small).
+const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
+
 /// Serves callbacks on `listener` until `shutdown` resolves, then stops accepting and waits (at
-/// most `limits.shutdown_timeout`) for the requests in flight to be answered.
+/// most `limits.drain_timeout`) for the requests in flight to be answered.
 pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
@@ -37,7 +57,10 @@ pub async fn run(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // hyper runs this timer from the end of a response to the end of the next head: it is
+        // the idle timeout; GuardedIo enforces the shorter head deadline.
+        .header_read_timeout(limits.idle_timeout + limits.header_read_timeout)
+        .max_buf_size(MAX_CONNECTION_BUFFER)
         .keep_alive(true);
     tokio::pin!(shutdown);
 
@@ -64,12 +87,21 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
+        let phase = Arc::new(AtomicU8::new(IDLE));
+        let io = GuardedIo::new(stream, phase.clone(), limits.header_read_timeout);
         let app_for_service = app.clone();
         let service = service_fn(move |request| {
+            // Called as soon as the head is parsed: the head deadline no longer applies.
+            phase.store(BUSY, Ordering::Relaxed);
             let app = app_for_service.clone();
-            async move { Ok::<_, Infallible>(app.handle(request, peer).await) }
+            let phase = phase.clone();
+            async move {
+                let response = app.handle(request, peer).await;
+                phase.store(IDLE, Ordering::Relaxed);
+                Ok::<_, Infallible>(response)
+            }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
         let open = app.metrics().connection();
         tokio::spawn(async move {
             if let Err(err) = connection.await {
@@ -81,11 +113,113 @@ pub async fn run(
     }
 
     drop(listener);
-    tracing::info!("callback listener closed; waiting for requests in flight");
+    let inflight = app.metrics().inflight_now();
+    tracing::info!(
+        inflight,
+        timeout = ?limits.drain_timeout,
+        "callback listener closed; draining requests in flight"
+    );
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all callback connections closed"),
-        _ = tokio::time::sleep(limits.shutdown_timeout) => {
-            tracing::warn!(timeout = ?limits.shutdown_timeout, "shutdown timeout reached with connections still open");
+        _ = graceful.shutdown() => tracing::info!(drained = inflight, "all callback connections closed"),
+        _ = tokio::time::sleep(limits.drain_timeout) => {
+            tracing::warn!(
+                still_inflight = app.metrics().inflight_now(),
+                "drain timeout reached; cutting the remaining connections"
+            );
         }
+    }
+}
+
+/// Connection phases, shared by the IO wrapper and the service.
+const IDLE: u8 = 0;
+const HEAD: u8 = 1;
+const BUSY: u8 = 2;
+
+/// A TCP stream that fails its reads once a request head has taken longer than the deadline
+/// since its first byte.
+struct GuardedIo {
+    inner: TcpStream,
+    phase: Arc<AtomicU8>,
+    head_timeout: Duration,
+    deadline: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl GuardedIo {
+    fn new(inner: TcpStream, phase: Arc<AtomicU8>, head_timeout: Duration) -> GuardedIo {
+        GuardedIo {
+            inner,
+            phase,
+            head_timeout,
+            deadline: Box::pin(tokio::time::sleep(head_timeout)),
+            armed: false,
+        }
+    }
+}
+
+impl AsyncRead for GuardedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.armed {
+            if this.phase.load(Ordering::Relaxed) != HEAD {
+                this.armed = false;
+            } else if this.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head not complete within the header read timeout",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && this
+                .phase
+                .compare_exchange(IDLE, HEAD, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // The first byte of a new request head: start its clock. Registering the timer
+            // with this task makes a client that then goes silent wake us at the deadline.
+            this.armed = true;
+            let deadline = Instant::now() + this.head_timeout;
+            this.deadline.as_mut().reset(deadline);
+            let _ = this.deadline.as_mut().poll(cx);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for GuardedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

@@ -45,6 +45,9 @@ async fn transient_produce_errors_are_retried_without_reordering_or_doubling() {
         "1400000000",
         "--partitions",
         "8",
+        // This test is about retries; shedding on slow acks is shown in overload.rs.
+        "--max-ack-latency",
+        "0s",
     ])
     .await;
     ready(&bridge, 200).await;

@@ -208,7 +208,7 @@ fn classify(err: &KafkaError) -> SinkError {
     };
     match code {
         Some(RDKafkaErrorCode::QueueFull) => {
-            SinkError::Unavailable("the producer queue is full".into())
+            SinkError::Backpressure("the producer queue is full".into())
         }
         Some(
             RDKafkaErrorCode::MessageSizeTooLarge
@@ -339,7 +339,7 @@ mod tests {
         let auth = KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed);
         assert!(matches!(classify(&auth), SinkError::Rejected(_)));
         let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
-        assert!(matches!(classify(&full), SinkError::Unavailable(_)));
+        assert!(matches!(classify(&full), SinkError::Backpressure(_)));
         let timeout = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
         assert!(matches!(classify(&timeout), SinkError::Unavailable(_)));
     }

@@ -40,6 +40,10 @@ pub enum SinkError {
     /// The broker refused this message and would refuse it again (too large, not authorised).
     #[error("{0}")]
     Rejected(String),
+    /// The client's own bound is full (producer queue, pending acks): the broker is not keeping
+    /// up with the offered load.
+    #[error("{0}")]
+    Backpressure(String),
 }
 
 impl From<SinkError> for Rejection {
@@ -47,6 +51,7 @@ impl From<SinkError> for Rejection {
         match err {
             SinkError::Unavailable(why) => Rejection::SinkUnavailable(why),
             SinkError::Rejected(why) => Rejection::SinkRejected(why),
+            SinkError::Backpressure(why) => Rejection::SinkBackpressure(why),
         }
     }
 }

@@ -172,7 +172,7 @@ impl NatsSink {
                 SinkError::Unavailable("no stream for the subject".into())
             }
             PublishErrorKind::MaxAckPending => {
-                SinkError::Unavailable("too many publishes awaiting their ack".into())
+                SinkError::Backpressure("too many publishes awaiting their ack".into())
             }
             _ => SinkError::Unavailable(err.to_string()),
         }
