@@ -20,7 +20,7 @@ use crate::callback::{command_label, reply, Callback, Policy, VerifiedQuery};
 use crate::config::Config;
 use crate::error::{Outcome, Rejection};
 use crate::metrics::Metrics;
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 
 /// Seconds Tencent (or a load balancer) is told to wait after a 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -193,11 +193,12 @@ impl App {
         let took = publish_started.elapsed();
         let ack = match published {
             Ok(Ok(ack)) => ack,
-            Ok(Err(err)) => return Err(err.into()),
-            Err(_) => {
+            Ok(Err(SinkError::TimedOut)) | Err(_) => {
+                // Slow acks are what admission control sheds on.
                 self.admission.record_ack(took);
                 return Err(Rejection::PublishTimeout(self.publish_timeout));
             }
+            Ok(Err(err)) => return Err(err.into_rejection(self.publish_timeout)),
         };
         self.admission.record_ack(took);
         self.metrics

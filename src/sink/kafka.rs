@@ -207,6 +207,7 @@ fn classify(err: &KafkaError) -> SinkError {
         other => other.rdkafka_error_code(),
     };
     match code {
+        Some(RDKafkaErrorCode::MessageTimedOut) => SinkError::TimedOut,
         Some(RDKafkaErrorCode::QueueFull) => {
             SinkError::Backpressure("the producer queue is full".into())
         }
@@ -341,6 +342,8 @@ mod tests {
         let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
         assert!(matches!(classify(&full), SinkError::Backpressure(_)));
         let timeout = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
-        assert!(matches!(classify(&timeout), SinkError::Unavailable(_)));
+        assert!(matches!(classify(&timeout), SinkError::TimedOut));
+        let down = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
+        assert!(matches!(classify(&down), SinkError::Unavailable(_)));
     }
 }

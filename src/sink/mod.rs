@@ -44,14 +44,20 @@ pub enum SinkError {
     /// up with the offered load.
     #[error("{0}")]
     Backpressure(String),
+    /// The client gave up waiting for the acknowledgement (its timeout matches the publish
+    /// timeout).
+    #[error("no acknowledgement in time")]
+    TimedOut,
 }
 
-impl From<SinkError> for Rejection {
-    fn from(err: SinkError) -> Rejection {
-        match err {
+impl SinkError {
+    /// The rejection to answer with; `publish_timeout` names the bound a timeout hit.
+    pub fn into_rejection(self, publish_timeout: Duration) -> Rejection {
+        match self {
             SinkError::Unavailable(why) => Rejection::SinkUnavailable(why),
             SinkError::Rejected(why) => Rejection::SinkRejected(why),
             SinkError::Backpressure(why) => Rejection::SinkBackpressure(why),
+            SinkError::TimedOut => Rejection::PublishTimeout(publish_timeout),
         }
     }
 }

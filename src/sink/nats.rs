@@ -171,6 +171,7 @@ impl NatsSink {
                 self.stream.recheck.notify_one();
                 SinkError::Unavailable("no stream for the subject".into())
             }
+            PublishErrorKind::TimedOut => SinkError::TimedOut,
             PublishErrorKind::MaxAckPending => {
                 SinkError::Backpressure("too many publishes awaiting their ack".into())
             }

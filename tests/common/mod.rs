@@ -4,6 +4,7 @@
 
 pub mod kafka;
 pub mod nats;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -158,29 +159,46 @@ impl Http {
         path_and_query: &str,
         body: Bytes,
     ) -> Answer {
+        self.try_request(method, addr, path_and_query, body)
+            .await
+            .expect("an answer")
+    }
+
+    /// As `request`, but a connection failure (no answer at all) is an `Err`.
+    pub async fn try_request(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<Answer, String> {
         let request = http::Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path_and_query}"))
             .header("content-type", "application/json")
             .body(Full::new(body))
             .expect("request");
-        let response = self.client.request(request).await.expect("response");
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response
             .into_body()
             .collect()
             .await
-            .expect("body")
+            .map_err(|e| format!("{e:?}"))?
             .to_bytes();
         let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
         });
-        Answer {
+        Ok(Answer {
             status,
             headers,
             body,
-        }
+        })
     }
 
     /// POSTs a callback to `/callback?{query}`.
