@@ -1,0 +1,348 @@
+"""The Helm chart, rendered by Helm's own engine (helm-python-sdk binds Helm v4's Go SDK), for
+the default values and every scenario under helm/timbridge/ci/; every manifest validated
+against the Kubernetes 1.30 schemas (kubernetes-validate, offline, strict: unknown fields fail).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+import helmrender
+from conftest import bridge_binary
+from helmrender import CHART, REPO, SCENARIOS
+
+K8S_VERSION = "1.30.0"
+CASES = [None, *SCENARIOS]
+CASE_IDS = ["defaults", *(p.stem for p in SCENARIOS)]
+
+
+def render_objects(values: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return helmrender.objects(helmrender.render(values))
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(objs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def bridge_config(objs: list[dict[str, Any]]) -> dict[str, str]:
+    """The ConfigMap of the bridge's settings (the other one carries the dashboard)."""
+    (cm,) = [o for o in by_kind(objs, "ConfigMap") if "TIMBRIDGE_SINK" in o.get("data", {})]
+    return cm["data"]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=CASE_IDS)
+def case(request):
+    values = helmrender.load_values(request.param)
+    return values, render_objects(values)
+
+
+def test_scenarios_exist():
+    assert {p.stem for p in SCENARIOS} >= {
+        "kafka-values", "nats-values", "ingress-values", "autoscaling-values",
+        "existing-secret-values"}
+
+
+# --- Kubernetes schemas --------------------------------------------------------------------
+
+def validate_crd_object(obj: dict[str, Any]) -> None:
+    """ServiceMonitor and PrometheusRule are CRDs that kubernetes-validate has no schema for:
+    check the fields the Prometheus Operator requires, by hand."""
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    assert obj["metadata"]["name"] and obj["metadata"]["namespace"]
+    spec = obj["spec"]
+    if obj["kind"] == "ServiceMonitor":
+        assert spec["selector"]["matchLabels"]
+        for ep in spec["endpoints"]:
+            assert ep["port"] == "metrics" and ep["path"] == "/metrics"
+    elif obj["kind"] == "PrometheusRule":
+        assert spec["groups"], "no rule group"
+        for group in spec["groups"]:
+            assert group["name"] and group["rules"]
+            for rule in group["rules"]:
+                assert set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations"}
+                assert rule["expr"] and ("alert" in rule) != ("record" in rule)
+    else:
+        raise AssertionError(f"unexpected CRD kind {obj['kind']}")
+
+
+def test_manifests_match_kubernetes_schemas(case):
+    _, objs = case
+    assert objs
+    for obj in objs:
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            validate_crd_object(obj)
+        else:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_validator_catches_mistakes():
+    # A guard against a validator that accepts anything.
+    objs = render_objects(None)
+    deployment = copy.deepcopy(one(objs, "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 3
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    deployment = copy.deepcopy(one(objs, "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+# --- What every rendering must carry -------------------------------------------------------
+
+def test_deployment_runs_hardened_with_probes(case):
+    values, objs = case
+    deployment = one(objs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][0] == "serve"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "lifecycle" not in container, "no preStop hook: --shutdown-delay does its job"
+
+
+def test_grace_period_follows_the_shutdown_flags(case):
+    values, objs = case
+    shutdown = helm.Chart.load(str(CHART)).merge_values(values)["shutdown"]
+    config = bridge_config(objs)
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert config["TIMBRIDGE_SHUTDOWN_DELAY"] == f"{shutdown['delaySeconds']}s"
+    assert config["TIMBRIDGE_SHUTDOWN_TIMEOUT"] == f"{shutdown['timeoutSeconds']}s"
+    assert pod["terminationGracePeriodSeconds"] == shutdown["timeoutSeconds"] + shutdown["killMarginSeconds"]
+    assert pod["terminationGracePeriodSeconds"] > shutdown["timeoutSeconds"] > shutdown["delaySeconds"]
+
+
+def test_config_names_only_real_flags(case):
+    """Every TIMBRIDGE_* variable the chart sets is one `timbridge serve --help` lists."""
+    _, objs = case
+    help_text = subprocess.run([str(bridge_binary()), "serve", "--help"], check=True,
+                               capture_output=True, text=True).stdout
+    known = set(re.findall(r"\[env: (TIMBRIDGE_[A-Z_]+)", help_text))
+    assert len(known) > 40
+    names = set(bridge_config(objs))
+    container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    names |= {e["name"] for e in container.get("env", [])}
+    assert names - known == set()
+
+
+def test_service_exposes_callback_and_metrics(case):
+    _, objs = case
+    ports = {p["name"]: p for p in one(objs, "Service")["spec"]["ports"]}
+    assert ports["http"]["targetPort"] == "http"
+    assert ports["metrics"]["targetPort"] == "admin"
+
+
+def test_secret_or_existing_secret(case):
+    values, objs = case
+    existing = ((values or {}).get("secret") or {}).get("existingSecret")
+    container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    if existing:
+        assert by_kind(objs, "Secret") == []
+        assert refs == {existing}
+    else:
+        assert refs == {one(objs, "Secret")["metadata"]["name"]}
+    config = bridge_config(objs)
+    assert not any(k in config for k in ("TIMBRIDGE_TOKEN", "TIMBRIDGE_NATS_PASSWORD",
+                                          "TIMBRIDGE_KAFKA_SASL_PASSWORD"))
+
+
+def test_pdb_on_by_default_with_two_replicas():
+    objs = render_objects(None)
+    assert one(objs, "Deployment")["spec"]["replicas"] == 2
+    assert one(objs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert by_kind(objs, "HorizontalPodAutoscaler") == []
+    assert by_kind(objs, "Ingress") == [] and by_kind(objs, "NetworkPolicy") == []
+
+
+def test_autoscaling_scenario():
+    objs = render_objects(helmrender.load_values(CHART / "ci" / "autoscaling-values.yaml"))
+    hpa = one(objs, "HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
+    assert "replicas" not in one(objs, "Deployment")["spec"]
+    assert one(objs, "PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
+
+
+def test_kafka_scenario():
+    values = helmrender.load_values(CHART / "ci" / "kafka-values.yaml")
+    rendered = helmrender.render(values)
+    objs = helmrender.objects(rendered)
+    config = bridge_config(objs)
+    assert config["TIMBRIDGE_SINK"] == "kafka"
+    assert config["TIMBRIDGE_KAFKA_BROKERS"] == "kafka-0.kafka:9093,kafka-1.kafka:9093,kafka-2.kafka:9093"
+    assert config["TIMBRIDGE_KAFKA_SSL_CA"] == "/etc/timbridge/kafka-tls/ca.crt"
+    assert config["TIMBRIDGE_SDKAPPID"] == "1400000000,1400000001"
+    assert not any(k.startswith("TIMBRIDGE_NATS") for k in config)
+    container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["serve", "--kafka-option", "client.id=timbridge",
+                                 "--kafka-option", "socket.keepalive.enable=true"]
+    assert one(objs, "ServiceMonitor")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert one(objs, "PrometheusRule")
+
+
+def test_nats_scenario():
+    objs = render_objects(helmrender.load_values(CHART / "ci" / "nats-values.yaml"))
+    config = bridge_config(objs)
+    assert config["TIMBRIDGE_NATS_CREDS"] == "/etc/timbridge/secret/nats.creds"
+    assert config["TIMBRIDGE_NATS_TLS_CERT"] == "/etc/timbridge/nats-tls/tls.crt"
+    assert config["TIMBRIDGE_NATS_TLS_REQUIRED"] == "true"
+    assert "nats.creds" in one(objs, "Secret")["data"]
+    policy = one(objs, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert {v["name"] for v in pod["volumes"]} == {"secret", "nats-tls"}
+    assert pod["terminationGracePeriodSeconds"] == 45
+
+
+def test_ingress_scenario_and_notes_give_the_callback_url():
+    values = helmrender.load_values(CHART / "ci" / "ingress-values.yaml")
+    rendered = helmrender.render(values)
+    ingress = one(helmrender.objects(rendered), "Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "im-callback.example.com"
+    assert [p["path"] for p in rule["http"]["paths"]] == ["/tim/callback"]
+    notes = next(v for k, v in rendered.items() if k.endswith("NOTES.txt"))
+    assert "https://im-callback.example.com/tim/callback" in notes
+    assert "Callback authentication: the token is read from Secret" in notes
+
+
+def test_notes_warn_without_sdkappid_or_token():
+    notes = next(v for k, v in helmrender.render(None).items() if k.endswith("NOTES.txt"))
+    assert "bridge.sdkappids is empty" in notes and "NONE" in notes
+
+
+def test_monitoring_objects_only_when_enabled():
+    # Offline rendering has no CRDs in its capabilities: autoDetect alone renders nothing.
+    objs = render_objects(None)
+    assert by_kind(objs, "ServiceMonitor") == [] and by_kind(objs, "PrometheusRule") == []
+
+
+# --- Files carried by the chart --------------------------------------------------------------
+
+def test_dashboard_configmap_carries_the_dashboard_file():
+    objs = render_objects(None)
+    (cm,) = [o for o in by_kind(objs, "ConfigMap") if "timbridge.json" in o.get("data", {})]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    file_text = (REPO / "deploy" / "grafana" / "timbridge.json").read_text()
+    assert cm["data"]["timbridge.json"].strip() == file_text.strip()
+    assert json.loads(cm["data"]["timbridge.json"]) == json.loads(file_text)
+
+
+def test_prometheusrule_carries_the_alerts_file():
+    objs = render_objects({"metrics": {"prometheusRule": {"enabled": True}}})
+    rule = one(objs, "PrometheusRule")
+    alerts = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yaml").read_text())
+    assert rule["spec"] == alerts
+
+
+def test_deploy_copies_equal_the_chart_files():
+    for src, dst in helmrender.COPIES.items():
+        assert dst.read_bytes() == src.read_bytes(), f"{dst} differs: run scripts/render-manifests.sh"
+
+
+def test_plain_manifests_do_not_drift():
+    expected = helmrender.plain_manifests()
+    actual = helmrender.PLAIN_MANIFESTS.read_text()
+    assert actual == expected, "deploy/kubernetes/timbridge.yaml is stale: run scripts/render-manifests.sh"
+
+
+def test_plain_manifests_are_valid():
+    for obj in yaml.safe_load_all(helmrender.PLAIN_MANIFESTS.read_text()):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+# --- values.schema.json ------------------------------------------------------------------------
+
+def test_every_values_key_is_commented():
+    """Every option in values.yaml has a comment line above it. Keys inside a default value
+    (the block under a "# --" comment, e.g. resources:) are data, not options."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, bool]] = []  # (indent, inside a default value)
+    previous = ""
+    block_start = ""  # first line of the comment block just above
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            if stripped.startswith("#") and not previous.startswith("#"):
+                block_start = stripped
+            previous = stripped or previous
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        in_data = any(data for _, data in stack)
+        header = stripped.endswith(":")
+        if not in_data and not stripped.startswith("-"):
+            assert previous.startswith("#") or header, f"values.yaml:{number} has no comment: {line}"
+        stack.append((indent, in_data or (header and previous.startswith("#")
+                                           and block_start.startswith("# --"))))
+        previous = stripped
+
+
+BAD_VALUES = [
+    {"bridge": {"sink": "rabbitmq"}},
+    {"bridge": {"publishTimeout": "1.5 seconds"}},
+    {"bridge": {"maxInflight": 0}},
+    {"bridge": {"logFormat": "xml"}},
+    {"bridge": {"sdkappids": ["14000abc"]}},
+    {"bridge": {"path": "callback"}},
+    {"bridge": {"maxBodyBytes": "256kb"}},
+    {"replicaCount": "two"},
+    {"replicaCount": -1},
+    {"image": {"pullPolicy": "Sometimes"}},
+    {"kafka": {"compression": "brotli"}},
+    {"kafka": {"brokers": ["kafka"]}},
+    {"kafka": {"securityProtocol": "SASL_SSL_PLAIN"}},
+    {"nats": {"streamReplicas": 7}},
+    {"shutdown": {"timeoutSeconds": "25s"}},
+    {"service": {"port": 70000}},
+    {"autoscaling": {"targetCPUUtilizationPercentage": 150}},
+    {"ingress": {"enabled": "yes"}},
+    {"metrics": {"serviceMonitor": {"interval": "often"}}},
+    {"unknownTopLevelKey": True},
+    {"bridge": {"maxInfligt": 10}},
+]
+
+
+@pytest.mark.parametrize("bad", BAD_VALUES, ids=[json.dumps(b) for b in BAD_VALUES])
+def test_schema_rejects_bad_values(bad):
+    with helm.Chart.load(str(CHART)) as chart:
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema(chart.merge_values(bad))
+        # And rendering (what `helm install`/`helm template` do) refuses them too.
+        with pytest.raises(helm.HelmError):
+            chart.render(bad, name="timbridge", namespace="timbridge", is_install=True)
+
+
+@pytest.mark.parametrize("path", CASES, ids=CASE_IDS)
+def test_schema_accepts_defaults_and_scenarios(path):
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(chart.merge_values(helmrender.load_values(path)))
+
+
+def test_template_refuses_inconsistent_shutdown():
+    with pytest.raises(helm.HelmError, match="delaySeconds"):
+        helmrender.render({"shutdown": {"delaySeconds": 30, "timeoutSeconds": 20}})

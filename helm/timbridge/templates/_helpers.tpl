@@ -1,0 +1,77 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "timbridge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "timbridge.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "timbridge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "timbridge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "timbridge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "timbridge.labels" -}}
+helm.sh/chart: {{ include "timbridge.chart" . }}
+{{ include "timbridge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: webhook-bridge
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "timbridge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "timbridge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the callback token and broker credentials. */}}
+{{- define "timbridge.secretName" -}}
+{{- default (include "timbridge.fullname" .) .Values.secret.existingSecret }}
+{{- end }}
+
+{{- define "timbridge.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+Shutdown timing. The bridge exits at most shutdown.timeoutSeconds after SIGTERM (the delay
+included); the kubelet's SIGKILL must come later, so the grace period adds a margin.
+*/}}
+{{- define "timbridge.terminationGracePeriodSeconds" -}}
+{{- if ge (int .Values.shutdown.delaySeconds) (int .Values.shutdown.timeoutSeconds) }}
+{{- fail "shutdown.delaySeconds must be below shutdown.timeoutSeconds (the timeout includes the delay)" }}
+{{- end }}
+{{- add (int .Values.shutdown.timeoutSeconds) (int .Values.shutdown.killMarginSeconds) }}
+{{- end }}
+
+{{/* Does the cluster (or the values) ask for a monitoring.coreos.com object of this kind? */}}
+{{- define "timbridge.wantsMonitoringCRD" -}}
+{{- $cfg := index . 0 }}{{- $kind := index . 1 }}{{- $root := index . 2 }}
+{{- if or $cfg.enabled (and $cfg.autoDetect ($root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind))) }}true{{ end }}
+{{- end }}
