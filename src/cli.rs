@@ -150,6 +150,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TIMBRIDGE_PARTITIONS", default_value_t = 16)]
     pub partitions: u32,
 
+    /// Threads of the async runtime (default: one per CPU core).
+    #[arg(long, env = "TIMBRIDGE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     /// Log line format (logs go to stderr).
     #[arg(long, env = "TIMBRIDGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -266,8 +270,9 @@ pub struct KafkaArgs {
     #[arg(long, env = "TIMBRIDGE_KAFKA_TOPIC", default_value = "tim.{command}")]
     pub kafka_topic: String,
 
-    /// How long the producer waits to batch records (linger.ms).
-    #[arg(long, env = "TIMBRIDGE_KAFKA_LINGER", default_value = "5ms", value_parser = parse_duration)]
+    /// How long the producer waits to batch records (linger.ms). At high rates batches fill
+    /// anyway while requests are in flight; a long linger only adds latency at low rates.
+    #[arg(long, env = "TIMBRIDGE_KAFKA_LINGER", default_value = "1ms", value_parser = parse_duration)]
     pub kafka_linger: Duration,
 
     /// Batch compression.
@@ -457,6 +462,9 @@ impl ServeArgs {
                 "must be shorter than --shutdown-timeout (which includes it)",
             ));
         }
+        if self.worker_threads == Some(0) {
+            return Err(ConfigError::new("--worker-threads", "must be more than 0"));
+        }
         if self.partitions == 0 {
             return Err(ConfigError::new("--partitions", "must be more than 0"));
         }
@@ -489,6 +497,7 @@ impl ServeArgs {
             shutdown_delay: self.shutdown_delay,
             shutdown_timeout: self.shutdown_timeout,
             partitions: self.partitions,
+            worker_threads: self.worker_threads,
         })
     }
 }
@@ -662,7 +671,7 @@ mod tests {
         };
         assert_eq!(k.brokers, "k1:9092,k2:9092");
         assert_eq!(k.compression, "lz4");
-        assert_eq!(k.linger, Duration::from_millis(5));
+        assert_eq!(k.linger, Duration::from_millis(1));
         assert_eq!(
             k.topic.render("Group.CallbackAfterSendMsg", 0, 1),
             "tim.Group.CallbackAfterSendMsg"

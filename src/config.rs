@@ -33,6 +33,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Partitions of the partition key (the `{partition}` of NATS subjects, stdout lines).
     pub partitions: u32,
+    /// Threads of the async runtime; `None`: one per core.
+    pub worker_threads: Option<usize>,
 }
 
 // One per process: the size difference between variants costs nothing.

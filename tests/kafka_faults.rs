@@ -224,3 +224,69 @@ async fn broker_down_answers_503_in_time_then_recovers_without_restart() {
     );
     bridge.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_broker_refusal_is_500_sink_rejected_not_503() {
+    // A message larger than the producer may send can never be delivered: that is a
+    // configuration problem (500, reason sink_rejected), not a passing outage (503).
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let bridge = start(&[
+        "--sink",
+        "kafka",
+        "--kafka-brokers",
+        &bootstrap,
+        "--sdkappid",
+        "1400000000",
+        "--kafka-option",
+        "message.max.bytes=1000",
+    ])
+    .await;
+    ready(&bridge, 200).await;
+    let http = Http::default();
+    let q = query("Group.CallbackAfterSendMsg");
+    assert_ok(
+        &http
+            .callback(bridge.addr(), &q, group_message("@TGS#big", 1))
+            .await,
+    );
+
+    let mut big: serde_json::Value = serde_json::from_slice(&group_message("@TGS#big", 2)).unwrap();
+    big["CloudCustomData"] = "x".repeat(2000).into();
+    let answer = http
+        .callback(
+            bridge.addr(),
+            &q,
+            bytes::Bytes::from(serde_json::to_vec(&big).unwrap()),
+        )
+        .await;
+    assert_fail(&answer, 500, 5000);
+    assert!(
+        answer.headers.get("retry-after").is_none(),
+        "not worth retrying"
+    );
+    let (_, metrics) = http.admin(bridge.admin_addr(), "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "timbridge_rejections_total{reason=\"sink_rejected\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "timbridge_rejections_total{reason=\"sink_unavailable\"}"
+        ),
+        0.0
+    );
+
+    // The bridge keeps serving normal callbacks.
+    assert_ok(
+        &http
+            .callback(bridge.addr(), &q, group_message("@TGS#big", 3))
+            .await,
+    );
+    bridge.shutdown().await;
+}

@@ -16,7 +16,9 @@ use tokio::net::TcpListener;
 
 const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#;
 
-async fn handle(request: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = match request.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
@@ -24,9 +26,10 @@ async fn handle(request: Request<hyper::body::Incoming>) -> Result<Response<Full
     match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(_) => {
             let mut response = Response::new(Full::new(Bytes::from_static(OK)));
-            response
-                .headers_mut()
-                .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
             Ok(response)
         }
         Err(_) => Ok(status(StatusCode::BAD_REQUEST)),
@@ -41,7 +44,9 @@ fn status(code: StatusCode) -> Response<Full<Bytes>> {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
     let listener = TcpListener::bind(&addr).await?;
     loop {
         let (stream, _) = listener.accept().await?;

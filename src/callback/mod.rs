@@ -68,7 +68,7 @@ impl VerifiedQuery {
     /// Validates `body` against this query; `received_at_ms` is when the request arrived.
     pub fn accept(self, body: Bytes, received_at_ms: u64) -> Result<Callback, Rejection> {
         let fields = body::parse(&self.query.command, &body)?;
-        let key = partition_key(&self.query, &fields);
+        let key = key_source(&self.query, &fields);
         Ok(Callback {
             query: self.query,
             fields,
@@ -84,7 +84,7 @@ impl VerifiedQuery {
 pub struct Callback {
     query: Query,
     fields: Fields,
-    key: String,
+    key: KeySource,
     body: Bytes,
     received_at_ms: u64,
 }
@@ -122,7 +122,11 @@ impl Callback {
 
     /// The key that decides the partition: everything with one key keeps its order.
     pub fn partition_key(&self) -> &str {
-        &self.key
+        match &self.key {
+            KeySource::GroupId => self.fields.group_id.as_deref().unwrap_or_default(),
+            KeySource::FromAccount => self.fields.from_account.as_deref().unwrap_or_default(),
+            KeySource::SdkAppid(app) => app,
+        }
     }
 
     /// The metadata headers, in a fixed order; absent values are left out.
@@ -191,15 +195,25 @@ impl Callback {
     }
 }
 
-/// GroupId for group callbacks (per-group order); otherwise the sender (C2C, profile and
-/// friend callbacks, so one user's events stay in order); otherwise the app id, which puts the
-/// remaining app-wide events in one partition, in order.
-fn partition_key(query: &Query, fields: &Fields) -> String {
-    fields
-        .group_id
-        .clone()
-        .or_else(|| fields.from_account.clone())
-        .unwrap_or_else(|| query.sdkappid.to_string())
+/// Where the partition key comes from: GroupId for group callbacks (per-group order);
+/// otherwise the sender (C2C, profile and friend callbacks, so one user's events stay in order);
+/// otherwise the app id, which puts the remaining app-wide events in one partition, in order.
+/// Kept as a choice rather than a copy of the string: the fields already own it.
+#[derive(Debug, Clone)]
+enum KeySource {
+    GroupId,
+    FromAccount,
+    SdkAppid(String),
+}
+
+fn key_source(query: &Query, fields: &Fields) -> KeySource {
+    if fields.group_id.is_some() {
+        KeySource::GroupId
+    } else if fields.from_account.is_some() {
+        KeySource::FromAccount
+    } else {
+        KeySource::SdkAppid(query.sdkappid.to_string())
+    }
 }
 
 /// The metric label for a command: the command itself when it is one Tencent documents,

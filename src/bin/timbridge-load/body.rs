@@ -4,8 +4,21 @@
 use std::fmt::Write;
 
 const WORDS: &[&str] = &[
-    "hello", "red packet", "你好", "明天见", "👍", "meeting at 10", "ok", "😀😀", "see you",
-    "こんにちは", "thanks!", "on my way", "图片", "location shared", "🎉 congrats",
+    "hello",
+    "red packet",
+    "你好",
+    "明天见",
+    "👍",
+    "meeting at 10",
+    "ok",
+    "😀😀",
+    "see you",
+    "こんにちは",
+    "thanks!",
+    "on my way",
+    "图片",
+    "location shared",
+    "🎉 congrats",
 ];
 
 /// A small deterministic generator (xorshift64*).
@@ -13,7 +26,9 @@ struct Rng(u64);
 
 impl Rng {
     fn new(group: usize, seq: u64) -> Rng {
-        Rng((group as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1)
+        Rng((group as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ seq.wrapping_mul(0xD1B5_4A32_D192_ED03)
+            | 1)
     }
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
@@ -42,7 +57,11 @@ pub fn group_message(group_index: usize, group_id: &str, seq: u64) -> String {
                     text.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
                     text.push(' ');
                 }
-                let _ = write!(elements, r#"{{"MsgType":"TIMTextElem","MsgContent":{{"Text":"{}"}}}}"#, text.trim_end());
+                let _ = write!(
+                    elements,
+                    r#"{{"MsgType":"TIMTextElem","MsgContent":{{"Text":"{}"}}}}"#,
+                    text.trim_end()
+                );
             }
             6 => {
                 let uuid = rng.next();
@@ -52,7 +71,11 @@ pub fn group_message(group_index: usize, group_id: &str, seq: u64) -> String {
                 );
             }
             7 => {
-                let _ = write!(elements, r#"{{"MsgType":"TIMFaceElem","MsgContent":{{"Index":{},"Data":"face"}}}}"#, rng.below(100));
+                let _ = write!(
+                    elements,
+                    r#"{{"MsgType":"TIMFaceElem","MsgContent":{{"Index":{},"Data":"face"}}}}"#,
+                    rng.below(100)
+                );
             }
             8 => {
                 let _ = write!(

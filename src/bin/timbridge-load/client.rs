@@ -43,7 +43,10 @@ impl Connection {
             stream.set_nodelay(true)?;
             self.stream = Some(stream);
         }
-        let stream = self.stream.as_mut().ok_or_else(|| io::Error::other("no connection"))?;
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no connection"))?;
         stream.write_all(request).await?;
         self.buf.clear();
         let head_end = loop {
@@ -64,7 +67,9 @@ impl Connection {
             if let Some((name, value)) = line.split_once(':') {
                 if name.eq_ignore_ascii_case("content-length") {
                     length = value.trim().parse().unwrap_or(0);
-                } else if name.eq_ignore_ascii_case("connection") && value.trim().eq_ignore_ascii_case("close") {
+                } else if name.eq_ignore_ascii_case("connection")
+                    && value.trim().eq_ignore_ascii_case("close")
+                {
                     close = true;
                 }
             }
@@ -85,7 +90,10 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> 
     let mut chunk = [0u8; 4096];
     let n = stream.read(&mut chunk).await?;
     if n == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
     }
     buf.extend_from_slice(&chunk[..n]);
     Ok(())

@@ -28,7 +28,11 @@ use timbridge::config::parse_duration;
 use tokio::sync::mpsc;
 
 #[derive(Parser)]
-#[command(name = "timbridge-load", version, about = "Load generator and verifier for timbridge")]
+#[command(
+    name = "timbridge-load",
+    version,
+    about = "Load generator and verifier for timbridge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -161,7 +165,14 @@ fn target(url: &str) -> Result<(SocketAddr, String, String), String> {
 }
 
 /// The request bytes for one callback (signed when a token is given).
-fn encode(args: &RunArgs, host: &str, path: &str, token: Option<&Token>, group: usize, seq: u64) -> Vec<u8> {
+fn encode(
+    args: &RunArgs,
+    host: &str,
+    path: &str,
+    token: Option<&Token>,
+    group: usize,
+    seq: u64,
+) -> Vec<u8> {
     let group_id = format!("{}{group}", args.group_prefix);
     let body = body::group_message(group, &group_id, seq);
     let mut query = format!(
@@ -170,7 +181,11 @@ fn encode(args: &RunArgs, host: &str, path: &str, token: Option<&Token>, group: 
         group % 250
     );
     if let Some(token) = token {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs().to_string();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            .to_string();
         query.push_str(&format!("&RequestTime={now}&Sign={}", sign(token, &now)));
     }
     let mut request = format!(
@@ -261,9 +276,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
     // The queues are closed now (dropped with the schedule): the open-loop workers end once
     // they sent what was scheduled.
 
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     let mut summary = Summary {
-        mode: if args.rate.is_some() { "open" } else { "closed" },
+        mode: if args.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        },
         target_rate: args.rate,
         duration_s: 0.0,
         connections,
@@ -274,7 +294,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
         connection_errors: 0,
         missed,
         ok_per_s: 0.0,
-        latency_us: Latency { p50: 0, p90: 0, p99: 0, p999: 0, max: 0, mean: 0.0 },
+        latency_us: Latency {
+            p50: 0,
+            p90: 0,
+            p99: 0,
+            p999: 0,
+            max: 0,
+            mean: 0.0,
+        },
         last_seq: BTreeMap::new(),
         not_ok: BTreeMap::new(),
     };
@@ -329,8 +356,22 @@ impl Worker {
         }
     }
 
-    async fn send(&self, conn: &mut client::Connection, r: &mut WorkerResult, group: usize, seq: u64, since: Instant) {
-        let request = encode(&self.args, &self.host, &self.path, self.token.as_ref(), group, seq);
+    async fn send(
+        &self,
+        conn: &mut client::Connection,
+        r: &mut WorkerResult,
+        group: usize,
+        seq: u64,
+        since: Instant,
+    ) {
+        let request = encode(
+            &self.args,
+            &self.host,
+            &self.path,
+            self.token.as_ref(),
+            group,
+            seq,
+        );
         let answer = conn.send(&request).await;
         let micros = since.elapsed().as_micros().max(1) as u64;
         let _ = r.histogram.record(micros.min(60_000_000));
@@ -357,7 +398,8 @@ impl Worker {
         let mut r = self.result();
         let mut conn = client::Connection::new(self.addr);
         while let Some(job) = rx.recv().await {
-            self.send(&mut conn, &mut r, job.group, job.seq, job.due).await;
+            self.send(&mut conn, &mut r, job.group, job.seq, job.due)
+                .await;
         }
         r
     }
@@ -370,7 +412,8 @@ impl Worker {
         while Instant::now() < end {
             let slot = i % groups.len();
             seqs[slot] += 1;
-            self.send(&mut conn, &mut r, groups[slot], seqs[slot], Instant::now()).await;
+            self.send(&mut conn, &mut r, groups[slot], seqs[slot], Instant::now())
+                .await;
             i += 1;
         }
         r
@@ -413,7 +456,10 @@ async fn verify_command(args: VerifyArgs) -> ExitCode {
         }
     };
     let report = verify::check(&expected, &stored);
-    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
     if report.clean() {
         ExitCode::SUCCESS
     } else {
