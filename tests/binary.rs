@@ -151,3 +151,22 @@ async fn stdout_sink_writes_one_json_line_per_callback_and_sigterm_exits_0() {
         .unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_flag_sets_the_runtime_size() {
+    // A flag that parses but is never applied is worse than no flag: count the threads.
+    for (threads, expected) in [("1", 1), ("3", 3)] {
+        let bridge = common::process::BridgeProcess::start(&[
+            "--allow-any-sdkappid",
+            "--worker-threads",
+            threads,
+        ])
+        .await;
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", bridge.pid())).unwrap();
+        let workers = tasks
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+            .filter(|name| name.trim() == "tokio-rt-worker")
+            .count();
+        assert_eq!(workers, expected, "--worker-threads {threads}");
+    }
+}
