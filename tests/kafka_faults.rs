@@ -16,17 +16,7 @@ const TOPIC: &str = "tim.Group.CallbackAfterSendMsg";
 const PARTITIONS: i32 = 8;
 
 async fn ready(bridge: &timbridge::Bridge, want: u16) {
-    let http = Http::default();
-    let admin = bridge.admin_addr();
-    eventually(
-        Duration::from_secs(20),
-        &format!("/readyz to be {want}"),
-        || {
-            let http = http.clone();
-            async move { (http.admin(admin, "/readyz").await.0 == want).then_some(()) }
-        },
-    )
-    .await;
+    wait_readyz(bridge.admin_addr(), want, Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

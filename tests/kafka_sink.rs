@@ -23,13 +23,8 @@ async fn start_kafka(bootstrap: &str, extra: &[&str]) -> timbridge::Bridge {
     ];
     flags.extend_from_slice(extra);
     let bridge = start(&flags).await;
-    let http = Http::default();
     let admin = bridge.admin_addr();
-    eventually(Duration::from_secs(20), "/readyz to be 200", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 200, Duration::from_secs(20)).await;
     bridge
 }
 
@@ -239,11 +234,7 @@ async fn broker_killed_answers_503_in_time_never_200_and_not_ready() {
             "answered in {took:?}"
         );
     }
-    eventually(Duration::from_secs(10), "/readyz to turn 503", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 503).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 503, Duration::from_secs(10)).await;
     let (_, metrics) = http.admin(admin, "/metrics").await;
     assert_eq!(metric(&metrics, "timbridge_sink_ready"), 0.0);
     bridge.shutdown().await;

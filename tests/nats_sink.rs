@@ -27,13 +27,8 @@ async fn start_with(nats: &NatsServer, extra: &[&str]) -> timbridge::Bridge {
     flags.extend(extra.iter().map(|s| s.to_string()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let bridge = start(&flags).await;
-    let http = Http::default();
     let admin = bridge.admin_addr();
-    eventually(Duration::from_secs(10), "/readyz to be 200", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 200, Duration::from_secs(10)).await;
     bridge
 }
 
@@ -237,11 +232,7 @@ async fn broker_down_answers_503_in_time_and_recovers_without_restart() {
     );
 
     nats.stop();
-    eventually(Duration::from_secs(10), "/readyz to turn 503", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 503).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 503, Duration::from_secs(10)).await;
     for seq in 2..=6 {
         let started = Instant::now();
         let answer = http
@@ -276,11 +267,7 @@ async fn broker_down_answers_503_in_time_and_recovers_without_restart() {
     );
 
     nats.restart();
-    eventually(Duration::from_secs(15), "/readyz to be 200 again", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 200, Duration::from_secs(15)).await;
     assert_ok(
         &http
             .callback(bridge.addr(), &q, group_message("@TGS#down", 7))
@@ -321,11 +308,7 @@ async fn starts_without_nats_and_becomes_ready_when_it_appears() {
 
     nats.restart();
     let admin = bridge.admin_addr();
-    eventually(Duration::from_secs(15), "/readyz to be 200", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 200, Duration::from_secs(15)).await;
     assert_ok(
         &http
             .callback(

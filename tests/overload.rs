@@ -154,11 +154,7 @@ async fn overload_sheds_fast_keeps_memory_bounded_and_recovers() {
     .await;
     let http = Http::default();
     let admin = bridge.admin;
-    eventually(Duration::from_secs(10), "ready", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 200, Duration::from_secs(10)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(steady_load(bridge.addr, "ovl", 300, stop.clone()));
@@ -206,11 +202,7 @@ async fn overload_sheds_fast_keeps_memory_bounded_and_recovers() {
     assert!(peak < MEMORY_BOUND, "peak RSS {peak} under {MEMORY_BOUND}");
 
     // Serves normally once the pressure is gone.
-    eventually(Duration::from_secs(10), "ready again", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 200, Duration::from_secs(10)).await;
     for seq in 1..=20 {
         assert_ok(
             &http
@@ -247,24 +239,15 @@ async fn nats_killed_and_restarted_under_load_loses_nothing_answered_200() {
         "800ms",
     ])
     .await;
-    let http = Http::default();
     let admin = bridge.admin_addr();
-    eventually(Duration::from_secs(10), "ready", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 200, Duration::from_secs(10)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(steady_load(bridge.addr(), "kill", 20, stop.clone()));
     tokio::time::sleep(Duration::from_millis(700)).await;
     nats.stop(); // SIGKILL
     tokio::time::sleep(Duration::from_millis(1000)).await;
     nats.restart(); // same port, same file storage
-    eventually(Duration::from_secs(15), "ready after the restart", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 200, Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, Ordering::Relaxed);
     let sent = load.await.unwrap();
@@ -311,13 +294,8 @@ async fn kafka_broker_down_and_up_under_load_loses_nothing_answered_200() {
         "800ms",
     ])
     .await;
-    let http = Http::default();
     let admin = bridge.admin_addr();
-    eventually(Duration::from_secs(15), "ready", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 200, Duration::from_secs(15)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(steady_load(bridge.addr(), "kdn", 10, stop.clone()));
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -390,11 +368,7 @@ async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
     .await;
     let http = Http::default();
     let admin = bridge.admin;
-    eventually(Duration::from_secs(10), "ready", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 200, Duration::from_secs(10)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(steady_load(bridge.addr, "term", 30, stop.clone()));
     tokio::time::sleep(Duration::from_millis(800)).await;

@@ -55,11 +55,7 @@ async fn every_rejection_has_its_status_code_and_counter_and_publishes_nothing()
     .await;
     let http = Http::default();
     let admin = bridge.admin_addr();
-    eventually(Duration::from_secs(10), "ready", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 200, Duration::from_secs(10)).await;
     let reader = nats.reader().await;
 
     let cmd = "Group.CallbackAfterSendMsg";
@@ -300,11 +296,7 @@ async fn tencents_worked_signature_example_is_accepted_end_to_end() {
     .await;
     let http = Http::default();
     let admin = bridge.admin_addr();
-    eventually(Duration::from_secs(10), "ready", || {
-        let http = http.clone();
-        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
-    })
-    .await;
+    wait_readyz(admin, 200, Duration::from_secs(10)).await;
     let cmd = "Group.CallbackAfterSendMsg";
     let body = group_message("@TGS#sig", 1);
     let example = format!(

@@ -231,6 +231,9 @@ fn classify(err: &KafkaError) -> SinkError {
     }
 }
 
+/// How often the watcher checks the cluster (readiness lags an outage by at most this).
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Checks every second that the cluster's metadata is reachable (readiness) and whether the
 /// producer hit a fatal error (health).
 async fn watch(producer: FutureProducer<Context>, state: Arc<State>) {
@@ -260,7 +263,7 @@ async fn watch(producer: FutureProducer<Context>, state: Arc<State>) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(WATCH_INTERVAL).await;
     }
 }
 

@@ -81,6 +81,16 @@ where
     }
 }
 
+/// Polls `/readyz` on the admin address until it answers `status`, at most `deadline`.
+pub async fn wait_readyz(admin: SocketAddr, status: u16, deadline: Duration) {
+    let http = Http::default();
+    eventually(deadline, &format!("/readyz to answer {status}"), || {
+        let http = http.clone();
+        async move { (http.admin(admin, "/readyz").await.0 == status).then_some(()) }
+    })
+    .await;
+}
+
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
 }
