@@ -22,13 +22,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
+            accepted = crate::server::accept(&listener, "admin") => match accepted {
+                Some(accepted) => accepted,
+                None => continue,
             },
         };
         let app = app.clone();

@@ -76,14 +76,9 @@ pub async fn run(
         };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            accepted = accept(&listener, "callback") => match accepted {
+                Some(accepted) => accepted,
+                None => continue,
             },
         };
         let _ = stream.set_nodelay(true);
@@ -126,6 +121,22 @@ pub async fn run(
                 still_inflight = app.metrics().inflight_now(),
                 "drain timeout reached; cutting the remaining connections"
             );
+        }
+    }
+}
+
+/// Accepts one connection; on an error (typically EMFILE) logs it and backs off briefly
+/// instead of spinning, returning `None`. Shared with the admin listener.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    which: &'static str,
+) -> Option<(TcpStream, std::net::SocketAddr)> {
+    match listener.accept().await {
+        Ok(accepted) => Some(accepted),
+        Err(err) => {
+            tracing::warn!(listener = which, error = %err, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
         }
     }
 }
