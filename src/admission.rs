@@ -140,12 +140,15 @@ impl AckLatency {
     }
 
     fn is_above(&self, max: Duration, hold: Duration) -> bool {
+        // One clock read: the age is computed against this instant only.
+        self.is_above_at(self.elapsed_ms(), max, hold)
+    }
+
+    fn is_above_at(&self, now_ms: u64, max: Duration, hold: Duration) -> bool {
         let average = Duration::from_micros(self.average_us.load(Ordering::Relaxed));
-        let age = self.elapsed_ms()
-            - self
-                .updated_ms
-                .load(Ordering::Relaxed)
-                .min(self.elapsed_ms());
+        // Another thread may record a sample after `now_ms` was read, leaving `updated_ms`
+        // ahead of it: that is an age of zero, not an underflow.
+        let age = now_ms.saturating_sub(self.updated_ms.load(Ordering::Relaxed));
         average > max && Duration::from_millis(age) < hold
     }
 
@@ -216,6 +219,23 @@ mod tests {
         }
         assert!(acks.is_above(Duration::from_millis(100), Duration::from_secs(60)));
         assert!(!acks.is_above(Duration::from_millis(100), Duration::ZERO));
+    }
+
+    #[test]
+    fn a_sample_recorded_after_our_clock_read_is_age_zero() {
+        // Found by a flaky integration test: two clock reads and a concurrent record made the
+        // age computation underflow (a panic in debug builds, a wrong verdict in release).
+        let acks = AckLatency::new();
+        for _ in 0..20 {
+            acks.record(Duration::from_millis(500));
+        }
+        acks.updated_ms.store(10_000, Ordering::Relaxed);
+        assert!(acks.is_above_at(9_999, Duration::from_millis(100), Duration::from_secs(1)));
+        assert!(!acks.is_above_at(
+            11_000,
+            Duration::from_millis(100),
+            Duration::from_millis(500)
+        ));
     }
 
     #[test]
