@@ -21,6 +21,7 @@ async fn ready(bridge: &timbridge::Bridge, want: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_produce_errors_are_retried_without_reordering_or_doubling() {
+    let _serial = serial().await;
     const GROUPS: usize = 24;
     const PER_GROUP: u64 = 40;
     let mock = MockCluster::new(3).expect("mock cluster");
@@ -138,6 +139,7 @@ async fn transient_produce_errors_are_retried_without_reordering_or_doubling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_answers_503_in_time_then_recovers_without_restart() {
+    let _serial = serial().await;
     let mock = MockCluster::new(1).expect("mock cluster");
     mock.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
     let bootstrap = mock.bootstrap_servers();
@@ -217,6 +219,7 @@ async fn broker_down_answers_503_in_time_then_recovers_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_broker_refusal_is_500_sink_rejected_not_503() {
+    let _serial = serial().await;
     // A message larger than the producer may send can never be delivered: that is a
     // configuration problem (500, reason sink_rejected), not a passing outage (503).
     let mock = MockCluster::new(1).expect("mock cluster");

@@ -43,6 +43,7 @@ fn topics_for_fixtures(broker: &Tansu) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixtures_arrive_with_key_partition_headers_and_identical_value() {
+    let _serial = serial().await;
     let broker = Tansu::start();
     topics_for_fixtures(&broker);
     let bridge = start_kafka(&broker.bootstrap(), &[]).await;
@@ -131,6 +132,7 @@ async fn fixtures_arrive_with_key_partition_headers_and_identical_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_groups_keep_their_order_per_partition_nothing_missing_or_doubled() {
+    let _serial = serial().await;
     const GROUPS: usize = 100;
     const PER_GROUP: u64 = 100;
     let broker = Tansu::start();
@@ -194,6 +196,7 @@ async fn hundred_groups_keep_their_order_per_partition_nothing_missing_or_double
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_answers_503_in_time_never_200_and_not_ready() {
+    let _serial = serial().await;
     // Recovery after the broker returns is shown with MockCluster (kafka_faults.rs): tansu's
     // memory storage forgets producer ids on restart, which no real broker does.
     let mut broker = Tansu::start();

@@ -34,6 +34,7 @@ async fn start_with(nats: &NatsServer, extra: &[&str]) -> timbridge::Bridge {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixtures_arrive_byte_identical_with_subject_and_headers() {
+    let _serial = serial().await;
     let nats = NatsServer::start();
     let bridge = start_with(&nats, &[]).await;
     let http = Http::default();
@@ -108,6 +109,7 @@ async fn fixtures_arrive_byte_identical_with_subject_and_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_groups_keep_their_order_and_nothing_is_lost_or_doubled() {
+    let _serial = serial().await;
     const GROUPS: usize = 100;
     const PER_GROUP: u64 = 100;
     let nats = NatsServer::start();
@@ -164,6 +166,7 @@ async fn hundred_groups_keep_their_order_and_nothing_is_lost_or_doubled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_message_sent_twice_is_stored_once() {
+    let _serial = serial().await;
     let nats = NatsServer::start();
     let bridge = start_with(&nats, &[]).await;
     let http = Http::default();
@@ -220,6 +223,7 @@ async fn the_same_message_sent_twice_is_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_answers_503_in_time_and_recovers_without_restart() {
+    let _serial = serial().await;
     let mut nats = NatsServer::start();
     let bridge = start_with(&nats, &["--publish-timeout", "500ms"]).await;
     let http = Http::default();
@@ -288,6 +292,7 @@ async fn broker_down_answers_503_in_time_and_recovers_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_without_nats_and_becomes_ready_when_it_appears() {
+    let _serial = serial().await;
     let mut nats = NatsServer::start();
     nats.stop();
     let mut flags = nats_flags(&nats);

@@ -132,6 +132,7 @@ fn count(sent: &[Sent], status: Option<u16>) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_sheds_fast_keeps_memory_bounded_and_recovers() {
+    let _serial = serial().await;
     // Offered load far above what the sink takes: NATS paused (SIGSTOP) for two seconds under
     // 300 concurrent senders, with room for only 100 callbacks in flight.
     const PUBLISH_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -227,6 +228,7 @@ async fn overload_sheds_fast_keeps_memory_bounded_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_killed_and_restarted_under_load_loses_nothing_answered_200() {
+    let _serial = serial().await;
     let mut nats = NatsServer::start();
     let url = nats.url();
     let bridge = start(&[
@@ -279,6 +281,7 @@ async fn nats_killed_and_restarted_under_load_loses_nothing_answered_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_broker_down_and_up_under_load_loses_nothing_answered_200() {
+    let _serial = serial().await;
     use rdkafka::mocking::MockCluster;
     let mock = MockCluster::new(1).expect("mock cluster");
     mock.create_topic("tim.Group.CallbackAfterSendMsg", 4, 1)
@@ -352,6 +355,7 @@ async fn kafka_broker_down_and_up_under_load_loses_nothing_answered_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
+    let _serial = serial().await;
     let nats = NatsServer::start();
     let url = nats.url();
     let mut bridge = BridgeProcess::start(&[
@@ -432,6 +436,7 @@ async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_without_delaying_others() {
+    let _serial = serial().await;
     // The stdout sink writes into the void here: this test is about the HTTP side.
     let config = common::config(&[
         "--allow-any-sdkappid",

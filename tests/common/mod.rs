@@ -39,6 +39,14 @@ pub fn config(extra: &[&str]) -> Config {
     args.into_config().expect("valid configuration")
 }
 
+/// Serialises the tests of one test binary that hold it. Tests that assert on timing (answers
+/// within a bound) or load the machine (hundreds of senders) take it, so that on a small machine
+/// one never runs beside another and sees its latency.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 /// Bridge logs in test output when `TEST_LOG` is set (e.g. `TEST_LOG=debug`).
 pub fn init_logs() {
     if let Ok(filter) = std::env::var("TEST_LOG") {
