@@ -134,7 +134,7 @@ impl AckLatency {
         let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         // Concurrent updates may lose a sample; an average of this kind tolerates that.
         let old = self.average_us.load(Ordering::Relaxed);
-        let new = old - old / 8 + sample / 8;
+        let new = (old - old / 8).saturating_add(sample / 8);
         self.average_us.store(new, Ordering::Relaxed);
         self.updated_ms.store(self.elapsed_ms(), Ordering::Relaxed);
     }

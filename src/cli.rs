@@ -456,6 +456,21 @@ impl ServeArgs {
                 "header, body and idle timeouts must be more than 0",
             ));
         }
+        // Sane ceilings: every wait is bounded, and a typo like `90h` should not make it
+        // effectively unbounded (or overflow a deadline).
+        const HOUR: Duration = Duration::from_secs(3600);
+        for (flag, value) in [
+            ("--publish-timeout", self.publish_timeout),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--body-read-timeout", self.body_read_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--max-ack-latency", self.max_ack_latency),
+            ("--shutdown-timeout", self.shutdown_timeout),
+        ] {
+            if value > HOUR {
+                return Err(ConfigError::new(flag, "must be at most 1h"));
+            }
+        }
         if self.shutdown_delay >= self.shutdown_timeout {
             return Err(ConfigError::new(
                 "--shutdown-delay",
@@ -645,6 +660,9 @@ mod tests {
         ])
         .unwrap_err()
         .contains("--kafka-option"));
+        assert!(serve(&["--allow-any-sdkappid", "--idle-timeout", "90h"])
+            .unwrap_err()
+            .contains("--idle-timeout"));
         assert!(serve(&["--allow-any-sdkappid", "--path", "callback"])
             .unwrap_err()
             .contains("--path"));

@@ -197,7 +197,8 @@ impl AsyncRead for GuardedIo {
             // The first byte of a new request head: start its clock. Registering the timer
             // with this task makes a client that then goes silent wake us at the deadline.
             this.armed = true;
-            let deadline = Instant::now() + this.head_timeout;
+            let now = Instant::now();
+            let deadline = now.checked_add(this.head_timeout).unwrap_or(now);
             this.deadline.as_mut().reset(deadline);
             let _ = this.deadline.as_mut().poll(cx);
         }
