@@ -146,11 +146,18 @@ pub fn consume(
             .expect("partition");
     }
     consumer.assign(&assignment).expect("assign");
+    // Read until at least `expected` records arrived and then nothing more for 2 s: a count
+    // alone can be reached early when a topic also holds messages answered 503 (at least once)
+    // while a slower partition has not been read to its end yet.
     let mut out = Vec::new();
     let end = Instant::now() + deadline;
-    while out.len() < expected && Instant::now() < end {
-        match consumer.poll(Duration::from_millis(200)) {
+    let mut last_record = Instant::now();
+    while Instant::now() < end
+        && (out.len() < expected || last_record.elapsed() < Duration::from_secs(2))
+    {
+        match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                last_record = Instant::now();
                 let headers = m
                     .headers()
                     .map(|hs| {
@@ -175,19 +182,6 @@ pub fn consume(
             }
             Some(Err(e)) => eprintln!("consumer error: {e}"),
             None => {}
-        }
-    }
-    // Anything beyond `expected` would be a duplicate: give it a moment to show up.
-    let settle = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < settle {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push(Record {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().unwrap_or_default().to_vec(),
-                value: m.payload().unwrap_or_default().to_vec(),
-                headers: Vec::new(),
-            });
         }
     }
     out.sort_by_key(|r| (r.partition, r.offset));
