@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::kafka::consume;
+use common::kafka::{consume, start_bridge};
 use common::*;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -14,10 +14,6 @@ use timbridge::partition::partition;
 
 const TOPIC: &str = "tim.Group.CallbackAfterSendMsg";
 const PARTITIONS: i32 = 8;
-
-async fn ready(bridge: &timbridge::Bridge, want: u16) {
-    wait_readyz(bridge.admin_addr(), want, Duration::from_secs(20)).await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_produce_errors_are_retried_without_reordering_or_doubling() {
@@ -27,29 +23,25 @@ async fn transient_produce_errors_are_retried_without_reordering_or_doubling() {
     let mock = MockCluster::new(3).expect("mock cluster");
     mock.create_topic(TOPIC, PARTITIONS, 3).expect("topic");
     let bootstrap = mock.bootstrap_servers();
-    let bridge = start(&[
-        "--sink",
-        "kafka",
-        "--kafka-brokers",
+    let bridge = start_bridge(
         &bootstrap,
-        "--sdkappid",
-        "1400000000",
-        "--partitions",
-        "8",
-        // This test is about retries; shedding on slow acks is shown in overload.rs.
-        "--max-ack-latency",
-        "0s",
-        // One produce request in flight per connection, in this test only: MockCluster accepts
-        // a producer's next sequence number after a failed one (a real broker answers
-        // OUT_OF_ORDER_SEQUENCE_NUMBER), so with pipelined requests librdkafka's implicit
-        // acknowledgement ("a later batch succeeded, so the earlier one was stored", sound on a
-        // real broker) reports messages the mock dropped. Seen here as 200'd MsgSeq 1 missing
-        // with the default of 5 in flight. Production keeps librdkafka's default.
-        "--kafka-option",
-        "max.in.flight.requests.per.connection=1",
-    ])
+        &[
+            "--partitions",
+            "8",
+            // This test is about retries; shedding on slow acks is shown in overload.rs.
+            "--max-ack-latency",
+            "0s",
+            // One produce request in flight per connection, in this test only: MockCluster accepts
+            // a producer's next sequence number after a failed one (a real broker answers
+            // OUT_OF_ORDER_SEQUENCE_NUMBER), so with pipelined requests librdkafka's implicit
+            // acknowledgement ("a later batch succeeded, so the earlier one was stored", sound on a
+            // real broker) reports messages the mock dropped. Seen here as 200'd MsgSeq 1 missing
+            // with the default of 5 in flight. Production keeps librdkafka's default.
+            "--kafka-option",
+            "max.in.flight.requests.per.connection=1",
+        ],
+    )
     .await;
-    ready(&bridge, 200).await;
 
     let transient = [
         RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
@@ -152,18 +144,7 @@ async fn broker_down_answers_503_in_time_then_recovers_without_restart() {
     let mock = MockCluster::new(1).expect("mock cluster");
     mock.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
     let bootstrap = mock.bootstrap_servers();
-    let bridge = start(&[
-        "--sink",
-        "kafka",
-        "--kafka-brokers",
-        &bootstrap,
-        "--sdkappid",
-        "1400000000",
-        "--publish-timeout",
-        "600ms",
-    ])
-    .await;
-    ready(&bridge, 200).await;
+    let bridge = start_bridge(&bootstrap, &["--publish-timeout", "600ms"]).await;
     let http = Http::default();
     let q = query("Group.CallbackAfterSendMsg");
     assert_ok(
@@ -185,10 +166,10 @@ async fn broker_down_answers_503_in_time_then_recovers_without_restart() {
             "answered in {took:?}"
         );
     }
-    ready(&bridge, 503).await;
+    wait_readyz(bridge.admin_addr(), 503, Duration::from_secs(20)).await;
 
     mock.broker_up(1).expect("up");
-    ready(&bridge, 200).await;
+    wait_readyz(bridge.admin_addr(), 200, Duration::from_secs(20)).await;
     let answer = eventually(
         Duration::from_secs(20),
         "a 200 after the broker is back",
@@ -234,18 +215,7 @@ async fn a_permanent_broker_refusal_is_500_sink_rejected_not_503() {
     let mock = MockCluster::new(1).expect("mock cluster");
     mock.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
     let bootstrap = mock.bootstrap_servers();
-    let bridge = start(&[
-        "--sink",
-        "kafka",
-        "--kafka-brokers",
-        &bootstrap,
-        "--sdkappid",
-        "1400000000",
-        "--kafka-option",
-        "message.max.bytes=1000",
-    ])
-    .await;
-    ready(&bridge, 200).await;
+    let bridge = start_bridge(&bootstrap, &["--kafka-option", "message.max.bytes=1000"]).await;
     let http = Http::default();
     let q = query("Group.CallbackAfterSendMsg");
     assert_ok(

@@ -6,27 +6,11 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::kafka::{consume, Tansu};
+use common::kafka::{consume, start_bridge, Tansu};
 use common::*;
 use timbridge::partition::partition;
 
 const PARTITIONS: u32 = 16;
-
-async fn start_kafka(bootstrap: &str, extra: &[&str]) -> timbridge::Bridge {
-    let mut flags = vec![
-        "--sink",
-        "kafka",
-        "--kafka-brokers",
-        bootstrap,
-        "--sdkappid",
-        "1400000000",
-    ];
-    flags.extend_from_slice(extra);
-    let bridge = start(&flags).await;
-    let admin = bridge.admin_addr();
-    wait_readyz(admin, 200, Duration::from_secs(20)).await;
-    bridge
-}
 
 fn topics_for_fixtures(broker: &Tansu) -> Vec<String> {
     let mut topics: Vec<String> = fixtures()
@@ -46,7 +30,7 @@ async fn fixtures_arrive_with_key_partition_headers_and_identical_value() {
     let _serial = serial().await;
     let broker = Tansu::start();
     topics_for_fixtures(&broker);
-    let bridge = start_kafka(&broker.bootstrap(), &[]).await;
+    let bridge = start_bridge(&broker.bootstrap(), &[]).await;
     let http = Http::default();
     let fixtures = fixtures();
     for (name, command, body) in &fixtures {
@@ -137,29 +121,9 @@ async fn hundred_groups_keep_their_order_per_partition_nothing_missing_or_double
     const PER_GROUP: u64 = 100;
     let broker = Tansu::start();
     broker.create_topic("tim.Group.CallbackAfterSendMsg", PARTITIONS);
-    let bridge = start_kafka(&broker.bootstrap(), &[]).await;
+    let bridge = start_bridge(&broker.bootstrap(), &[]).await;
     let addr = bridge.addr();
-    let http = Http::default();
-    let mut tasks = Vec::new();
-    for g in 0..GROUPS {
-        let http = http.clone();
-        tasks.push(tokio::spawn(async move {
-            let group = format!("@TGS#kafka{g:03}");
-            for seq in 1..=PER_GROUP {
-                let answer = http
-                    .callback(
-                        addr,
-                        &query("Group.CallbackAfterSendMsg"),
-                        group_message(&group, seq),
-                    )
-                    .await;
-                assert_eq!(answer.status, 200, "{group}/{seq}: {:?}", answer.body);
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("sender");
-    }
+    send_groups_in_order(addr, "@TGS#kafka", GROUPS, PER_GROUP).await;
     let bootstrap = broker.bootstrap();
     let records = tokio::task::spawn_blocking(move || {
         consume(
@@ -201,7 +165,7 @@ async fn broker_killed_answers_503_in_time_never_200_and_not_ready() {
     // memory storage forgets producer ids on restart, which no real broker does.
     let mut broker = Tansu::start();
     broker.create_topic("tim.Group.CallbackAfterSendMsg", PARTITIONS);
-    let bridge = start_kafka(&broker.bootstrap(), &["--publish-timeout", "800ms"]).await;
+    let bridge = start_bridge(&broker.bootstrap(), &["--publish-timeout", "800ms"]).await;
     let http = Http::default();
     let admin = bridge.admin_addr();
     let q = query("Group.CallbackAfterSendMsg");

@@ -115,30 +115,7 @@ async fn hundred_groups_keep_their_order_and_nothing_is_lost_or_doubled() {
     let nats = NatsServer::start();
     let bridge = start_with(&nats, &[]).await;
     let addr = bridge.addr();
-    let http = Http::default();
-
-    // Each group sends its messages one after another (Tencent sends a group's messages as they
-    // happen); the groups run concurrently, each on its own connections.
-    let mut tasks = Vec::new();
-    for g in 0..GROUPS {
-        let http = http.clone();
-        tasks.push(tokio::spawn(async move {
-            let group = format!("@TGS#order{g:03}");
-            for seq in 1..=PER_GROUP {
-                let answer = http
-                    .callback(
-                        addr,
-                        &query("Group.CallbackAfterSendMsg"),
-                        group_message(&group, seq),
-                    )
-                    .await;
-                assert_eq!(answer.status, 200, "{group}/{seq}: {:?}", answer.body);
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("sender task");
-    }
+    send_groups_in_order(addr, "@TGS#order", GROUPS, PER_GROUP).await;
 
     let stored = nats.reader().await.all("TIM").await;
     assert_eq!(

@@ -126,6 +126,25 @@ fn assert_every_200_stored_in_order(sent: &[Sent], stored: &[(String, u64)]) {
     }
 }
 
+/// After an outage under steady load: every answer was 200 or 503, the outage was seen (some
+/// 503), and the bridge recovered by itself (each group's last message was answered 200).
+fn assert_outage_survived(sent: &[Sent]) {
+    assert!(
+        sent.iter()
+            .all(|s| matches!(s.status, Some(200) | Some(503))),
+        "only 200 or 503"
+    );
+    assert!(count(sent, Some(503)) > 0, "the outage was seen");
+    let mut last_ok: HashMap<&str, bool> = HashMap::new();
+    for s in sent {
+        last_ok.insert(&s.group, s.status == Some(200));
+    }
+    assert!(
+        last_ok.values().all(|ok| *ok),
+        "every group is served again after the outage"
+    );
+}
+
 fn count(sent: &[Sent], status: Option<u16>) -> usize {
     sent.iter().filter(|s| s.status == status).count()
 }
@@ -259,21 +278,7 @@ async fn nats_killed_and_restarted_under_load_loses_nothing_answered_200() {
         count(&sent, Some(200)),
         count(&sent, Some(503))
     );
-    assert!(
-        sent.iter()
-            .all(|s| matches!(s.status, Some(200) | Some(503))),
-        "only 200 or 503"
-    );
-    assert!(count(&sent, Some(503)) > 0, "the outage was seen");
-    // Recovered: each group's last messages were accepted again.
-    let mut last_ok: HashMap<&str, bool> = HashMap::new();
-    for s in &sent {
-        last_ok.insert(&s.group, s.status == Some(200));
-    }
-    assert!(
-        last_ok.values().all(|ok| *ok),
-        "every group is served again after the restart"
-    );
+    assert_outage_survived(&sent);
     let stored = stored_ids(&nats).await;
     assert_every_200_stored_in_order(&sent, &stored);
     bridge.shutdown().await;
@@ -314,18 +319,7 @@ async fn kafka_broker_down_and_up_under_load_loses_nothing_answered_200() {
         count(&sent, Some(200)),
         count(&sent, Some(503))
     );
-    assert!(sent
-        .iter()
-        .all(|s| matches!(s.status, Some(200) | Some(503))));
-    assert!(count(&sent, Some(503)) > 0, "the outage was seen");
-    let mut last_ok: HashMap<&str, bool> = HashMap::new();
-    for s in &sent {
-        last_ok.insert(&s.group, s.status == Some(200));
-    }
-    assert!(
-        last_ok.values().all(|ok| *ok),
-        "every group is served again"
-    );
+    assert_outage_survived(&sent);
 
     let expected = count(&sent, Some(200));
     let records = tokio::task::spawn_blocking(move || {

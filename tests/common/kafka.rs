@@ -1,7 +1,6 @@
 //! A real Kafka-protocol broker (tansu) on an ephemeral loopback port, rdkafka's MockCluster for
 //! fault injection, and a consumer that reads back what the bridge produced.
 
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,11 +61,7 @@ impl Tansu {
             .spawn()
             .expect("tansu starts (install it: cargo install tansu --locked --features dynostore)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen in 20s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait_listening(self.port, "tansu", Duration::from_secs(20));
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
@@ -102,6 +97,22 @@ impl Drop for Tansu {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The bridge in-process with the Kafka sink on `bootstrap` (plus `extra` flags), ready.
+pub async fn start_bridge(bootstrap: &str, extra: &[&str]) -> timbridge::Bridge {
+    let mut flags = vec![
+        "--sink",
+        "kafka",
+        "--kafka-brokers",
+        bootstrap,
+        "--sdkappid",
+        "1400000000",
+    ];
+    flags.extend_from_slice(extra);
+    let bridge = super::start(&flags).await;
+    super::wait_readyz(bridge.admin_addr(), 200, Duration::from_secs(20)).await;
+    bridge
 }
 
 /// One consumed record.

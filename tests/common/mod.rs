@@ -99,6 +99,45 @@ pub async fn wait_readyz(admin: SocketAddr, status: u16, deadline: Duration) {
     .await;
 }
 
+/// Waits until something listens on the loopback `port` (a broker this test started).
+pub fn wait_listening(port: u16, what: &str, deadline: Duration) {
+    let end = Instant::now() + deadline;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < end,
+            "{what} did not listen within {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `groups` groups named `{prefix}{n:03}` send `per_group` messages each, MsgSeq 1.. one after
+/// another (as Tencent sends a group's messages), the groups concurrently over many
+/// connections. Every answer must be 200.
+pub async fn send_groups_in_order(addr: SocketAddr, prefix: &str, groups: usize, per_group: u64) {
+    let http = Http::default();
+    let mut tasks = Vec::new();
+    for g in 0..groups {
+        let http = http.clone();
+        let group = format!("{prefix}{g:03}");
+        tasks.push(tokio::spawn(async move {
+            for seq in 1..=per_group {
+                let answer = http
+                    .callback(
+                        addr,
+                        &query("Group.CallbackAfterSendMsg"),
+                        group_message(&group, seq),
+                    )
+                    .await;
+                assert_eq!(answer.status, 200, "{group}/{seq}: {:?}", answer.body);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("sender task");
+    }
+}
+
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
 }

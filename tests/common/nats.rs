@@ -1,10 +1,9 @@
 //! A real nats-server with JetStream on an ephemeral loopback port, and a reader for what the
 //! bridge published.
 
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use bytes::Bytes;
@@ -48,14 +47,7 @@ impl NatsServer {
             .spawn()
             .expect("nats-server starts (install it: apt-get install nats-server)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen in 10s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait_listening(self.port, "nats-server", Duration::from_secs(10));
     }
 
     /// Kills the server (SIGKILL: no clean shutdown, as in a crash).
