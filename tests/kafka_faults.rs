@@ -147,11 +147,7 @@ async fn broker_down_answers_503_in_time_then_recovers_without_restart() {
     let bridge = start_bridge(&bootstrap, &["--publish-timeout", "600ms"]).await;
     let http = Http::default();
     let q = query("Group.CallbackAfterSendMsg");
-    assert_ok(
-        &http
-            .callback(bridge.addr(), &q, group_message("@TGS#mdown", 1))
-            .await,
-    );
+    warm_up(bridge.addr(), "@TGS#mdown").await;
 
     mock.broker_down(1).expect("down");
     for seq in 2..=4 {

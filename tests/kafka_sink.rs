@@ -169,11 +169,7 @@ async fn broker_killed_answers_503_in_time_never_200_and_not_ready() {
     let http = Http::default();
     let admin = bridge.admin_addr();
     let q = query("Group.CallbackAfterSendMsg");
-    assert_ok(
-        &http
-            .callback(bridge.addr(), &q, group_message("@TGS#kdown", 1))
-            .await,
-    );
+    warm_up(bridge.addr(), "@TGS#kdown").await;
 
     broker.stop();
     for seq in 2..=4 {

@@ -99,6 +99,27 @@ pub async fn wait_readyz(admin: SocketAddr, status: u16, deadline: Duration) {
     .await;
 }
 
+/// Sends message 1 of `group` until it is answered 200. A Kafka producer's first send also
+/// acquires its producer id and the topic's metadata, which can outlast a test's short publish
+/// timeout on a busy machine; tests whose subject comes later start with this.
+pub async fn warm_up(addr: SocketAddr, group: &str) {
+    let http = Http::default();
+    eventually(Duration::from_secs(10), "a first 200", || {
+        let http = http.clone();
+        async move {
+            let a = http
+                .callback(
+                    addr,
+                    &query("Group.CallbackAfterSendMsg"),
+                    group_message(group, 1),
+                )
+                .await;
+            (a.status == 200).then_some(())
+        }
+    })
+    .await;
+}
+
 /// Waits until something listens on the loopback `port` (a broker this test started).
 pub fn wait_listening(port: u16, what: &str, deadline: Duration) {
     let end = Instant::now() + deadline;
