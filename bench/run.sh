@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:/usr/sbin:$PATH"
 scripts/install-test-deps.sh
-cargo build --release --locked --bins
+cargo build --release --locked --workspace --bins
 exec python3 bench/bench.py "$@"

@@ -10,7 +10,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::error::{Outcome, Rejection};
+use crate::ingest::{Outcome, Rejection};
 
 /// Seconds; dense below 10 ms (the normal case) and around Tencent's 2 s deadline.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -176,8 +176,8 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         // Series that alerts and dashboards rate() over exist from the first scrape.
-        for reason in Rejection::REASONS {
-            rejections.with_label_values(&[reason]);
+        for rejection in Rejection::examples() {
+            rejections.with_label_values(&[rejection.reason()]);
         }
         for outcome in [Outcome::Ok, Outcome::Rejected, Outcome::Failed] {
             callbacks.with_label_values(&["Group.CallbackAfterSendMsg", outcome.label()]);
@@ -206,27 +206,38 @@ impl Metrics {
         self.kafka.clone()
     }
 
-    /// A callback request was answered. `command` must come from `callback::command_label`.
-    pub fn answered(&self, command: &'static str, outcome: Outcome, took: Duration) {
-        self.callbacks
-            .with_label_values(&[command, outcome.label()])
-            .inc();
-        self.request_duration.observe(took.as_secs_f64());
+    /// A callback was delivered and answered 200. `command` must come from
+    /// `callback::command_label`; `publish` is the delivery's share of `took`.
+    pub fn delivered(
+        &self,
+        command: &'static str,
+        sink: &'static str,
+        took: Duration,
+        publish: Duration,
+        duplicate: bool,
+    ) {
+        self.answered(command, Outcome::Ok, took);
+        self.publish_duration
+            .with_label_values(&[sink])
+            .observe(publish.as_secs_f64());
+        if duplicate {
+            self.broker_duplicates.with_label_values(&[sink]).inc();
+        }
     }
 
-    pub fn rejected(&self, rejection: &Rejection) {
+    /// A request was answered with a rejection.
+    pub fn refused(&self, command: &'static str, rejection: &Rejection, took: Duration) {
+        self.answered(command, rejection.outcome(), took);
         self.rejections
             .with_label_values(&[rejection.reason()])
             .inc();
     }
 
-    pub fn published(&self, sink: &'static str, took: Duration, duplicate: bool) {
-        self.publish_duration
-            .with_label_values(&[sink])
-            .observe(took.as_secs_f64());
-        if duplicate {
-            self.broker_duplicates.with_label_values(&[sink]).inc();
-        }
+    fn answered(&self, command: &'static str, outcome: Outcome, took: Duration) {
+        self.callbacks
+            .with_label_values(&[command, outcome.label()])
+            .inc();
+        self.request_duration.observe(took.as_secs_f64());
     }
 
     /// Counts a request as in flight until the guard is dropped.
@@ -287,5 +298,56 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's metrics table names exactly the metrics this file registers.
+    #[test]
+    fn the_readme_table_matches_the_registry() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("### Metrics")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("a Metrics section");
+        let mut documented = std::collections::BTreeSet::new();
+        for line in section.lines().filter(|l| l.starts_with("| `")) {
+            let cell = line.split('|').nth(1).unwrap_or_default();
+            let names: Vec<&str> = cell.split('`').skip(1).step_by(2).collect();
+            // `a_total`, `..._bytes` abbreviates a second name with the first one's prefix.
+            let first = names[0];
+            for name in &names {
+                match name.strip_prefix("...") {
+                    Some(suffix) => {
+                        let stem = first.rsplit_once('_').map_or(first, |(s, _)| s);
+                        let stem = stem.rsplit_once('_').map_or(stem, |(s, _)| s);
+                        documented.insert(format!("{stem}{suffix}"));
+                    }
+                    None => {
+                        documented.insert((*name).to_owned());
+                    }
+                }
+            }
+        }
+        let metrics = Metrics::new().unwrap();
+        // A labelled family shows only once it has a series.
+        metrics.delivered("other", "stdout", Duration::ZERO, Duration::ZERO, true);
+        let registered: std::collections::BTreeSet<String> = metrics
+            .registry
+            .gather()
+            .iter()
+            .map(|family| family.name().to_owned())
+            .filter(|name| name.starts_with("timbridge_"))
+            .collect();
+        let documented: std::collections::BTreeSet<String> = documented
+            .into_iter()
+            .filter(|name| name.starts_with("timbridge_"))
+            .collect();
+        assert_eq!(documented, registered, "README (left) vs registry (right)");
+        assert!(section.contains("`process_*`"));
     }
 }

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import helmrender  # noqa: E402
 
 REPO = helmrender.REPO
-FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"
 SCRAPE_JOB = "timbridge"
 

@@ -14,18 +14,88 @@ use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use tokio::task::JoinHandle;
 
-use super::{Ack, SinkError, Template};
-use crate::callback::Callback;
-use crate::config::KafkaConfig;
-use crate::error::ConfigError;
+use super::{Record, Template};
+use crate::config::ConfigError;
+use crate::deliver::{Ack, DeliveryError};
 use crate::metrics::KafkaGauges;
+use crate::secret::Secret;
 
-/// The header carrying the callback's stable identity, for consumers that drop duplicates.
-pub const DEDUP_HEADER: &str = "tim-dedup-id";
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Topic template; `{partition}` is refused (Kafka's partitioner picks the partition).
+    pub topic: Template,
+    pub linger: Duration,
+    pub compression: String,
+    /// Messages librdkafka may hold (queued and in flight); past it a publish fails at once.
+    pub queue_max_messages: usize,
+    /// Pass-through librdkafka settings.
+    pub options: Vec<(String, String)>,
+    /// Pass-through settings that hold credentials (see [`is_secret_option`]).
+    pub secret_options: Vec<(String, Secret)>,
+}
+
+impl KafkaConfig {
+    /// Adds a librdkafka setting, keeping credentials out of `Debug`.
+    pub fn set(&mut self, key: String, value: String) {
+        if is_secret_option(&key) {
+            self.secret_options.push((key, Secret::new(value)));
+        } else {
+            self.options.push((key, value));
+        }
+    }
+
+    /// The rules a Kafka configuration must follow, checked once at start-up.
+    pub fn check(&self, publish_timeout: Duration) -> Result<(), ConfigError> {
+        if self.topic.uses_partition() {
+            return Err(ConfigError::new(
+                "--kafka-topic",
+                "{partition} is not allowed: Kafka picks the partition from the GroupId key",
+            ));
+        }
+        let sample = self.topic.render("Group.CallbackAfterSendMsg", 0, 1400000000);
+        if sample.len() > 249
+            || !sample
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(ConfigError::new(
+                "--kafka-topic",
+                format!("{sample:?} is not a valid Kafka topic name (letters, digits, . _ -)"),
+            ));
+        }
+        if self.linger >= publish_timeout {
+            return Err(ConfigError::new(
+                "--kafka-linger",
+                "must be shorter than --publish-timeout",
+            ));
+        }
+        for (key, value) in self.all_options() {
+            check_option(key, value, publish_timeout)?;
+        }
+        Ok(())
+    }
+
+    fn all_options(&self) -> impl Iterator<Item = (&str, &str)> {
+        let plain = self.options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let secret = self
+            .secret_options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()));
+        plain.chain(secret)
+    }
+}
+
+/// librdkafka settings whose values are credentials.
+pub fn is_secret_option(key: &str) -> bool {
+    key.contains("password")
+        || key.contains("secret")
+        || key.ends_with(".pem")
+        || key == "sasl.oauthbearer.config"
+}
 
 pub struct KafkaSink {
     producer: FutureProducer<Context>,
-    topic: Template,
     state: Arc<State>,
     watcher: JoinHandle<()>,
 }
@@ -62,7 +132,6 @@ impl KafkaSink {
         let watcher = tokio::spawn(watch(producer.clone(), state.clone()));
         Ok(KafkaSink {
             producer,
-            topic: config.topic.clone(),
             state,
             watcher,
         })
@@ -77,37 +146,27 @@ impl KafkaSink {
         !self.state.fatal.load(Ordering::Relaxed)
     }
 
-    pub async fn publish(&self, callback: &Callback) -> Result<Ack, SinkError> {
-        let topic = self
-            .topic
-            .render(callback.command(), 0, callback.sdkappid());
-        let mut headers = OwnedHeaders::new_with_capacity(10);
-        for (name, value) in callback.headers() {
+    pub async fn publish(&self, record: &Record) -> Result<Ack, DeliveryError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
             headers = headers.insert(Header {
                 key: name,
                 value: Some(value.as_bytes()),
             });
         }
-        let dedup = callback.dedup_id();
-        if let Some(id) = &dedup {
-            headers = headers.insert(Header {
-                key: DEDUP_HEADER,
-                value: Some(id.as_bytes()),
-            });
-        }
-        let record = FutureRecord::to(&topic)
-            .key(callback.partition_key().as_bytes())
-            .payload(callback.body().as_ref())
+        let message = FutureRecord::to(&record.destination)
+            .key(record.key.as_bytes())
+            .payload(record.body.as_ref())
             .headers(headers);
         // Never block on a full producer queue: that is backpressure, answered 503 at once.
         let delivery = self
             .producer
-            .send_result(record)
+            .send_result(message)
             .map_err(|(err, _)| classify(&err))?;
         match delivery.await {
             Ok(Ok(_)) => Ok(Ack { duplicate: false }),
             Ok(Err((err, _))) => Err(classify(&err)),
-            Err(_) => Err(SinkError::Unavailable(
+            Err(_) => Err(DeliveryError::Unavailable(
                 "the producer dropped the delivery report".into(),
             )),
         }
@@ -156,7 +215,9 @@ fn client_config(
     for (key, value) in GUARANTEES {
         c.set(*key, *value);
     }
-    for (key, value) in &config.options {
+    // Checked in KafkaConfig::check; checked again here because a refused setting must never
+    // reach the producer, whoever built the configuration.
+    for (key, value) in config.all_options() {
         check_option(key, value, publish_timeout)?;
         c.set(key, value);
     }
@@ -164,7 +225,7 @@ fn client_config(
 }
 
 /// Refuses pass-through options that would break what a 200 promises.
-pub fn check_option(key: &str, value: &str, publish_timeout: Duration) -> Result<(), ConfigError> {
+fn check_option(key: &str, value: &str, publish_timeout: Duration) -> Result<(), ConfigError> {
     let flag = "--kafka-option";
     let value_lc = value.trim().to_ascii_lowercase();
     match key {
@@ -201,15 +262,15 @@ pub fn check_option(key: &str, value: &str, publish_timeout: Duration) -> Result
 
 /// Transient errors (503: the broker may take it later) apart from permanent ones (500: this
 /// message, or this configuration, will never be accepted).
-fn classify(err: &KafkaError) -> SinkError {
+fn classify(err: &KafkaError) -> DeliveryError {
     let code = match err {
         KafkaError::MessageProduction(code) => Some(*code),
         other => other.rdkafka_error_code(),
     };
     match code {
-        Some(RDKafkaErrorCode::MessageTimedOut) => SinkError::TimedOut,
+        Some(RDKafkaErrorCode::MessageTimedOut) => DeliveryError::TimedOut,
         Some(RDKafkaErrorCode::QueueFull) => {
-            SinkError::Backpressure("the producer queue is full".into())
+            DeliveryError::Backpressure("the producer queue is full".into())
         }
         Some(
             RDKafkaErrorCode::MessageSizeTooLarge
@@ -226,8 +287,8 @@ fn classify(err: &KafkaError) -> SinkError {
             | RDKafkaErrorCode::Authentication
             | RDKafkaErrorCode::InvalidRequiredAcks
             | RDKafkaErrorCode::PolicyViolation,
-        ) => SinkError::Rejected(err.to_string()),
-        _ => SinkError::Unavailable(err.to_string()),
+        ) => DeliveryError::Rejected(err.to_string()),
+        _ => DeliveryError::Unavailable(err.to_string()),
     }
 }
 
@@ -339,14 +400,14 @@ mod tests {
     #[test]
     fn permanent_errors_are_told_from_transient_ones() {
         let permanent = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
-        assert!(matches!(classify(&permanent), SinkError::Rejected(_)));
+        assert!(matches!(classify(&permanent), DeliveryError::Rejected(_)));
         let auth = KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed);
-        assert!(matches!(classify(&auth), SinkError::Rejected(_)));
+        assert!(matches!(classify(&auth), DeliveryError::Rejected(_)));
         let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
-        assert!(matches!(classify(&full), SinkError::Backpressure(_)));
+        assert!(matches!(classify(&full), DeliveryError::Backpressure(_)));
         let timeout = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
-        assert!(matches!(classify(&timeout), SinkError::TimedOut));
+        assert!(matches!(classify(&timeout), DeliveryError::TimedOut));
         let down = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
-        assert!(matches!(classify(&down), SinkError::Unavailable(_)));
+        assert!(matches!(classify(&down), DeliveryError::Unavailable(_)));
     }
 }

@@ -1,6 +1,7 @@
 //! NATS JetStream: one subject per (command, partition), the stream created when missing, and a
 //! publish done only when the stream's PubAck arrived.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,17 +15,85 @@ use async_nats::{jetstream, ConnectOptions, Event};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::{Ack, SinkError, Template};
-use crate::callback::Callback;
-use crate::config::NatsConfig;
-use crate::error::ConfigError;
-use crate::partition::partition;
+use super::record::header;
+use super::{Record, Template};
+use crate::config::ConfigError;
+use crate::deliver::{Ack, DeliveryError};
+use crate::secret::Secret;
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    pub stream: String,
+    pub stream_subjects: Vec<String>,
+    pub stream_replicas: usize,
+    pub duplicate_window: Duration,
+    pub subject: Template,
+    pub creds_file: Option<PathBuf>,
+    pub token: Option<Secret>,
+    pub user_password: Option<(String, Secret)>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_client_cert: Option<(PathBuf, PathBuf)>,
+    pub tls_required: bool,
+    pub connect_timeout: Duration,
+    /// Publishes awaiting their PubAck at once; past it a publish fails at once (503).
+    pub max_pending_acks: usize,
+    /// The client's outgoing command buffer (messages waiting for the socket).
+    pub client_capacity: usize,
+}
+
+impl NatsConfig {
+    /// The rules a NATS configuration must follow, checked once at start-up.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.stream.is_empty()
+            || self
+                .stream
+                .contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+        {
+            return Err(ConfigError::new(
+                "--nats-stream",
+                "must be a name without spaces, '.', '*', '>', '/' or '\\'",
+            ));
+        }
+        // The subject of a typical callback must fall in the stream, or every publish would be
+        // refused with "no responders".
+        let sample = self
+            .subject
+            .render("Group.CallbackAfterSendMsg", 0, 1400000000);
+        if !self
+            .stream_subjects
+            .iter()
+            .any(|pattern| subject_matches(pattern, &sample))
+        {
+            return Err(ConfigError::new(
+                "--nats-stream-subjects",
+                format!(
+                    "{:?} do not cover the subject {sample:?} of --nats-subject",
+                    self.stream_subjects
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// NATS subject matching: `*` matches one token, a final `>` one or more.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(s)) if p == s => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
 
 pub struct NatsSink {
     client: async_nats::Client,
     js: jetstream::Context,
-    subject: Template,
-    partitions: u32,
     stream: Arc<StreamState>,
     keeper: JoinHandle<()>,
 }
@@ -64,10 +133,10 @@ impl NatsSink {
             })?;
         }
         if let Some(token) = &config.token {
-            options = options.token(token.clone());
+            options = options.token(token.expose().to_owned());
         }
         if let Some((user, password)) = &config.user_password {
-            options = options.user_and_password(user.clone(), password.clone());
+            options = options.user_and_password(user.clone(), password.expose().to_owned());
         }
         if let Some(ca) = &config.tls_ca {
             options = options.add_root_certificates(ca.clone());
@@ -112,8 +181,6 @@ impl NatsSink {
         Ok(NatsSink {
             client,
             js,
-            subject: config.subject.clone(),
-            partitions: config.partitions,
             stream,
             keeper,
         })
@@ -124,34 +191,26 @@ impl NatsSink {
             && self.stream.ready.load(Ordering::Relaxed)
     }
 
-    pub async fn publish(&self, callback: &Callback) -> Result<Ack, SinkError> {
-        let key = callback.partition_key();
-        let subject = self.subject.render(
-            callback.command(),
-            partition(key.as_bytes(), self.partitions),
-            callback.sdkappid(),
-        );
+    pub async fn publish(&self, record: &Record) -> Result<Ack, DeliveryError> {
         let mut headers = HeaderMap::new();
-        for (name, value) in callback.headers() {
+        for (name, value) in &record.headers {
             // The callback module refuses control characters in these values already; this
             // keeps a missed case from becoming a panic inside the client.
-            let value: HeaderValue = value
-                .parse()
-                .map_err(|_| SinkError::Rejected(format!("{name} is not a valid header value")))?;
-            headers.insert(name, value);
-        }
-        if let Some(id) = callback.dedup_id() {
-            let id: HeaderValue = id.parse().map_err(|_| {
-                SinkError::Rejected("the message id is not a valid header value".into())
+            let value: HeaderValue = value.parse().map_err(|_| {
+                DeliveryError::Rejected(format!("{name} is not a valid header value"))
             })?;
-            headers.insert(NATS_MESSAGE_ID, id);
+            if *name == header::DEDUP_ID {
+                // JetStream drops a second message with the same id within its window.
+                headers.insert(NATS_MESSAGE_ID, value.clone());
+            }
+            headers.insert(*name, value);
         }
         let message = PublishMessage::build()
-            .payload(callback.body().clone())
+            .payload(record.body.clone())
             .headers(headers);
         let pending = self
             .js
-            .send_publish(subject, message)
+            .send_publish(record.destination.clone(), message)
             .await
             .map_err(|e| self.publish_error(e.kind(), &e))?;
         let ack = pending
@@ -162,20 +221,20 @@ impl NatsSink {
         })
     }
 
-    fn publish_error(&self, kind: PublishErrorKind, err: &dyn std::fmt::Display) -> SinkError {
+    fn publish_error(&self, kind: PublishErrorKind, err: &dyn std::fmt::Display) -> DeliveryError {
         match kind {
-            PublishErrorKind::MaxPayloadExceeded => SinkError::Rejected(err.to_string()),
+            PublishErrorKind::MaxPayloadExceeded => DeliveryError::Rejected(err.to_string()),
             PublishErrorKind::StreamNotFound => {
                 // Deleted, or a server that lost its storage: have the keeper create it again.
                 self.stream.ready.store(false, Ordering::Relaxed);
                 self.stream.recheck.notify_one();
-                SinkError::Unavailable("no stream for the subject".into())
+                DeliveryError::Unavailable("no stream for the subject".into())
             }
-            PublishErrorKind::TimedOut => SinkError::TimedOut,
+            PublishErrorKind::TimedOut => DeliveryError::TimedOut,
             PublishErrorKind::MaxAckPending => {
-                SinkError::Backpressure("too many publishes awaiting their ack".into())
+                DeliveryError::Backpressure("too many publishes awaiting their ack".into())
             }
-            _ => SinkError::Unavailable(err.to_string()),
+            _ => DeliveryError::Unavailable(err.to_string()),
         }
     }
 
@@ -226,5 +285,25 @@ async fn keep_stream(
             _ = tokio::time::sleep(wait) => {}
             _ = state.recheck.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_patterns() {
+        assert!(subject_matches("tim.>", "tim.Group.CallbackAfterSendMsg.3"));
+        assert!(!subject_matches("tim.>", "tim"));
+        assert!(subject_matches(
+            "tim.*.*.*",
+            "tim.Group.CallbackAfterSendMsg.3"
+        ));
+        assert!(!subject_matches(
+            "tim.*",
+            "tim.Group.CallbackAfterSendMsg.3"
+        ));
+        assert!(!subject_matches("other.>", "tim.a"));
     }
 }

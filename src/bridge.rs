@@ -1,0 +1,131 @@
+//! The composition root: builds the delivery, the handler and both listeners from a
+//! [`Config`], and stops them in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::deliver::Deliver;
+use crate::http::{self, admin, ConnectionLimits};
+use crate::ingest::Handler;
+use crate::metrics::Metrics;
+use crate::shutdown::{self, Budget, Task};
+use crate::sink::Sink;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running bridge: both listeners bound and serving.
+pub struct Bridge<D: Deliver = Sink> {
+    handler: Arc<Handler<D>>,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    server: Task,
+    admin: Task,
+    budget: Budget,
+}
+
+impl Bridge<Sink> {
+    /// Connects the configured sink (in the background for brokers), binds both listeners and
+    /// starts serving.
+    pub async fn start(config: Config) -> Result<Bridge<Sink>, StartError> {
+        let metrics = new_metrics()?;
+        let sink = Sink::connect(&config.sink, config.publish_timeout, &metrics).await?;
+        Bridge::serve(config, sink, metrics).await
+    }
+}
+
+impl<D: Deliver> Bridge<D> {
+    /// As [`Bridge::start`], delivering to `delivery` (tests capture stdout or script outcomes
+    /// this way).
+    pub async fn start_with(config: Config, delivery: D) -> Result<Bridge<D>, StartError> {
+        Bridge::serve(config, delivery, new_metrics()?).await
+    }
+
+    async fn serve(config: Config, delivery: D, metrics: Metrics) -> Result<Bridge<D>, StartError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let listener = bind(config.listen).await?;
+        let admin_listener = bind(config.admin_listen).await?;
+        let addr = local_addr(&listener, config.listen);
+        let admin_addr = local_addr(&admin_listener, config.admin_listen);
+
+        let handler = Arc::new(Handler::new(&config, delivery, metrics));
+        let budget = Budget::new(config.shutdown_delay, config.shutdown_timeout);
+        let limits = ConnectionLimits {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            drain_timeout: budget.drain,
+        };
+        let server_stop = CancellationToken::new();
+        let server = Task {
+            handle: tokio::spawn(http::serve(
+                listener,
+                handler.clone(),
+                limits,
+                server_stop.clone().cancelled_owned(),
+            )),
+            stop: server_stop,
+        };
+        let admin_stop = CancellationToken::new();
+        let admin = Task {
+            handle: tokio::spawn(admin::serve(
+                admin_listener,
+                handler.clone(),
+                admin_stop.clone().cancelled_owned(),
+            )),
+            stop: admin_stop,
+        };
+        tracing::info!(%addr, %admin_addr, path = %config.path, sink = handler.delivery().name(), "timbridge serving");
+        Ok(Bridge {
+            handler,
+            addr,
+            admin_addr,
+            server,
+            admin,
+            budget,
+        })
+    }
+
+    /// The callback listener's address (the real port when bound to port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn handler(&self) -> &Arc<Handler<D>> {
+        &self.handler
+    }
+
+    /// Stops gracefully, in the order [`shutdown`] describes, within the shutdown timeout.
+    pub async fn shutdown(self) {
+        shutdown::ordered(&self.handler, self.budget, self.server, self.admin).await;
+    }
+}
+
+fn new_metrics() -> Result<Metrics, StartError> {
+    // Fails only on a programming error (two metrics of one name).
+    Metrics::new().map_err(|e| ConfigError::new("metrics", e.to_string()).into())
+}
+
+fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(configured)
+}

@@ -1,0 +1,433 @@
+//! Command-line flags, each with a `TIMBRIDGE_*` environment fallback, and their translation
+//! into a [`Config`]. Split along the flatten groups: the general flags here, each sink's in its
+//! own file; the rules of a sink's configuration live with the sink.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError, SinkConfig};
+use crate::secret::Secret;
+use crate::tencent::callback::{AppIds, Policy, Token};
+
+mod kafka;
+mod nats;
+pub mod parse;
+
+pub use kafka::{Compression, KafkaArgs};
+pub use nats::NatsArgs;
+use parse::{parse_duration, parse_secret, parse_size};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "timbridge",
+    version,
+    about = "Receives Tencent Cloud IM callbacks and republishes them to NATS JetStream or Kafka, answering 200 only once the broker acknowledged."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the callback endpoint and the admin endpoints until SIGTERM/SIGINT.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkKind {
+    /// JSON lines on standard output (no broker needed).
+    Stdout,
+    /// NATS JetStream.
+    Nats,
+    /// Kafka (idempotent producer, acks=all).
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the callback listener.
+    #[arg(long, env = "TIMBRIDGE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    #[arg(long, env = "TIMBRIDGE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Path of the callback URL configured in Tencent's console.
+    #[arg(long, env = "TIMBRIDGE_PATH", default_value = "/callback")]
+    pub path: String,
+
+    /// An SdkAppid this bridge serves (repeat the flag, or comma-separate in the env variable).
+    #[arg(long = "sdkappid", env = "TIMBRIDGE_SDKAPPID", value_delimiter = ',')]
+    pub sdkappids: Vec<u64>,
+
+    /// Accept callbacks of any SdkAppid (development only).
+    #[arg(
+        long,
+        env = "TIMBRIDGE_ALLOW_ANY_SDKAPPID",
+        conflicts_with = "sdkappids"
+    )]
+    pub allow_any_sdkappid: bool,
+
+    /// Callback authentication token from Tencent's console; when set, Sign and RequestTime are required.
+    #[arg(long, env = "TIMBRIDGE_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub token: Option<Secret>,
+
+    /// Read the token from this file (trailing newline ignored).
+    #[arg(long, env = "TIMBRIDGE_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+
+    /// How far RequestTime may be from this server's clock.
+    #[arg(long, env = "TIMBRIDGE_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_duration)]
+    pub max_clock_skew: Duration,
+
+    /// Where callbacks are published.
+    #[arg(long, env = "TIMBRIDGE_SINK", value_enum, default_value = "stdout")]
+    pub sink: SinkKind,
+
+    /// Longest wait for the broker's acknowledgement before answering 503 (Tencent gives up after 2s).
+    #[arg(long, env = "TIMBRIDGE_PUBLISH_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// Largest accepted body, enforced while reading (413 above it).
+    #[arg(long, env = "TIMBRIDGE_MAX_BODY_BYTES", default_value = "256KiB", value_parser = parse_size)]
+    pub max_body_bytes: usize,
+
+    /// Time a request's body may take to arrive (408 after it).
+    #[arg(long, env = "TIMBRIDGE_BODY_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// Most callbacks processed at once; past it new ones get 503 at once (about 1.5 s of peak
+    /// traffic: at 2,500 callbacks/s, ~4,000).
+    #[arg(long, env = "TIMBRIDGE_MAX_INFLIGHT", default_value_t = 4096)]
+    pub max_inflight: usize,
+
+    /// Most request-body bytes held in memory at once (declared Content-Length, or
+    /// --max-body-bytes for chunked bodies); past it new callbacks get 503 at once.
+    #[arg(long, env = "TIMBRIDGE_MAX_INFLIGHT_BYTES", default_value = "64MiB", value_parser = parse_size)]
+    pub max_inflight_bytes: usize,
+
+    /// When the broker's acknowledgements take longer than this on average, new callbacks get 503
+    /// at once and /readyz turns 503 until it recovers; 0s disables.
+    #[arg(long, env = "TIMBRIDGE_MAX_ACK_LATENCY", default_value = "1s", value_parser = parse_duration)]
+    pub max_ack_latency: Duration,
+
+    /// Most client connections open at once; further connections wait in the listen backlog.
+    #[arg(long, env = "TIMBRIDGE_MAX_CONNECTIONS", default_value_t = 2048)]
+    pub max_connections: usize,
+
+    /// Time a client has from the first byte of a request's headers to their end (cuts off
+    /// slow-loris clients).
+    #[arg(long, env = "TIMBRIDGE_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A keep-alive connection with no request in progress is closed after this long.
+    #[arg(long, env = "TIMBRIDGE_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// After SIGTERM, keep serving this long with /readyz false (Kubernetes takes a moment to
+    /// stop routing to the pod), then stop accepting.
+    #[arg(long, env = "TIMBRIDGE_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// From SIGTERM to exit, all included: the delay, the drain of in-flight requests and the
+    /// producer flush. Keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "TIMBRIDGE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Number of partitions of the GroupId key: the {partition} of NATS subjects.
+    #[arg(long, env = "TIMBRIDGE_PARTITIONS", default_value_t = 16)]
+    pub partitions: u32,
+
+    /// Threads of the async runtime (default: one per CPU core).
+    #[arg(long, env = "TIMBRIDGE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
+    /// Log line format (logs go to stderr).
+    #[arg(long, env = "TIMBRIDGE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. info, or debug to log every published callback (RUST_LOG syntax).
+    #[arg(long, env = "TIMBRIDGE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+impl ServeArgs {
+    /// Validates the flags. Reads the token file: the one piece of I/O of configuration.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        if !self.path.starts_with('/') {
+            return Err(ConfigError::new("--path", "must start with '/'"));
+        }
+        let sdkappids = match (self.allow_any_sdkappid, self.sdkappids.is_empty()) {
+            (true, _) => AppIds::Any,
+            (false, false) => AppIds::Only(self.sdkappids),
+            (false, true) => {
+                return Err(ConfigError::new(
+                    "--sdkappid",
+                    "give the SdkAppid(s) to serve, or --allow-any-sdkappid",
+                ))
+            }
+        };
+        let token = match (self.token, self.token_file) {
+            (Some(token), _) => Some(token.expose().to_owned()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        ConfigError::new("--token-file", format!("{}: {e}", path.display()))
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        if token.as_deref() == Some("") {
+            return Err(ConfigError::new("--token", "is empty"));
+        }
+        if self.publish_timeout.is_zero() {
+            return Err(ConfigError::new("--publish-timeout", "must be more than 0"));
+        }
+        if self.publish_timeout >= Duration::from_secs(2) {
+            tracing::warn!(
+                "--publish-timeout is 2s or more: Tencent stops waiting after 2s, so late answers are lost"
+            );
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::new("--max-body-bytes", "must be more than 0"));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("--max-connections", "must be more than 0"));
+        }
+        if self.max_inflight == 0 {
+            return Err(ConfigError::new("--max-inflight", "must be more than 0"));
+        }
+        if self.max_inflight_bytes < self.max_body_bytes {
+            return Err(ConfigError::new(
+                "--max-inflight-bytes",
+                "must be at least --max-body-bytes, or no large callback could ever be admitted",
+            ));
+        }
+        if self.header_read_timeout.is_zero()
+            || self.idle_timeout.is_zero()
+            || self.body_read_timeout.is_zero()
+        {
+            return Err(ConfigError::new(
+                "--header-read-timeout",
+                "header, body and idle timeouts must be more than 0",
+            ));
+        }
+        // Sane ceilings: every wait is bounded, and a typo like `90h` should not make it
+        // effectively unbounded (or overflow a deadline).
+        const HOUR: Duration = Duration::from_secs(3600);
+        for (flag, value) in [
+            ("--publish-timeout", self.publish_timeout),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--body-read-timeout", self.body_read_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--max-ack-latency", self.max_ack_latency),
+            ("--shutdown-timeout", self.shutdown_timeout),
+        ] {
+            if value > HOUR {
+                return Err(ConfigError::new(flag, "must be at most 1h"));
+            }
+        }
+        if self.shutdown_delay >= self.shutdown_timeout {
+            return Err(ConfigError::new(
+                "--shutdown-delay",
+                "must be shorter than --shutdown-timeout (which includes it)",
+            ));
+        }
+        if self.worker_threads == Some(0) {
+            return Err(ConfigError::new("--worker-threads", "must be more than 0"));
+        }
+        if self.partitions == 0 {
+            return Err(ConfigError::new("--partitions", "must be more than 0"));
+        }
+        let sink = match self.sink {
+            SinkKind::Stdout => SinkConfig::Stdout,
+            SinkKind::Nats => SinkConfig::Nats(self.nats.into_config()?),
+            SinkKind::Kafka => SinkConfig::Kafka(self.kafka.into_config(self.publish_timeout)?),
+        };
+        Ok(Config {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            path: self.path,
+            policy: Policy {
+                sdkappids,
+                token: token.map(Token::new),
+                max_clock_skew: self.max_clock_skew,
+            },
+            sink,
+            publish_timeout: self.publish_timeout,
+            max_body_bytes: self.max_body_bytes,
+            body_read_timeout: self.body_read_timeout,
+            admission: crate::ingest::admission::Limits {
+                max_inflight: self.max_inflight,
+                max_inflight_bytes: self.max_inflight_bytes,
+                max_ack_latency: Some(self.max_ack_latency).filter(|d| !d.is_zero()),
+            },
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            shutdown_delay: self.shutdown_delay,
+            shutdown_timeout: self.shutdown_timeout,
+            partitions: self.partitions,
+            worker_threads: self.worker_threads,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["timbridge", "serve"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Command::Serve(serve) = cli.command;
+        serve.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = serve(&["--sdkappid", "1400000000"]).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.path, "/callback");
+        assert_eq!(c.publish_timeout, Duration::from_millis(1500));
+        assert_eq!(c.max_body_bytes, 256 * 1024);
+        assert_eq!(c.partitions, 16);
+        assert!(matches!(c.sink, SinkConfig::Stdout));
+        assert_eq!(c.policy.sdkappids, AppIds::Only(vec![1400000000]));
+        assert!(c.policy.token.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        assert!(serve(&[]).unwrap_err().contains("--sdkappid"));
+        assert!(
+            serve(&["--allow-any-sdkappid", "--publish-timeout", "soon"])
+                .unwrap_err()
+                .contains("--publish-timeout")
+        );
+        assert!(serve(&[
+            "--allow-any-sdkappid",
+            "--sink",
+            "nats",
+            "--nats-subject",
+            "tim.{x}"
+        ])
+        .unwrap_err()
+        .contains("--nats-subject"));
+        assert!(serve(&[
+            "--allow-any-sdkappid",
+            "--sink",
+            "nats",
+            "--nats-subject",
+            "other.{command}"
+        ])
+        .unwrap_err()
+        .contains("--nats-stream-subjects"));
+        assert!(serve(&[
+            "--allow-any-sdkappid",
+            "--sink",
+            "kafka",
+            "--kafka-option",
+            "acks=1"
+        ])
+        .unwrap_err()
+        .contains("--kafka-option"));
+        assert!(serve(&[
+            "--allow-any-sdkappid",
+            "--sink",
+            "kafka",
+            "--kafka-topic",
+            "t.{partition}"
+        ])
+        .unwrap_err()
+        .contains("--kafka-topic"));
+        assert!(serve(&[
+            "--allow-any-sdkappid",
+            "--sink",
+            "kafka",
+            "--kafka-option",
+            "novalue"
+        ])
+        .unwrap_err()
+        .contains("--kafka-option"));
+        assert!(serve(&["--allow-any-sdkappid", "--idle-timeout", "90h"])
+            .unwrap_err()
+            .contains("--idle-timeout"));
+        assert!(serve(&["--allow-any-sdkappid", "--path", "callback"])
+            .unwrap_err()
+            .contains("--path"));
+    }
+
+    #[test]
+    fn kafka_flags_become_producer_settings() {
+        let c = serve(&[
+            "--allow-any-sdkappid",
+            "--sink",
+            "kafka",
+            "--kafka-brokers",
+            "k1:9092,k2:9092",
+            "--kafka-security-protocol",
+            "sasl_ssl",
+            "--kafka-sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--kafka-option",
+            "socket.keepalive.enable=true",
+        ])
+        .unwrap();
+        let SinkConfig::Kafka(k) = c.sink else {
+            panic!("kafka sink")
+        };
+        assert_eq!(k.brokers, "k1:9092,k2:9092");
+        assert_eq!(k.compression, "lz4");
+        assert_eq!(k.linger, Duration::from_millis(1));
+        assert_eq!(
+            k.topic.render("Group.CallbackAfterSendMsg", 0, 1),
+            "tim.Group.CallbackAfterSendMsg"
+        );
+        assert!(k
+            .options
+            .contains(&("security.protocol".into(), "sasl_ssl".into())));
+        assert!(k
+            .options
+            .contains(&("sasl.mechanism".into(), "SCRAM-SHA-512".into())));
+        assert!(k
+            .options
+            .contains(&("socket.keepalive.enable".into(), "true".into())));
+    }
+
+    #[test]
+    fn token_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "xxxxyyyy\n").unwrap();
+        let c = serve(&[
+            "--allow-any-sdkappid",
+            "--token-file",
+            path.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(c.policy.token, Some(Token::new("xxxxyyyy".into())));
+    }
+
+}

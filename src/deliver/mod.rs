@@ -1,0 +1,60 @@
+//! The delivery seam: the handler hands a [`Record`] to a [`Deliver`] and answers once it
+//! resolves. The sinks (stdout, NATS, Kafka) implement it; so will the spool. An
+//! implementation resolves `Ok` only when the record is safe (the broker's ack, the line
+//! written), so the HTTP answer can wait on it.
+//!
+//! The handler bounds every `deliver` by the publish deadline; an implementation need not.
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod scripted;
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::sink::Record;
+
+/// What the receiving end said about a record it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// The broker already had this record (a redelivered callback) and did not store it again.
+    pub duplicate: bool,
+}
+
+/// Why a record was not taken. Each maps to one rejection (and so one status and ErrorCode).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The broker cannot take records now (down, disconnected); a later attempt may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The broker refused this record and would refuse it again (too large, not authorised).
+    #[error("{0}")]
+    Rejected(String),
+    /// A bound of the client is full (producer queue, pending acks): the broker is not keeping
+    /// up with the offered load.
+    #[error("{0}")]
+    Backpressure(String),
+    /// No acknowledgement in time (the client's own timeout, or the publish deadline).
+    #[error("no acknowledgement in time")]
+    TimedOut,
+}
+
+/// Where accepted callbacks go.
+pub trait Deliver: Send + Sync + 'static {
+    /// The `sink` metric label.
+    fn name(&self) -> &'static str;
+
+    /// Takes `record` and resolves once it is safe, or with why it is not.
+    fn deliver(&self, record: &Record) -> impl Future<Output = Result<Ack, DeliveryError>> + Send;
+
+    /// Whether a delivery can succeed now (connected, stream present).
+    fn is_ready(&self) -> bool;
+
+    /// False only when deliveries can never succeed again without a restart (a fatal producer
+    /// error): `/healthz` fails so that Kubernetes restarts the pod.
+    fn is_healthy(&self) -> bool {
+        true
+    }
+
+    /// Flushes what is buffered, waiting at most `timeout`.
+    fn close(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
+}

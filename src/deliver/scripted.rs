@@ -1,0 +1,95 @@
+//! A [`Deliver`] whose outcomes a test scripts, for in-process tests of the handler: every
+//! outcome's status, ErrorCode, `Retry-After` and metric, without a broker. Compiled for unit
+//! tests and with the `test-util` feature (the integration tests turn it on); never in a release
+//! build.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{Ack, Deliver, DeliveryError};
+use crate::sink::Record;
+
+/// One scripted answer to a delivery.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Ok,
+    Duplicate,
+    Fail(DeliveryError),
+    /// Waits this long, then answers with the inner outcome.
+    After(Duration, Box<Outcome>),
+}
+
+/// Answers deliveries from a script (then with the default outcome) and keeps every record it
+/// answered `Ok` or `Duplicate`, in order.
+pub struct Scripted {
+    script: Mutex<VecDeque<Outcome>>,
+    default: Outcome,
+    delivered: Mutex<Vec<Record>>,
+    ready: AtomicBool,
+}
+
+impl Scripted {
+    /// Every delivery answers `default` unless scripted otherwise.
+    pub fn new(default: Outcome) -> Scripted {
+        Scripted {
+            script: Mutex::new(VecDeque::new()),
+            default,
+            delivered: Mutex::new(Vec::new()),
+            ready: AtomicBool::new(true),
+        }
+    }
+
+    /// The next deliveries answer these outcomes, in order.
+    pub fn then(&self, outcomes: impl IntoIterator<Item = Outcome>) -> &Self {
+        lock(&self.script).extend(outcomes);
+        self
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The records taken so far (answered `Ok` or `Duplicate`).
+    pub fn delivered(&self) -> Vec<Record> {
+        lock(&self.delivered).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Deliver for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+
+    async fn deliver(&self, record: &Record) -> Result<Ack, DeliveryError> {
+        let mut outcome = lock(&self.script)
+            .pop_front()
+            .unwrap_or_else(|| self.default.clone());
+        loop {
+            match outcome {
+                Outcome::After(delay, then) => {
+                    tokio::time::sleep(delay).await;
+                    outcome = *then;
+                }
+                Outcome::Ok | Outcome::Duplicate => {
+                    lock(&self.delivered).push(record.clone());
+                    return Ok(Ack {
+                        duplicate: matches!(outcome, Outcome::Duplicate),
+                    });
+                }
+                Outcome::Fail(err) => return Err(err),
+            }
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self, _timeout: Duration) {}
+}

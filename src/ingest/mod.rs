@@ -1,0 +1,300 @@
+//! The request path: from an HTTP request to the delivery's acknowledgement and Tencent's
+//! answer.
+//!
+//! Order of checks, cheapest and most telling first: path and method, admission (a request slot),
+//! the query (app id, then signature), the broker's health (slow acks), the body (memory budget,
+//! size and time while reading, then validation); then the wire record is built and delivered,
+//! bounded by one publish deadline. Nothing is delivered unless every check passed, and 200 is
+//! sent only after the delivery acknowledged.
+
+pub mod admission;
+mod report;
+pub mod rejection;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+
+use crate::config::Config;
+use crate::deliver::{Ack, Deliver, DeliveryError};
+use crate::metrics::Metrics;
+use crate::sink::RecordBuilder;
+use crate::tencent::callback::{command_label, reply, Callback, Policy, VerifiedQuery};
+use admission::{Admission, Admitted};
+pub use rejection::{Outcome, Rejection};
+use report::Report;
+
+/// Seconds Tencent (or a load balancer) is told to wait after a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Answers callbacks: checks them, builds their record and waits for `D` to take it.
+pub struct Handler<D> {
+    path: String,
+    policy: Policy,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
+    publish_timeout: Duration,
+    admission: Admission,
+    records: RecordBuilder,
+    delivery: D,
+    report: Report,
+    draining: AtomicBool,
+}
+
+/// What one request turned out to be, for its log line and metrics.
+struct Attempt {
+    /// The metric label of the URL's command, once the query was verified.
+    command: &'static str,
+    /// (GroupId, MsgSeq) of a validated body, for the log line.
+    group_id: Option<String>,
+    msg_seq: Option<u64>,
+    result: Result<Delivered, Rejection>,
+}
+
+impl Attempt {
+    fn refused(command: &'static str, rejection: Rejection) -> Attempt {
+        Attempt {
+            command,
+            group_id: None,
+            msg_seq: None,
+            result: Err(rejection),
+        }
+    }
+}
+
+struct Delivered {
+    ack: Ack,
+    took: Duration,
+}
+
+impl<D: Deliver> Handler<D> {
+    pub fn new(config: &Config, delivery: D, metrics: Metrics) -> Handler<D> {
+        Handler {
+            path: config.path.clone(),
+            policy: config.policy.clone(),
+            max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.body_read_timeout,
+            publish_timeout: config.publish_timeout,
+            admission: Admission::new(config.admission),
+            records: RecordBuilder::new(config.sink.destination(), config.partitions),
+            delivery,
+            report: Report::new(metrics),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        self.report.metrics()
+    }
+
+    pub fn delivery(&self) -> &D {
+        &self.delivery
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Why the bridge should not get traffic now, if it should not.
+    pub fn unready_reason(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            Some("draining")
+        } else if !self.delivery.is_ready() {
+            Some("sink not ready")
+        } else if self.admission.is_saturated() {
+            Some("saturated")
+        } else {
+            None
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Readiness goes false at once; requests are still served until the listener stops.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.metrics().set_draining(true);
+    }
+
+    /// Answers one request. Never fails: every error becomes a Tencent-format FAIL answer.
+    pub async fn handle<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let _inflight = self.metrics().inflight();
+        let attempt = self.process(request).await;
+        let took = started.elapsed();
+        match &attempt.result {
+            Ok(delivered) => {
+                self.report.delivered(
+                    &attempt,
+                    self.delivery.name(),
+                    delivered,
+                    took,
+                    peer,
+                );
+                respond(StatusCode::OK, reply::ok())
+            }
+            Err(rejection) => {
+                self.report.refused(&attempt, rejection, took, peer);
+                fail(rejection)
+            }
+        }
+    }
+
+    /// The stages in order; each refusal ends the attempt with what was learnt so far.
+    async fn process<B>(&self, request: Request<B>) -> Attempt
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let (mut admitted, query) = match self.admit(&request, now) {
+            Ok(admitted) => admitted,
+            Err(rejection) => return Attempt::refused("other", rejection),
+        };
+        let command = command_label(query.command());
+        let callback = match self.read_callback(request, query, &mut admitted, now).await {
+            Ok(callback) => callback,
+            Err(rejection) => return Attempt::refused(command, rejection),
+        };
+        let fields = callback.fields();
+        let (group_id, msg_seq) = (fields.group_id.clone(), fields.msg_seq);
+        let result = self.deliver(callback).await;
+        drop(admitted);
+        Attempt {
+            command,
+            group_id,
+            msg_seq,
+            result,
+        }
+    }
+
+    /// Path, method, a request slot, the query (app id and signature), the broker's health.
+    fn admit<B>(
+        &self,
+        request: &Request<B>,
+        now: Duration,
+    ) -> Result<(Admitted, VerifiedQuery), Rejection> {
+        if request.uri().path() != self.path {
+            return Err(Rejection::NotFound);
+        }
+        if request.method() != Method::POST {
+            return Err(Rejection::MethodNotAllowed);
+        }
+        let admitted = self.admission.admit()?;
+        let query = VerifiedQuery::verify(
+            request.uri().query().unwrap_or(""),
+            &self.policy,
+            now.as_secs(),
+        )?;
+        // Refused before the body is read: a callback admitted now would most likely time out.
+        self.admission.check_ack_latency()?;
+        Ok((admitted, query))
+    }
+
+    /// The body, within its memory budget, size and time, validated against the query.
+    async fn read_callback<B>(
+        &self,
+        request: Request<B>,
+        query: VerifiedQuery,
+        admitted: &mut Admitted,
+        now: Duration,
+    ) -> Result<Callback, Rejection>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // A declared length over the limit is refused before reading anything; a body without
+        // one (chunked) is cut off by `Limited` as soon as it passes the limit.
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
+            return Err(Rejection::BodyTooLarge(self.max_body_bytes));
+        }
+        let reserve = declared.map_or(self.max_body_bytes, |len| len as usize);
+        self.admission.reserve_body(admitted, reserve)?;
+        let body = self.read_body(request.into_body()).await?;
+        query.accept(body, now.as_millis() as u64)
+    }
+
+    /// Builds the record and waits for the delivery, bounded by one publish deadline whatever
+    /// the sink's own timeouts say.
+    async fn deliver(&self, callback: Callback) -> Result<Delivered, Rejection> {
+        let record = self.records.build(callback);
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.publish_timeout, self.delivery.deliver(&record))
+            .await
+            .unwrap_or(Err(DeliveryError::TimedOut));
+        let took = started.elapsed();
+        // Slow acks (and timeouts) are what admission control sheds on.
+        if matches!(result, Ok(_) | Err(DeliveryError::TimedOut)) {
+            self.admission.record_ack(took);
+        }
+        let ack = result.map_err(|err| Rejection::from_delivery(err, self.publish_timeout))?;
+        Ok(Delivered { ack, took })
+    }
+
+    async fn read_body<B>(&self, body: B) -> Result<Bytes, Rejection>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let read = Limited::new(body, self.max_body_bytes).collect();
+        Ok(tokio::time::timeout(self.body_read_timeout, read)
+            .await
+            .map_err(|_| Rejection::BodyTimeout(self.body_read_timeout))?
+            .map_err(|err| {
+                if err.downcast_ref::<LengthLimitError>().is_some() {
+                    Rejection::BodyTooLarge(self.max_body_bytes)
+                } else {
+                    Rejection::BodyRead(err.to_string())
+                }
+            })?
+            .to_bytes())
+    }
+}
+
+fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn fail(rejection: &Rejection) -> Response<Full<Bytes>> {
+    let status = rejection.status();
+    let mut response = respond(
+        status,
+        reply::fail(rejection.error_code(), &rejection.to_string()),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    response
+}

@@ -1,0 +1,245 @@
+//! Every way a callback can fail to be accepted, with the HTTP status, the Tencent `ErrorCode`
+//! and the metric label that go with it, each written once in [`Rejection::meta`].
+//!
+//! The `ErrorCode` values are documented in the README (a test holds the table to this file);
+//! changing one is a breaking change for anyone who alerts on them.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::deliver::DeliveryError;
+
+/// Why a request was not answered with OK. Every variant maps to exactly one reason label, so
+/// `timbridge_rejections_total{reason}` has a small fixed label set.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("no callback endpoint at this path")]
+    NotFound,
+    #[error("method not allowed: callbacks are POSTed")]
+    MethodNotAllowed,
+    #[error("bad query string: {0}")]
+    BadQuery(String),
+    #[error("unsupported contenttype {0:?}: only json is accepted")]
+    BadContentType(String),
+    #[error("SdkAppid {0} is not served by this bridge")]
+    ForbiddenAppId(u64),
+    #[error("Sign and RequestTime are required")]
+    MissingSignature,
+    #[error("Sign does not match")]
+    BadSignature,
+    #[error(
+        "RequestTime is {skew_secs}s away from this server's clock (at most {max_secs}s allowed)"
+    )]
+    StaleRequestTime { skew_secs: u64, max_secs: u64 },
+    #[error("body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("could not read the body: {0}")]
+    BodyRead(String),
+    #[error("body is not a JSON object: {0}")]
+    BadJson(String),
+    #[error("CallbackCommand {body:?} in the body differs from {url:?} in the URL")]
+    CommandMismatch { url: String, body: String },
+    #[error("invalid body: {0}")]
+    InvalidBody(String),
+    #[error("the broker refused the message: {0}")]
+    SinkRejected(String),
+    #[error("the broker is unavailable: {0}")]
+    SinkUnavailable(String),
+    #[error("the broker did not acknowledge within {0:?}")]
+    PublishTimeout(Duration),
+    #[error("the body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
+    #[error("the broker cannot keep up: {0}")]
+    SinkBackpressure(String),
+}
+
+/// The outcome label of `timbridge_callbacks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Published and acknowledged by the broker: answered 200.
+    Ok,
+    /// The request itself was wrong (4xx): sending it again will not help.
+    Rejected,
+    /// The bridge or its broker could not take it (5xx): the message was not stored.
+    Failed,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Rejected => "rejected",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// What a rejection answers with: one row per variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub status: StatusCode,
+    /// The `ErrorCode` of the Tencent-format FAIL body (never 0).
+    pub code: u32,
+    /// The `reason` label of `timbridge_rejections_total`.
+    pub reason: &'static str,
+}
+
+const fn meta(status: StatusCode, code: u32, reason: &'static str) -> Meta {
+    Meta {
+        status,
+        code,
+        reason,
+    }
+}
+
+impl Rejection {
+    /// The status, ErrorCode and reason label of this rejection.
+    pub fn meta(&self) -> Meta {
+        use StatusCode as S;
+        match self {
+            Rejection::BadQuery(_) => meta(S::BAD_REQUEST, 4000, "bad_query"),
+            Rejection::BadContentType(_) => meta(S::BAD_REQUEST, 4001, "bad_content_type"),
+            Rejection::BadJson(_) => meta(S::BAD_REQUEST, 4002, "bad_json"),
+            Rejection::CommandMismatch { .. } => meta(S::BAD_REQUEST, 4003, "command_mismatch"),
+            Rejection::InvalidBody(_) => meta(S::BAD_REQUEST, 4004, "invalid_body"),
+            Rejection::BodyRead(_) => meta(S::BAD_REQUEST, 4005, "body_read"),
+            Rejection::MissingSignature => meta(S::UNAUTHORIZED, 4010, "missing_signature"),
+            Rejection::BadSignature => meta(S::UNAUTHORIZED, 4011, "bad_signature"),
+            Rejection::StaleRequestTime { .. } => {
+                meta(S::UNAUTHORIZED, 4012, "stale_request_time")
+            }
+            Rejection::ForbiddenAppId(_) => meta(S::FORBIDDEN, 4030, "forbidden_sdkappid"),
+            Rejection::NotFound => meta(S::NOT_FOUND, 4040, "not_found"),
+            Rejection::MethodNotAllowed => meta(S::METHOD_NOT_ALLOWED, 4050, "method_not_allowed"),
+            Rejection::BodyTimeout(_) => meta(S::REQUEST_TIMEOUT, 4080, "body_timeout"),
+            Rejection::BodyTooLarge(_) => meta(S::PAYLOAD_TOO_LARGE, 4130, "body_too_large"),
+            // A permanent refusal by the broker (too large for it, not authorised, no such
+            // topic) is the bridge's configuration problem, not the sender's.
+            Rejection::SinkRejected(_) => meta(S::INTERNAL_SERVER_ERROR, 5000, "sink_rejected"),
+            Rejection::SinkUnavailable(_) => {
+                meta(S::SERVICE_UNAVAILABLE, 5030, "sink_unavailable")
+            }
+            Rejection::PublishTimeout(_) => meta(S::SERVICE_UNAVAILABLE, 5031, "publish_timeout"),
+            Rejection::Overloaded(_) => meta(S::SERVICE_UNAVAILABLE, 5032, "overloaded"),
+            Rejection::SinkBackpressure(_) => {
+                meta(S::SERVICE_UNAVAILABLE, 5034, "sink_backpressure")
+            }
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.meta().status
+    }
+
+    pub fn error_code(&self) -> u32 {
+        self.meta().code
+    }
+
+    pub fn reason(&self) -> &'static str {
+        self.meta().reason
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        if self.status().is_server_error() {
+            Outcome::Failed
+        } else {
+            Outcome::Rejected
+        }
+    }
+
+    /// Shedding: refused at once because a bound was reached, before any work was done.
+    pub fn is_shedding(&self) -> bool {
+        matches!(
+            self,
+            Rejection::Overloaded(_) | Rejection::SinkBackpressure(_)
+        )
+    }
+
+    /// The answer to a delivery that failed; `publish_timeout` names the bound a timeout hit.
+    pub fn from_delivery(err: DeliveryError, publish_timeout: Duration) -> Rejection {
+        match err {
+            DeliveryError::Unavailable(why) => Rejection::SinkUnavailable(why),
+            DeliveryError::Rejected(why) => Rejection::SinkRejected(why),
+            DeliveryError::Backpressure(why) => Rejection::SinkBackpressure(why),
+            DeliveryError::TimedOut => Rejection::PublishTimeout(publish_timeout),
+        }
+    }
+
+    /// One of each variant, in ErrorCode order: the metric series exist (at zero) from the
+    /// first scrape, and tests hold the README's table to it. Add a new variant here too.
+    pub fn examples() -> Vec<Rejection> {
+        vec![
+            Rejection::BadQuery(String::new()),
+            Rejection::BadContentType(String::new()),
+            Rejection::BadJson(String::new()),
+            Rejection::CommandMismatch {
+                url: String::new(),
+                body: String::new(),
+            },
+            Rejection::InvalidBody(String::new()),
+            Rejection::BodyRead(String::new()),
+            Rejection::MissingSignature,
+            Rejection::BadSignature,
+            Rejection::StaleRequestTime {
+                skew_secs: 0,
+                max_secs: 0,
+            },
+            Rejection::ForbiddenAppId(0),
+            Rejection::NotFound,
+            Rejection::MethodNotAllowed,
+            Rejection::BodyTimeout(Duration::ZERO),
+            Rejection::BodyTooLarge(0),
+            Rejection::SinkRejected(String::new()),
+            Rejection::SinkUnavailable(String::new()),
+            Rejection::PublishTimeout(Duration::ZERO),
+            Rejection::Overloaded(""),
+            Rejection::SinkBackpressure(String::new()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_a_distinct_reason_and_code() {
+        let all = Rejection::examples();
+        let reasons: std::collections::HashSet<_> = all.iter().map(|r| r.reason()).collect();
+        let codes: std::collections::HashSet<_> = all.iter().map(|r| r.error_code()).collect();
+        assert_eq!(reasons.len(), all.len());
+        assert_eq!(codes.len(), all.len());
+        for r in &all {
+            assert_ne!(r.error_code(), 0);
+            assert!(!r.status().is_success());
+            // The first digits of the code are the status, so a FAIL body alone tells it.
+            assert_eq!(r.error_code() / 10, u32::from(r.status().as_u16()), "{r:?}");
+        }
+    }
+
+    /// The README's ErrorCode table is this file's table, row for row.
+    #[test]
+    fn the_readme_table_matches_the_code() {
+        let readme = include_str!("../../README.md");
+        let mut rows = Vec::new();
+        for line in readme.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            // | HTTP | ErrorCode | reason label | meaning |
+            if cells.len() == 6 && cells[1].parse::<u16>().is_ok() && cells[3].starts_with('`') {
+                rows.push((
+                    cells[1].parse::<u16>().unwrap(),
+                    cells[2].parse::<u32>().unwrap(),
+                    cells[3].trim_matches('`').to_owned(),
+                ));
+            }
+        }
+        let code: Vec<(u16, u32, String)> = Rejection::examples()
+            .iter()
+            .map(|r| (r.status().as_u16(), r.error_code(), r.reason().to_owned()))
+            .collect();
+        assert_eq!(rows, code, "README rows (left) vs Rejection::meta (right)");
+    }
+}

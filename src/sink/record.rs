@@ -1,0 +1,229 @@
+//! The wire record: what a consumer receives, built once, by one pure step, from a validated
+//! callback. Every sink publishes exactly this (subject or topic, key, headers, body), so NATS,
+//! Kafka and stdout agree, and the spool can store it as it is.
+
+use bytes::Bytes;
+
+use super::partition::partition;
+use super::template::Template;
+use crate::tencent::callback::{body, Callback};
+
+/// Header names, shared by every sink.
+pub mod header {
+    pub const SDKAPPID: &str = "tim-sdkappid";
+    pub const COMMAND: &str = "tim-callback-command";
+    pub const GROUP_ID: &str = "tim-group-id";
+    pub const MSG_SEQ: &str = "tim-msg-seq";
+    pub const TOPIC_ID: &str = "tim-topic-id";
+    pub const MSG_ID: &str = "tim-msg-id";
+    pub const CLIENT_IP: &str = "tim-client-ip";
+    pub const OPT_PLATFORM: &str = "tim-opt-platform";
+    pub const RECEIVED_AT: &str = "tim-received-at";
+    /// The callback's stable identity, for consumers that drop duplicates; NATS also sends it
+    /// as `Nats-Msg-Id`, which JetStream deduplicates on.
+    pub const DEDUP_ID: &str = "tim-dedup-id";
+}
+
+/// One message as every sink publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The NATS subject or Kafka topic (stdout prints it).
+    pub destination: String,
+    /// Everything with one key keeps its order: the GroupId, else the sender, else the app.
+    pub key: String,
+    /// `(murmur2(key) & 0x7fffffff) % --partitions`: the `{partition}` of subjects, and Kafka's
+    /// own choice when the topic has `--partitions` partitions.
+    pub partition: u32,
+    /// Metadata headers in a fixed order, the dedup id last; absent values are left out.
+    pub headers: Vec<(&'static str, String)>,
+    /// The request body, byte for byte.
+    pub body: Bytes,
+}
+
+impl Record {
+    /// The value of the `tim-dedup-id` header, when the callback has a stable identity.
+    pub fn dedup_id(&self) -> Option<&str> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(name, _)| *name == header::DEDUP_ID)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Turns callbacks into records for one destination template and partition count.
+#[derive(Debug, Clone)]
+pub struct RecordBuilder {
+    destination: Template,
+    partitions: u32,
+}
+
+impl RecordBuilder {
+    pub fn new(destination: Template, partitions: u32) -> RecordBuilder {
+        RecordBuilder {
+            destination,
+            partitions: partitions.max(1),
+        }
+    }
+
+    pub fn build(&self, callback: Callback) -> Record {
+        let key = partition_key(&callback).into_owned();
+        let partition = partition(key.as_bytes(), self.partitions);
+        let destination =
+            self.destination
+                .render(callback.command(), partition, callback.sdkappid());
+        let headers = headers(&callback);
+        Record {
+            destination,
+            key,
+            partition,
+            headers,
+            body: callback.into_body(),
+        }
+    }
+}
+
+/// GroupId for group callbacks (per-group order); otherwise the sender (C2C, profile and friend
+/// callbacks, so one user's events stay in order); otherwise the app id, which puts the
+/// remaining app-wide events in one partition, in order.
+fn partition_key(callback: &Callback) -> std::borrow::Cow<'_, str> {
+    let f = callback.fields();
+    match (&f.group_id, &f.from_account) {
+        (Some(group), _) => group.as_str().into(),
+        (None, Some(from)) => from.as_str().into(),
+        (None, None) => callback.sdkappid().to_string().into(),
+    }
+}
+
+fn headers(callback: &Callback) -> Vec<(&'static str, String)> {
+    let f = callback.fields();
+    let q = callback.query();
+    let mut out = Vec::with_capacity(10);
+    out.push((header::SDKAPPID, q.sdkappid.to_string()));
+    out.push((header::COMMAND, q.command.clone()));
+    let optional = [
+        (header::GROUP_ID, f.group_id.clone()),
+        (header::MSG_SEQ, f.msg_seq.map(|s| s.to_string())),
+        (header::TOPIC_ID, f.topic_id.clone()),
+        (header::MSG_ID, f.msg_id.clone()),
+        (header::CLIENT_IP, q.client_ip.clone()),
+        (header::OPT_PLATFORM, q.opt_platform.clone()),
+    ];
+    out.extend(
+        optional
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name, v))),
+    );
+    out.push((header::RECEIVED_AT, callback.received_at_ms().to_string()));
+    if let Some(id) = dedup_id(callback) {
+        out.push((header::DEDUP_ID, id));
+    }
+    out
+}
+
+/// A stable identity for the callbacks that have one: group messages by (SdkAppid, GroupId,
+/// TopicId, MsgSeq) plus the room `MsgId` when there is one, C2C messages by (SdkAppid,
+/// From_Account, To_Account, MsgKey). Lengths prefix the free-form parts so that no two
+/// identities spell the same id.
+///
+/// Adding `MsgId` can only make two ids differ, never collide: a retried callback carries the
+/// same `MsgId`, while two room messages that share a MsgSeq are not both dropped.
+fn dedup_id(callback: &Callback) -> Option<String> {
+    let f = callback.fields();
+    let app = callback.sdkappid();
+    match callback.command() {
+        body::GROUP_AFTER_SEND_MSG => {
+            let group = f.group_id.as_deref()?;
+            let seq = f.msg_seq?;
+            let topic = f.topic_id.as_deref().unwrap_or("");
+            let msg_id = f.msg_id.as_deref().unwrap_or("");
+            Some(format!(
+                "g:{app}:{seq}:{}:{group}:{}:{topic}:{msg_id}",
+                group.len(),
+                topic.len()
+            ))
+        }
+        body::C2C_AFTER_SEND_MSG => {
+            let from = f.from_account.as_deref()?;
+            let to = f.to_account.as_deref()?;
+            let key = f.msg_key.as_deref()?;
+            Some(format!(
+                "c:{app}:{}:{from}:{}:{to}:{key}",
+                from.len(),
+                to.len()
+            ))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::tencent::callback::{AppIds, Policy, VerifiedQuery};
+
+    const GROUP: &[u8] = br#"{"CallbackCommand":"Group.CallbackAfterSendMsg","GroupId":"@TGS#2J4SZEAEL","From_Account":"jared","MsgSeq":123,"MsgBody":[]}"#;
+
+    fn build(query: &str, body: &'static [u8]) -> Record {
+        let policy = Policy {
+            sdkappids: AppIds::Only(vec![1400000000]),
+            token: None,
+            max_clock_skew: Duration::from_secs(60),
+        };
+        let callback = VerifiedQuery::verify(query, &policy, 0)
+            .unwrap()
+            .accept(Bytes::from_static(body), 1234)
+            .unwrap();
+        let template = Template::parse("--nats-subject", "tim.{command}.{partition}").unwrap();
+        RecordBuilder::new(template, 16).build(callback)
+    }
+
+    #[test]
+    fn a_group_message_carries_its_metadata_in_order() {
+        let r = build(
+            "SdkAppid=1400000000&CallbackCommand=Group.CallbackAfterSendMsg&ClientIP=1.2.3.4&OptPlatform=iOS",
+            GROUP,
+        );
+        let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            headers,
+            vec![
+                ("tim-sdkappid", "1400000000"),
+                ("tim-callback-command", "Group.CallbackAfterSendMsg"),
+                ("tim-group-id", "@TGS#2J4SZEAEL"),
+                ("tim-msg-seq", "123"),
+                ("tim-client-ip", "1.2.3.4"),
+                ("tim-opt-platform", "iOS"),
+                ("tim-received-at", "1234"),
+                ("tim-dedup-id", "g:1400000000:123:14:@TGS#2J4SZEAEL:0::"),
+            ]
+        );
+        assert_eq!(r.key, "@TGS#2J4SZEAEL");
+        assert_eq!(r.partition, partition(b"@TGS#2J4SZEAEL", 16));
+        assert_eq!(
+            r.destination,
+            format!("tim.Group.CallbackAfterSendMsg.{}", r.partition)
+        );
+        assert_eq!(r.body.as_ref(), GROUP);
+        assert_eq!(r.dedup_id(), Some("g:1400000000:123:14:@TGS#2J4SZEAEL:0::"));
+    }
+
+    #[test]
+    fn the_key_falls_back_to_the_sender_then_the_app() {
+        let c2c = build(
+            "SdkAppid=1400000000&CallbackCommand=C2C.CallbackAfterSendMsg",
+            br#"{"CallbackCommand":"C2C.CallbackAfterSendMsg","From_Account":"jared","To_Account":"Jonh","MsgKey":"1_2_3"}"#,
+        );
+        assert_eq!(c2c.key, "jared");
+        assert_eq!(c2c.dedup_id(), Some("c:1400000000:5:jared:4:Jonh:1_2_3"));
+        let state = build(
+            "SdkAppid=1400000000&CallbackCommand=State.StateChange",
+            br#"{"CallbackCommand":"State.StateChange","Info":{"To_Account":"x"}}"#,
+        );
+        assert_eq!(state.key, "1400000000");
+        assert_eq!(state.dedup_id(), None);
+        assert!(state.headers.iter().all(|(k, _)| *k != header::DEDUP_ID));
+    }
+}

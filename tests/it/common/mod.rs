@@ -1,0 +1,335 @@
+//! Shared test helpers: real brokers on ephemeral loopback ports (killed on drop), the bridge
+//! in-process on port 0, an HTTP client, and polling with deadlines instead of fixed sleeps.
+
+pub mod cases;
+pub mod kafka;
+pub mod nats;
+pub mod process;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use timbridge::cli::{Cli, Command};
+use timbridge::{Bridge, Config};
+
+pub const APP: u64 = 1400000000;
+
+/// The bridge's configuration from command-line flags, listening on ephemeral ports.
+pub fn config(extra: &[&str]) -> Config {
+    let mut argv = vec![
+        "timbridge",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
+    // Tests stop at once unless they measure the delay.
+    if !extra.contains(&"--shutdown-delay") {
+        argv.extend_from_slice(&["--shutdown-delay", "0s"]);
+    }
+    argv.extend_from_slice(extra);
+    let Command::Serve(args) = Cli::try_parse_from(argv).expect("flags parse").command;
+    args.into_config().expect("valid configuration")
+}
+
+/// Serialises the tests of one test binary that hold it. Tests that assert on timing (answers
+/// within a bound) or load the machine (hundreds of senders) take it, so that on a small machine
+/// one never runs beside another and sees its latency.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
+/// Bridge logs in test output when `TEST_LOG` is set (e.g. `TEST_LOG=debug`).
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+pub async fn start(extra: &[&str]) -> Bridge {
+    init_logs();
+    Bridge::start(config(extra)).await.expect("bridge starts")
+}
+
+/// A free loopback port (bound then released; good enough for a test's own servers).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` until it returns `Some` or `deadline` passes.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `/readyz` on the admin address until it answers `status`, at most `deadline`.
+pub async fn wait_readyz(admin: SocketAddr, status: u16, deadline: Duration) {
+    let http = Http::default();
+    eventually(deadline, &format!("/readyz to answer {status}"), || {
+        let http = http.clone();
+        async move { (http.admin(admin, "/readyz").await.0 == status).then_some(()) }
+    })
+    .await;
+}
+
+/// Sends message 1 of `group` until it is answered 200. A Kafka producer's first send also
+/// acquires its producer id and the topic's metadata, which can outlast a test's short publish
+/// timeout on a busy machine; tests whose subject comes later start with this.
+pub async fn warm_up(addr: SocketAddr, group: &str) {
+    let http = Http::default();
+    eventually(Duration::from_secs(10), "a first 200", || {
+        let http = http.clone();
+        async move {
+            let a = http
+                .callback(
+                    addr,
+                    &query("Group.CallbackAfterSendMsg"),
+                    group_message(group, 1),
+                )
+                .await;
+            (a.status == 200).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Waits until something listens on the loopback `port` (a broker this test started).
+pub fn wait_listening(port: u16, what: &str, deadline: Duration) {
+    let end = Instant::now() + deadline;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < end,
+            "{what} did not listen within {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `groups` groups named `{prefix}{n:03}` send `per_group` messages each, MsgSeq 1.. one after
+/// another (as Tencent sends a group's messages), the groups concurrently over many
+/// connections. Every answer must be 200.
+pub async fn send_groups_in_order(addr: SocketAddr, prefix: &str, groups: usize, per_group: u64) {
+    let http = Http::default();
+    let mut tasks = Vec::new();
+    for g in 0..groups {
+        let http = http.clone();
+        let group = format!("{prefix}{g:03}");
+        tasks.push(tokio::spawn(async move {
+            for seq in 1..=per_group {
+                let answer = http
+                    .callback(
+                        addr,
+                        &query("Group.CallbackAfterSendMsg"),
+                        group_message(&group, seq),
+                    )
+                    .await;
+                assert_eq!(answer.status, 200, "{group}/{seq}: {:?}", answer.body);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("sender task");
+    }
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Every fixture: (file name, CallbackCommand, body bytes).
+pub fn fixtures() -> Vec<(String, String, Bytes)> {
+    let mut out = Vec::new();
+    let dir = fixtures_dir();
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("fixtures at {}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let body = std::fs::read(&path).expect("fixture readable");
+            let v: serde_json::Value = serde_json::from_slice(&body).expect("fixture is JSON");
+            let command = v["CallbackCommand"]
+                .as_str()
+                .expect("has a command")
+                .to_owned();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            out.push((name, command, Bytes::from(body)));
+        }
+    }
+    out.sort();
+    assert!(
+        out.len() >= 30,
+        "expected a fixture per documented command in {}, found {}",
+        dir.display(),
+        out.len()
+    );
+    out
+}
+
+/// The query Tencent sends with a body of `command`.
+pub fn query(command: &str) -> String {
+    format!("SdkAppid={APP}&CallbackCommand={command}&contenttype=json&ClientIP=127.0.0.1&OptPlatform=RESTAPI")
+}
+
+/// A group text message of `group` with sequence `seq`, shaped like Tencent's.
+pub fn group_message(group: &str, seq: u64) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"CallbackCommand":"Group.CallbackAfterSendMsg","GroupId":"{group}","Type":"Public","From_Account":"user{seq}","Operator_Account":"admin","Random":{},"MsgSeq":{seq},"MsgTime":1490686222,"OnlineOnlyFlag":0,"MsgBody":[{{"MsgType":"TIMTextElem","MsgContent":{{"Text":"message {seq} of {group} 你好"}}}}],"CloudCustomData":"","EventTime":1670574414123}}"#,
+        seq * 7 + 1
+    ))
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+impl Answer {
+    pub fn error_code(&self) -> i64 {
+        self.body["ErrorCode"].as_i64().expect("ErrorCode")
+    }
+}
+
+#[derive(Clone)]
+pub struct Http {
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl Http {
+    pub async fn request(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Answer {
+        self.try_request(method, addr, path_and_query, body)
+            .await
+            .expect("an answer")
+    }
+
+    /// As `request`, but a connection failure (no answer at all) is an `Err`.
+    pub async fn try_request(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<Answer, String> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path_and_query}"))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .expect("request");
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{e:?}"))?
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        });
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// POSTs a callback to `/callback?{query}`.
+    pub async fn callback(&self, addr: SocketAddr, query: &str, body: Bytes) -> Answer {
+        self.request("POST", addr, &format!("/callback?{query}"), body)
+            .await
+    }
+
+    /// GETs an admin endpoint: (status, body text).
+    pub async fn admin(&self, addr: SocketAddr, path: &str) -> (u16, String) {
+        let answer = self.request("GET", addr, path, Bytes::new()).await;
+        let text = match answer.body {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        (answer.status, text)
+    }
+}
+
+/// Asserts a Tencent-format OK answer.
+pub fn assert_ok(answer: &Answer) {
+    assert_eq!(answer.status, 200, "answer: {:?}", answer.body);
+    assert_eq!(
+        answer.body,
+        serde_json::json!({"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0})
+    );
+}
+
+/// Asserts a Tencent-format FAIL answer with `status` and `code`.
+pub fn assert_fail(answer: &Answer, status: u16, code: i64) {
+    assert_eq!(answer.status, status, "answer: {:?}", answer.body);
+    assert_eq!(
+        answer.body["ActionStatus"], "FAIL",
+        "answer: {:?}",
+        answer.body
+    );
+    assert_eq!(answer.error_code(), code, "answer: {:?}", answer.body);
+    assert!(
+        !answer.body["ErrorInfo"].as_str().unwrap_or("").is_empty(),
+        "a FAIL answer says why"
+    );
+}
+
+/// The value of one sample in a Prometheus text exposition, e.g.
+/// `metric(&text, "timbridge_rejections_total{reason=\"bad_json\"}")`.
+pub fn metric(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}

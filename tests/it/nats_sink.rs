@@ -1,0 +1,306 @@
+//! End to end against a real nats-server with JetStream: what is answered 200 is in the stream,
+//! byte for byte, on the right subject, with the right headers, in per-group order.
+
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crate::common::nats::NatsServer;
+use crate::common::*;
+use timbridge::sink::partition::partition;
+
+fn nats_flags(nats: &NatsServer) -> Vec<String> {
+    vec![
+        "--sink".into(),
+        "nats".into(),
+        "--nats-url".into(),
+        nats.url(),
+        "--sdkappid".into(),
+        APP.to_string(),
+    ]
+}
+
+async fn start_with(nats: &NatsServer, extra: &[&str]) -> timbridge::Bridge {
+    let mut flags = nats_flags(nats);
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let bridge = start(&flags).await;
+    let admin = bridge.admin_addr();
+    wait_readyz(admin, 200, Duration::from_secs(10)).await;
+    bridge
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixtures_arrive_byte_identical_with_subject_and_headers() {
+    let _serial = serial().await;
+    let nats = NatsServer::start();
+    let bridge = start_with(&nats, &[]).await;
+    let http = Http::default();
+    let fixtures = fixtures();
+    for (name, command, body) in &fixtures {
+        let answer = http
+            .callback(bridge.addr(), &query(command), body.clone())
+            .await;
+        assert_eq!(answer.status, 200, "{name}: {:?}", answer.body);
+        assert_ok(&answer);
+    }
+
+    let stored = nats.reader().await.all("TIM").await;
+    assert_eq!(stored.len(), fixtures.len());
+    for ((name, command, body), msg) in fixtures.iter().zip(&stored) {
+        assert_eq!(
+            &msg.payload, body,
+            "{name}: payload differs from the request body"
+        );
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let key = v["GroupId"]
+            .as_str()
+            .or(v["From_Account"].as_str())
+            .unwrap()
+            .to_owned();
+        let p = partition(key.as_bytes(), 16);
+        assert_eq!(msg.subject, format!("tim.{command}.{p}"), "{name}");
+        assert_eq!(msg.header("tim-sdkappid"), Some("1400000000"), "{name}");
+        assert_eq!(
+            msg.header("tim-callback-command"),
+            Some(command.as_str()),
+            "{name}"
+        );
+        assert_eq!(msg.header("tim-group-id"), v["GroupId"].as_str(), "{name}");
+        assert_eq!(msg.header("tim-topic-id"), v["TopicId"].as_str(), "{name}");
+        assert_eq!(msg.header("tim-msg-id"), v["MsgId"].as_str(), "{name}");
+        assert_eq!(msg.header("tim-client-ip"), Some("127.0.0.1"), "{name}");
+        assert_eq!(msg.header("tim-opt-platform"), Some("RESTAPI"), "{name}");
+        let received: u64 = msg.header("tim-received-at").unwrap().parse().unwrap();
+        assert!(
+            received > 1_700_000_000_000,
+            "{name}: tim-received-at in ms"
+        );
+        let seq = msg.header("tim-msg-seq");
+        if command == "Group.CallbackAfterSendMsg" {
+            let expected_seq = v["MsgSeq"].as_u64().unwrap().to_string();
+            assert_eq!(seq, Some(expected_seq.as_str()), "{name}");
+            let group = v["GroupId"].as_str().unwrap();
+            let topic = v["TopicId"].as_str().unwrap_or("");
+            let msg_id = v["MsgId"].as_str().unwrap_or("");
+            let id = format!(
+                "g:{APP}:{expected_seq}:{}:{group}:{}:{topic}:{msg_id}",
+                group.len(),
+                topic.len()
+            );
+            assert_eq!(msg.header("Nats-Msg-Id"), Some(id.as_str()), "{name}");
+        }
+        // One dedup header name on every sink; JetStream's own is the same value.
+        assert_eq!(msg.header("tim-dedup-id"), msg.header("Nats-Msg-Id"), "{name}");
+        if command == "Group.CallbackAfterNewMemberJoin" || command == "Group.CallbackBeforeSendMsg"
+        {
+            assert_eq!(
+                msg.header("Nats-Msg-Id"),
+                None,
+                "{name}: no stable identity"
+            );
+        }
+    }
+    // The worked fixtures include both EventTime forms and a topic id.
+    assert!(stored.iter().any(|m| m.header("tim-topic-id").is_some()));
+    assert!(stored.iter().any(|m| m.header("tim-msg-id").is_some()));
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_groups_keep_their_order_and_nothing_is_lost_or_doubled() {
+    let _serial = serial().await;
+    const GROUPS: usize = 100;
+    const PER_GROUP: u64 = 100;
+    let nats = NatsServer::start();
+    let bridge = start_with(&nats, &[]).await;
+    let addr = bridge.addr();
+    send_groups_in_order(addr, "@TGS#order", GROUPS, PER_GROUP).await;
+
+    let stored = nats.reader().await.all("TIM").await;
+    assert_eq!(
+        stored.len(),
+        GROUPS * PER_GROUP as usize,
+        "every message stored exactly once"
+    );
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for msg in &stored {
+        let group = msg.header("tim-group-id").unwrap().to_owned();
+        let seq: u64 = msg.header("tim-msg-seq").unwrap().parse().unwrap();
+        let previous = last.insert(group.clone(), seq).unwrap_or(0);
+        assert_eq!(
+            seq,
+            previous + 1,
+            "{group}: MsgSeq {seq} after {previous} in stream order"
+        );
+        let p = partition(group.as_bytes(), 16);
+        assert_eq!(msg.subject, format!("tim.Group.CallbackAfterSendMsg.{p}"));
+    }
+    assert_eq!(last.len(), GROUPS);
+    assert!(last.values().all(|s| *s == PER_GROUP));
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_sent_twice_is_stored_once() {
+    let _serial = serial().await;
+    let nats = NatsServer::start();
+    let bridge = start_with(&nats, &[]).await;
+    let http = Http::default();
+    let body = group_message("@TGS#dup", 42);
+    for _ in 0..2 {
+        assert_ok(
+            &http
+                .callback(
+                    bridge.addr(),
+                    &query("Group.CallbackAfterSendMsg"),
+                    body.clone(),
+                )
+                .await,
+        );
+    }
+    // A different MsgSeq of the same group, and the same MsgSeq in a topic, are different messages.
+    assert_ok(
+        &http
+            .callback(
+                bridge.addr(),
+                &query("Group.CallbackAfterSendMsg"),
+                group_message("@TGS#dup", 43),
+            )
+            .await,
+    );
+    let topic = {
+        let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["TopicId"] = "@TGS#dup@TOPIC#_t".into();
+        Bytes::from(serde_json::to_vec(&v).unwrap())
+    };
+    assert_ok(
+        &http
+            .callback(bridge.addr(), &query("Group.CallbackAfterSendMsg"), topic)
+            .await,
+    );
+
+    let stored = nats.reader().await.all("TIM").await;
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored[0].payload, body);
+    let (_, metrics) = http.admin(bridge.admin_addr(), "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "timbridge_broker_duplicates_total{sink=\"nats\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "timbridge_callbacks_total{command=\"Group.CallbackAfterSendMsg\",outcome=\"ok\"}"
+        ),
+        4.0
+    );
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_answers_503_in_time_and_recovers_without_restart() {
+    let _serial = serial().await;
+    let mut nats = NatsServer::start();
+    let bridge = start_with(&nats, &["--publish-timeout", "500ms"]).await;
+    let http = Http::default();
+    let admin = bridge.admin_addr();
+    let q = query("Group.CallbackAfterSendMsg");
+    assert_ok(
+        &http
+            .callback(bridge.addr(), &q, group_message("@TGS#down", 1))
+            .await,
+    );
+
+    nats.stop();
+    wait_readyz(admin, 503, Duration::from_secs(10)).await;
+    for seq in 2..=6 {
+        let started = Instant::now();
+        let answer = http
+            .callback(bridge.addr(), &q, group_message("@TGS#down", seq))
+            .await;
+        let took = started.elapsed();
+        assert_fail(&answer, 503, answer.error_code());
+        assert!(
+            matches!(answer.error_code(), 5030 | 5031),
+            "{:?}",
+            answer.body
+        );
+        assert_eq!(
+            answer
+                .headers
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap()),
+            Some("1")
+        );
+        assert!(
+            took < Duration::from_millis(500 + 400),
+            "answered in {took:?}"
+        );
+    }
+    let (_, metrics) = http.admin(admin, "/metrics").await;
+    assert_eq!(metric(&metrics, "timbridge_sink_ready"), 0.0);
+    assert!(
+        metric(
+            &metrics,
+            "timbridge_callbacks_total{command=\"Group.CallbackAfterSendMsg\",outcome=\"failed\"}"
+        ) >= 5.0
+    );
+
+    nats.restart();
+    wait_readyz(admin, 200, Duration::from_secs(15)).await;
+    assert_ok(
+        &http
+            .callback(bridge.addr(), &q, group_message("@TGS#down", 7))
+            .await,
+    );
+
+    // Messages answered 503 may still reach the stream (the client had sent them): at least
+    // once, never lost. What was answered 200 must be there.
+    let stored = nats.reader().await.all("TIM").await;
+    let seqs: Vec<u64> = stored
+        .iter()
+        .map(|m| m.header("tim-msg-seq").unwrap().parse().unwrap())
+        .collect();
+    assert!(seqs.contains(&1) && seqs.contains(&7), "stored: {seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "order kept: {seqs:?}");
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_without_nats_and_becomes_ready_when_it_appears() {
+    let _serial = serial().await;
+    let mut nats = NatsServer::start();
+    nats.stop();
+    let mut flags = nats_flags(&nats);
+    flags.extend(["--publish-timeout".to_string(), "300ms".to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let bridge = start(&flags).await;
+    let http = Http::default();
+    assert_eq!(http.admin(bridge.admin_addr(), "/readyz").await.0, 503);
+    assert_eq!(http.admin(bridge.admin_addr(), "/healthz").await.0, 200);
+    let answer = http
+        .callback(
+            bridge.addr(),
+            &query("Group.CallbackAfterSendMsg"),
+            group_message("@TGS#late", 1),
+        )
+        .await;
+    assert_eq!(answer.status, 503);
+
+    nats.restart();
+    let admin = bridge.admin_addr();
+    wait_readyz(admin, 200, Duration::from_secs(15)).await;
+    assert_ok(
+        &http
+            .callback(
+                bridge.addr(),
+                &query("Group.CallbackAfterSendMsg"),
+                group_message("@TGS#late", 2),
+            )
+            .await,
+    );
+    assert!(nats.reader().await.count("TIM").await >= 1);
+    bridge.shutdown().await;
+}

@@ -1,0 +1,587 @@
+//! Behaviour under pressure: overload, a broker killed and restarted, SIGTERM under load, slow
+//! clients. Real brokers; faults injected by pausing (SIGSTOP) or killing them, or MockCluster.
+
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crate::common::nats::NatsServer;
+use crate::common::process::{signal_pid, BridgeProcess};
+use crate::common::*;
+
+/// What one request got.
+#[derive(Debug, Clone)]
+struct Sent {
+    group: String,
+    seq: u64,
+    /// `None`: no answer at all (connection refused or closed).
+    status: Option<u16>,
+    error_code: Option<i64>,
+    retry_after: bool,
+    latency: Duration,
+}
+
+/// `groups` senders, each sending its group's messages one after another (MsgSeq 1, 2, ...)
+/// until `stop` is set. Each sender has its own connections.
+async fn steady_load(
+    addr: SocketAddr,
+    prefix: &str,
+    groups: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<Sent> {
+    let mut tasks = Vec::new();
+    for g in 0..groups {
+        let stop = stop.clone();
+        let group = format!("@TGS#{prefix}{g:03}");
+        tasks.push(tokio::spawn(async move {
+            let http = Http::default();
+            let mut sent = Vec::new();
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let started = Instant::now();
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    http.try_request(
+                        "POST",
+                        addr,
+                        &format!("/callback?{}", query("Group.CallbackAfterSendMsg")),
+                        group_message(&group, seq),
+                    ),
+                )
+                .await
+                .unwrap_or_else(|_| Err("no answer within 10s".into()));
+                let latency = started.elapsed();
+                let (status, error_code, retry_after) = match &answer {
+                    Ok(a) => (
+                        Some(a.status),
+                        a.body["ErrorCode"].as_i64(),
+                        a.headers.contains_key("retry-after"),
+                    ),
+                    Err(_) => {
+                        // Refused (listener closed): do not spin.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        (None, None, false)
+                    }
+                };
+                sent.push(Sent {
+                    group: group.clone(),
+                    seq,
+                    status,
+                    error_code,
+                    retry_after,
+                    latency,
+                });
+            }
+            sent
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("sender"));
+    }
+    all
+}
+
+/// (group, MsgSeq) of every message in the stream, in stream order.
+async fn stored_ids(nats: &NatsServer) -> Vec<(String, u64)> {
+    nats.reader()
+        .await
+        .all("TIM")
+        .await
+        .iter()
+        .map(|m| {
+            (
+                m.header("tim-group-id").unwrap().to_owned(),
+                m.header("tim-msg-seq").unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every 200'd message is stored; within each group the stored order is MsgSeq order (no
+/// reordering, no doubles).
+fn assert_every_200_stored_in_order(sent: &[Sent], stored: &[(String, u64)]) {
+    let stored_set: HashSet<&(String, u64)> = stored.iter().collect();
+    assert_eq!(stored_set.len(), stored.len(), "no message stored twice");
+    for s in sent.iter().filter(|s| s.status == Some(200)) {
+        assert!(
+            stored_set.contains(&(s.group.clone(), s.seq)),
+            "200'd {}/{} is stored",
+            s.group,
+            s.seq
+        );
+    }
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for (group, seq) in stored {
+        if let Some(prev) = last.insert(group, *seq) {
+            assert!(*seq > prev, "{group}: {seq} stored after {prev}");
+        }
+    }
+}
+
+/// After an outage under steady load: every answer was 200 or 503, the outage was seen (some
+/// 503), and the bridge recovered by itself (each group's last message was answered 200).
+fn assert_outage_survived(sent: &[Sent]) {
+    assert!(
+        sent.iter()
+            .all(|s| matches!(s.status, Some(200) | Some(503))),
+        "only 200 or 503"
+    );
+    assert!(count(sent, Some(503)) > 0, "the outage was seen");
+    let mut last_ok: HashMap<&str, bool> = HashMap::new();
+    for s in sent {
+        last_ok.insert(&s.group, s.status == Some(200));
+    }
+    assert!(
+        last_ok.values().all(|ok| *ok),
+        "every group is served again after the outage"
+    );
+}
+
+fn count(sent: &[Sent], status: Option<u16>) -> usize {
+    sent.iter().filter(|s| s.status == status).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_sheds_fast_keeps_memory_bounded_and_recovers() {
+    let _serial = serial().await;
+    // Offered load far above what the sink takes: NATS paused (SIGSTOP) for two seconds under
+    // 300 concurrent senders, with room for only 100 callbacks in flight.
+    const PUBLISH_TIMEOUT: Duration = Duration::from_millis(1000);
+    const MEMORY_BOUND: u64 = 160 * 1024 * 1024;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let bridge = BridgeProcess::start(&[
+        "--sink",
+        "nats",
+        "--nats-url",
+        &url,
+        "--allow-any-sdkappid",
+        "--max-inflight",
+        "100",
+        "--max-ack-latency",
+        "300ms",
+        "--publish-timeout",
+        "1s",
+    ])
+    .await;
+    let http = Http::default();
+    let admin = bridge.admin;
+    wait_readyz(admin, 200, Duration::from_secs(10)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(bridge.addr, "ovl", 300, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let nats_pid = nats.pid().unwrap();
+    signal_pid(nats_pid, "STOP");
+    let mut saw_unready = false;
+    let paused_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < paused_until {
+        saw_unready |= http.admin(admin, "/readyz").await.0 == 503;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal_pid(nats_pid, "CONT");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.unwrap();
+
+    let peak = bridge.peak_rss();
+    let shed: Vec<&Sent> = sent.iter().filter(|s| s.status == Some(503)).collect();
+    eprintln!(
+        "overload: {} requests, {} ok, {} shed/failed, peak RSS {} MiB",
+        sent.len(),
+        count(&sent, Some(200)),
+        shed.len(),
+        peak / (1024 * 1024)
+    );
+    assert!(saw_unready, "/readyz turned 503 while saturated");
+    assert_eq!(count(&sent, None), 0, "every request got an answer");
+    for s in &sent {
+        assert!(matches!(s.status, Some(200) | Some(503)), "{s:?}");
+        assert!(
+            s.latency < PUBLISH_TIMEOUT + Duration::from_millis(1000),
+            "answered late: {s:?}"
+        );
+    }
+    assert!(!shed.is_empty(), "the pause caused shedding");
+    for s in &shed {
+        assert!(s.retry_after, "503 carries Retry-After: {s:?}");
+        assert!(matches!(s.error_code, Some(5031 | 5032 | 5034)), "{s:?}");
+    }
+    assert!(
+        shed.iter().any(|s| s.error_code == Some(5032)),
+        "the in-flight bound shed some"
+    );
+    assert!(peak < MEMORY_BOUND, "peak RSS {peak} under {MEMORY_BOUND}");
+
+    // Serves normally once the pressure is gone.
+    wait_readyz(admin, 200, Duration::from_secs(10)).await;
+    for seq in 1..=20 {
+        assert_ok(
+            &http
+                .callback(
+                    bridge.addr,
+                    &query("Group.CallbackAfterSendMsg"),
+                    group_message("@TGS#after", seq),
+                )
+                .await,
+        );
+    }
+    let stored = stored_ids(&nats).await;
+    assert_every_200_stored_in_order(&sent, &stored);
+    let (_, metrics) = http.admin(admin, "/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            "timbridge_rejections_total{reason=\"overloaded\"}"
+        ) > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_and_restarted_under_load_loses_nothing_answered_200() {
+    let _serial = serial().await;
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    let bridge = start(&[
+        "--sink",
+        "nats",
+        "--nats-url",
+        &url,
+        "--allow-any-sdkappid",
+        "--publish-timeout",
+        "800ms",
+    ])
+    .await;
+    let admin = bridge.admin_addr();
+    wait_readyz(admin, 200, Duration::from_secs(10)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(bridge.addr(), "kill", 20, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nats.stop(); // SIGKILL
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    nats.restart(); // same port, same file storage
+    wait_readyz(admin, 200, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.unwrap();
+    eprintln!(
+        "kill/restart: {} sent, {} ok, {} 503",
+        sent.len(),
+        count(&sent, Some(200)),
+        count(&sent, Some(503))
+    );
+    assert_outage_survived(&sent);
+    let stored = stored_ids(&nats).await;
+    assert_every_200_stored_in_order(&sent, &stored);
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_broker_down_and_up_under_load_loses_nothing_answered_200() {
+    let _serial = serial().await;
+    use rdkafka::mocking::MockCluster;
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("tim.Group.CallbackAfterSendMsg", 4, 1)
+        .expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let bridge = start(&[
+        "--sink",
+        "kafka",
+        "--kafka-brokers",
+        &bootstrap,
+        "--allow-any-sdkappid",
+        "--publish-timeout",
+        "800ms",
+    ])
+    .await;
+    let admin = bridge.admin_addr();
+    wait_readyz(admin, 200, Duration::from_secs(15)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(bridge.addr(), "kdn", 10, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    mock.broker_down(1).expect("down");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    mock.broker_up(1).expect("up");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.unwrap();
+    eprintln!(
+        "kafka down/up: {} sent, {} ok, {} 503",
+        sent.len(),
+        count(&sent, Some(200)),
+        count(&sent, Some(503))
+    );
+    assert_outage_survived(&sent);
+
+    let expected = count(&sent, Some(200));
+    let records = tokio::task::spawn_blocking(move || {
+        crate::common::kafka::consume(
+            &bootstrap,
+            "tim.Group.CallbackAfterSendMsg",
+            4,
+            expected,
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .unwrap();
+    let stored: Vec<(String, u64)> = records
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            (
+                v["GroupId"].as_str().unwrap().to_owned(),
+                v["MsgSeq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_every_200_stored_in_order(&sent, &stored);
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
+    let _serial = serial().await;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let mut bridge = BridgeProcess::start(&[
+        "--sink",
+        "nats",
+        "--nats-url",
+        &url,
+        "--allow-any-sdkappid",
+        "--shutdown-delay",
+        "1500ms",
+        "--shutdown-timeout",
+        "6s",
+    ])
+    .await;
+    let http = Http::default();
+    let admin = bridge.admin;
+    wait_readyz(admin, 200, Duration::from_secs(10)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(bridge.addr, "term", 30, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let signalled = Instant::now();
+    bridge.signal("TERM");
+    // Readiness goes false at once (as soon as the signal is handled), while the callback port
+    // still serves during the shutdown delay.
+    eventually(
+        Duration::from_millis(500),
+        "/readyz 503 after SIGTERM",
+        || {
+            let http = http.clone();
+            async move { (http.admin(admin, "/readyz").await.0 == 503).then_some(()) }
+        },
+    )
+    .await;
+    let answer = http
+        .callback(
+            bridge.addr,
+            &query("Group.CallbackAfterSendMsg"),
+            group_message("@TGS#during-delay", 1),
+        )
+        .await;
+    assert_ok(&answer);
+    let exit = bridge.wait(Duration::from_secs(8)).await;
+    let took = signalled.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.unwrap();
+    eprintln!(
+        "sigterm: exit {exit:?} after {took:?}; {} ok, {} 503, {} unanswered",
+        count(&sent, Some(200)),
+        count(&sent, Some(503)),
+        count(&sent, None)
+    );
+    assert_eq!(exit.code(), Some(0), "logs:\n{}", bridge.logs());
+    assert!(
+        took < Duration::from_secs(6),
+        "exited within --shutdown-timeout: {took:?}"
+    );
+    assert!(
+        bridge.logs().contains("draining requests in flight"),
+        "the drain is logged"
+    );
+    assert!(sent
+        .iter()
+        .all(|s| matches!(s.status, None | Some(200) | Some(503))));
+    assert!(count(&sent, Some(200)) > 0);
+
+    // An accepted request always got its answer: a request that got none was never processed,
+    // so its message is not in the stream; and every 200'd one is.
+    let stored = stored_ids(&nats).await;
+    let stored_set: HashSet<(String, u64)> = stored.iter().cloned().collect();
+    for s in sent.iter().filter(|s| s.status.is_none()) {
+        assert!(
+            !stored_set.contains(&(s.group.clone(), s.seq)),
+            "unanswered but published: {s:?}"
+        );
+    }
+    assert_every_200_stored_in_order(&sent, &stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_without_delaying_others() {
+    let _serial = serial().await;
+    // The stdout sink writes into the void here: this test is about the HTTP side.
+    let config = crate::common::config(&[
+        "--allow-any-sdkappid",
+        "--header-read-timeout",
+        "2s",
+        "--body-read-timeout",
+        "1s",
+        "--idle-timeout",
+        "3s",
+    ]);
+    let sink = timbridge::sink::StdoutSink::with_writer(Box::new(std::io::sink()));
+    let bridge = timbridge::Bridge::start_with(config, timbridge::sink::Sink::Stdout(sink))
+        .await
+        .expect("bridge starts");
+    let addr = bridge.addr();
+
+    // A slow-loris client: a request head trickled one byte per second.
+    let loris = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let head = format!(
+            "POST /callback?{} HTTP/1.1\r\nHost: x\r\n",
+            query("Group.CallbackAfterSendMsg")
+        );
+        let started = Instant::now();
+        for byte in head.bytes() {
+            if stream.write_all(&[byte]).is_err() {
+                return (started.elapsed(), String::new());
+            }
+            let mut buf = [0u8; 512];
+            match stream.read(&mut buf) {
+                Ok(0) => return (started.elapsed(), String::new()),
+                Ok(n) => {
+                    return (
+                        started.elapsed(),
+                        String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    )
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return (started.elapsed(), String::new()),
+            }
+            std::thread::sleep(Duration::from_millis(900));
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "slow-loris never cut off"
+            );
+        }
+        (started.elapsed(), "sent the whole head".into())
+    });
+
+    // Meanwhile, normal callbacks are answered promptly.
+    let http = Http::default();
+    let started = Instant::now();
+    let mut seq = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        seq += 1;
+        let t = Instant::now();
+        assert_ok(
+            &http
+                .callback(
+                    addr,
+                    &query("Group.CallbackAfterSendMsg"),
+                    group_message("@TGS#fast", seq),
+                )
+                .await,
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "a normal callback took {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (cut_after, answer) = tokio::task::spawn_blocking(move || loris.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        !answer.contains("200 OK"),
+        "the slow client got no 200: {answer}"
+    );
+    assert!(
+        cut_after >= Duration::from_millis(1500) && cut_after < Duration::from_secs(4),
+        "cut off after {cut_after:?}"
+    );
+
+    // A body that stops arriving: 408 after --body-read-timeout, nothing published.
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let head = format!(
+        "POST /callback?{} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"Callback",
+        query("Group.CallbackAfterSendMsg")
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"ErrorCode\":4080"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+
+    // An idle keep-alive connection outlives the header timeout (idle timeout is separate)...
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = group_message("@TGS#idle", 1);
+    let request = |body: &Bytes| {
+        let mut r = format!(
+            "POST /callback?{} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            query("Group.CallbackAfterSendMsg"),
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    stream.write_all(&request(&body)).unwrap();
+    let n = stream.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_millis(2500));
+    stream
+        .write_all(&request(&group_message("@TGS#idle", 2)))
+        .unwrap();
+    let n = stream.read(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "kept alive past the header timeout"
+    );
+    // ...and is closed once idle longer than the idle timeout.
+    let t = Instant::now();
+    let n = stream.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed by the server");
+    assert!(
+        t.elapsed() >= Duration::from_secs(2) && t.elapsed() < Duration::from_secs(8),
+        "idle close after {:?}",
+        t.elapsed()
+    );
+
+    let (_, metrics) = http.admin(bridge.admin_addr(), "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "timbridge_rejections_total{reason=\"body_timeout\"}"
+        ),
+        1.0
+    );
+    bridge.shutdown().await;
+}

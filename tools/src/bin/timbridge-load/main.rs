@@ -1,0 +1,468 @@
+//! `timbridge-load`: sends callbacks the way Tencent's IM backend does, and checks what arrived.
+//!
+//! - `run`: keep-alive connections; N groups, each with its own MsgSeq sequence and its messages
+//!   sent one after another (a group is pinned to one connection); bodies shaped like Tencent's;
+//!   signed URLs with `--token`. With `--rate` it is open-loop: sends are scheduled by the clock
+//!   and latency is measured from the scheduled time, so a slow server cannot hide its queueing
+//!   (no coordinated omission). Without `--rate` it is closed-loop: every connection sends as fast
+//!   as answers come. Prints a JSON summary with HDR-histogram percentiles.
+//! - `verify`: reads the JetStream stream or Kafka topic back and reports missing, duplicated and
+//!   out-of-order messages per group against the summaries of earlier runs.
+
+mod body;
+mod client;
+mod verify;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use timbridge::tencent::callback::signature::sign;
+use timbridge::tencent::callback::Token;
+use timbridge::cli::parse::parse_duration;
+use tokio::sync::mpsc;
+
+#[derive(Parser)]
+#[command(
+    name = "timbridge-load",
+    version,
+    about = "Load generator and verifier for timbridge"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send callbacks and print a JSON summary.
+    Run(RunArgs),
+    /// Read the stream/topic back and check it against run summaries.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// The bridge's callback endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:8080/callback")]
+    url: String,
+    #[arg(long, default_value_t = 1400000000)]
+    sdkappid: u64,
+    /// Sign URLs with this token (Sign + RequestTime).
+    #[arg(long)]
+    token: Option<String>,
+    /// Number of groups; each has its own MsgSeq sequence from 1.
+    #[arg(long, default_value_t = 100)]
+    groups: usize,
+    /// GroupId prefix (the group number is appended); use a new one per run to verify runs apart.
+    #[arg(long, default_value = "@TGS#load-")]
+    group_prefix: String,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Open loop at this many callbacks per second; without it, closed loop at the maximum.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Write the summary here too.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Summaries written by `run --out` (repeatable).
+    #[arg(long = "expect", required = true)]
+    expect: Vec<PathBuf>,
+    #[arg(long)]
+    nats_url: Option<String>,
+    #[arg(long, default_value = "TIM")]
+    nats_stream: String,
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    #[arg(long, default_value = "tim.Group.CallbackAfterSendMsg")]
+    kafka_topic: String,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct Latency {
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+    mean: f64,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    mode: &'static str,
+    target_rate: Option<f64>,
+    duration_s: f64,
+    connections: usize,
+    groups: usize,
+    sent: u64,
+    ok: u64,
+    statuses: BTreeMap<u16, u64>,
+    connection_errors: u64,
+    /// Open loop: scheduled sends dropped because a connection's queue was full.
+    missed: u64,
+    ok_per_s: f64,
+    latency_us: Latency,
+    last_seq: BTreeMap<String, u64>,
+    not_ok: BTreeMap<String, Vec<u64>>,
+}
+
+/// What one connection worker did.
+struct WorkerResult {
+    histogram: Histogram<u64>,
+    sent: u64,
+    ok: u64,
+    statuses: BTreeMap<u16, u64>,
+    connection_errors: u64,
+    last_seq: BTreeMap<String, u64>,
+    not_ok: BTreeMap<String, Vec<u64>>,
+}
+
+/// A scheduled send: which group (by index) and when it was due.
+struct Job {
+    group: usize,
+    seq: u64,
+    due: Instant,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run(args) => match run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("timbridge-load: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Verify(args) => verify_command(args).await,
+    }
+}
+
+fn target(url: &str) -> Result<(SocketAddr, String, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are supported")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or(format!("{host}: no address"))?;
+    Ok((addr, host.to_owned(), format!("/{path}")))
+}
+
+/// The request bytes for one callback (signed when a token is given).
+fn encode(
+    args: &RunArgs,
+    host: &str,
+    path: &str,
+    token: Option<&Token>,
+    group: usize,
+    seq: u64,
+) -> Vec<u8> {
+    let group_id = format!("{}{group}", args.group_prefix);
+    let body = body::group_message(group, &group_id, seq);
+    let mut query = format!(
+        "SdkAppid={}&CallbackCommand=Group.CallbackAfterSendMsg&contenttype=json&ClientIP=10.0.0.{}&OptPlatform=Android",
+        args.sdkappid,
+        group % 250
+    );
+    if let Some(token) = token {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            .to_string();
+        query.push_str(&format!("&RequestTime={now}&Sign={}", sign(token, &now)));
+    }
+    let mut request = format!(
+        "POST {path}?{query} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body.as_bytes());
+    request
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    if args.groups == 0 || args.connections == 0 {
+        return Err("--groups and --connections must be more than 0".into());
+    }
+    let (addr, host, path) = target(&args.url)?;
+    let token = args.token.clone().map(Token::new);
+    let connections = args.connections.min(args.groups);
+    let started = Instant::now();
+    let end = started + args.duration;
+
+    let mut workers = Vec::new();
+    let mut queues = Vec::new();
+    for c in 0..connections {
+        // Groups c, c + connections, ... belong to connection c: a group's messages are sent one
+        // after another, in MsgSeq order, as Tencent sends them.
+        let groups: Vec<usize> = (c..args.groups).step_by(connections).collect();
+        let (tx, rx) = mpsc::channel::<Job>(4096);
+        queues.push(tx);
+        let worker = Worker {
+            args: args.clone(),
+            addr,
+            host: host.clone(),
+            path: path.clone(),
+            token: token.clone(),
+        };
+        workers.push(tokio::spawn(async move {
+            if worker.args.rate.is_some() {
+                worker.open_loop(rx).await
+            } else {
+                drop(rx);
+                worker.closed_loop(groups, end).await
+            }
+        }));
+    }
+
+    let mut missed = 0u64;
+    if let Some(rate) = args.rate {
+        // The clock decides when each callback is due; a worker that falls behind does not slow
+        // the schedule down (its queue fills, and what does not fit is counted as missed). The
+        // schedule runs on its own OS thread: tokio's timer rounds to whole milliseconds, which
+        // would add up to 1 ms of the generator's own lateness to every latency.
+        let groups = args.groups;
+        let schedule = std::thread::spawn(move || {
+            let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let mut next_seq = vec![0u64; groups];
+            let mut missed = 0u64;
+            let mut n: u64 = 0;
+            loop {
+                let due = started + interval.mul_f64(n as f64);
+                if due >= end {
+                    break;
+                }
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                let group = (n as usize) % groups;
+                let job = Job {
+                    group,
+                    seq: next_seq[group] + 1,
+                    due,
+                };
+                match queues[group % connections].try_send(job) {
+                    Ok(()) => next_seq[group] += 1,
+                    Err(_) => missed += 1,
+                }
+                n += 1;
+            }
+            missed
+        });
+        missed = tokio::task::spawn_blocking(move || schedule.join().unwrap_or(0))
+            .await
+            .map_err(|e| e.to_string())?;
+    } else {
+        drop(queues);
+    }
+    // The queues are closed now (dropped with the schedule): the open-loop workers end once
+    // they sent what was scheduled.
+
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut summary = Summary {
+        mode: if args.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        },
+        target_rate: args.rate,
+        duration_s: 0.0,
+        connections,
+        groups: args.groups,
+        sent: 0,
+        ok: 0,
+        statuses: BTreeMap::new(),
+        connection_errors: 0,
+        missed,
+        ok_per_s: 0.0,
+        latency_us: Latency {
+            p50: 0,
+            p90: 0,
+            p99: 0,
+            p999: 0,
+            max: 0,
+            mean: 0.0,
+        },
+        last_seq: BTreeMap::new(),
+        not_ok: BTreeMap::new(),
+    };
+    for w in workers {
+        let r = w.await.map_err(|e| e.to_string())?;
+        histogram.add(&r.histogram).map_err(|e| e.to_string())?;
+        summary.sent += r.sent;
+        summary.ok += r.ok;
+        summary.connection_errors += r.connection_errors;
+        for (s, n) in r.statuses {
+            *summary.statuses.entry(s).or_default() += n;
+        }
+        summary.last_seq.extend(r.last_seq);
+        summary.not_ok.extend(r.not_ok);
+    }
+    summary.duration_s = started.elapsed().as_secs_f64();
+    summary.ok_per_s = summary.ok as f64 / args.duration.as_secs_f64();
+    summary.latency_us = Latency {
+        p50: histogram.value_at_quantile(0.50),
+        p90: histogram.value_at_quantile(0.90),
+        p99: histogram.value_at_quantile(0.99),
+        p999: histogram.value_at_quantile(0.999),
+        max: histogram.max(),
+        mean: histogram.mean(),
+    };
+    let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, &json).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    println!("{json}");
+    Ok(())
+}
+
+struct Worker {
+    args: RunArgs,
+    addr: SocketAddr,
+    host: String,
+    path: String,
+    token: Option<Token>,
+}
+
+impl Worker {
+    fn result(&self) -> WorkerResult {
+        WorkerResult {
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            sent: 0,
+            ok: 0,
+            statuses: BTreeMap::new(),
+            connection_errors: 0,
+            last_seq: BTreeMap::new(),
+            not_ok: BTreeMap::new(),
+        }
+    }
+
+    async fn send(
+        &self,
+        conn: &mut client::Connection,
+        r: &mut WorkerResult,
+        group: usize,
+        seq: u64,
+        since: Instant,
+    ) {
+        let request = encode(
+            &self.args,
+            &self.host,
+            &self.path,
+            self.token.as_ref(),
+            group,
+            seq,
+        );
+        let answer = conn.send(&request).await;
+        let micros = since.elapsed().as_micros().max(1) as u64;
+        let _ = r.histogram.record(micros.min(60_000_000));
+        r.sent += 1;
+        let group_id = format!("{}{group}", self.args.group_prefix);
+        r.last_seq.insert(group_id.clone(), seq);
+        match answer {
+            Ok(resp) if resp.status == 200 && resp.ok_body => {
+                r.ok += 1;
+                *r.statuses.entry(200).or_default() += 1;
+            }
+            Ok(resp) => {
+                *r.statuses.entry(resp.status).or_default() += 1;
+                r.not_ok.entry(group_id).or_default().push(seq);
+            }
+            Err(_) => {
+                r.connection_errors += 1;
+                r.not_ok.entry(group_id).or_default().push(seq);
+            }
+        }
+    }
+
+    async fn open_loop(self, mut rx: mpsc::Receiver<Job>) -> WorkerResult {
+        let mut r = self.result();
+        let mut conn = client::Connection::new(self.addr);
+        while let Some(job) = rx.recv().await {
+            self.send(&mut conn, &mut r, job.group, job.seq, job.due)
+                .await;
+        }
+        r
+    }
+
+    async fn closed_loop(self, groups: Vec<usize>, end: Instant) -> WorkerResult {
+        let mut r = self.result();
+        let mut conn = client::Connection::new(self.addr);
+        let mut seqs = vec![0u64; groups.len()];
+        let mut i = 0;
+        while Instant::now() < end {
+            let slot = i % groups.len();
+            seqs[slot] += 1;
+            self.send(&mut conn, &mut r, groups[slot], seqs[slot], Instant::now())
+                .await;
+            i += 1;
+        }
+        r
+    }
+}
+
+async fn verify_command(args: VerifyArgs) -> ExitCode {
+    let mut expected = Vec::new();
+    for path in &args.expect {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("timbridge-load: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        match serde_json::from_str::<verify::Expected>(&text) {
+            Ok(e) => expected.push(e),
+            Err(e) => {
+                eprintln!("timbridge-load: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let stored = match (&args.nats_url, &args.kafka_brokers) {
+        (Some(url), None) => verify::read_nats(url, &args.nats_stream).await,
+        (None, Some(brokers)) => {
+            let (b, t) = (brokers.clone(), args.kafka_topic.clone());
+            tokio::task::spawn_blocking(move || verify::read_kafka(&b, &t))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        }
+        _ => Err("give exactly one of --nats-url and --kafka-brokers".into()),
+    };
+    let stored = match stored {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("timbridge-load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = verify::check(&expected, &stored);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    if report.clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
