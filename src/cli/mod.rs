@@ -417,6 +417,49 @@ mod tests {
     }
 
     #[test]
+    fn no_secret_shows_in_the_debug_form_of_a_config() {
+        let secrets = ["tok-3c1b", "nats-tok-9f2e", "nats-pw-77aa", "sasl-pw-51d0", "key-pw-0b3c"];
+        let nats = serve(&[
+            "--allow-any-sdkappid",
+            "--token",
+            secrets[0],
+            "--sink",
+            "nats",
+            "--nats-token",
+            secrets[1],
+            "--nats-user",
+            "bridge",
+            "--nats-password",
+            secrets[2],
+        ])
+        .unwrap();
+        let kafka = serve(&[
+            "--allow-any-sdkappid",
+            "--token",
+            secrets[0],
+            "--sink",
+            "kafka",
+            "--kafka-sasl-username",
+            "bridge",
+            "--kafka-sasl-password",
+            secrets[3],
+            "--kafka-option",
+            &format!("ssl.key.password={}", secrets[4]),
+            "--kafka-option",
+            "socket.keepalive.enable=true",
+        ])
+        .unwrap();
+        let printed = format!("{nats:?}\n{kafka:?}\n{nats:#?}\n{kafka:#?}");
+        for secret in secrets {
+            assert!(!printed.contains(secret), "{secret} printed in {printed}");
+        }
+        // What is not secret still shows, so the form stays useful.
+        assert!(printed.contains("socket.keepalive.enable"));
+        assert!(printed.contains("sasl.username"));
+        assert!(printed.contains("Secret(***)"));
+    }
+
+    #[test]
     fn token_file_is_read_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");

@@ -57,7 +57,7 @@ async fn fixtures_arrive_byte_identical_with_subject_and_headers() {
         let key = v["GroupId"]
             .as_str()
             .or(v["From_Account"].as_str())
-            .unwrap()
+            .unwrap_or("1400000000")
             .to_owned();
         let p = partition(key.as_bytes(), 16);
         assert_eq!(msg.subject, format!("tim.{command}.{p}"), "{name}");
