@@ -418,7 +418,13 @@ mod tests {
 
     #[test]
     fn no_secret_shows_in_the_debug_form_of_a_config() {
-        let secrets = ["tok-3c1b", "nats-tok-9f2e", "nats-pw-77aa", "sasl-pw-51d0", "key-pw-0b3c"];
+        let secrets = [
+            "tok-3c1b",
+            "nats-tok-9f2e",
+            "nats-pw-77aa",
+            "sasl-pw-51d0",
+            "key-pw-0b3c",
+        ];
         let nats = serve(&[
             "--allow-any-sdkappid",
             "--token",
@@ -472,5 +478,4 @@ mod tests {
         .unwrap();
         assert_eq!(c.policy.token, Some(Token::new("xxxxyyyy".into())));
     }
-
 }

@@ -48,7 +48,6 @@ pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
-
 /// A credential: kept as a [`Secret`] from the moment it is parsed.
 pub fn parse_secret(text: &str) -> Result<Secret, String> {
     Ok(Secret::new(text))

@@ -144,4 +144,3 @@ pub(crate) async fn accept(
         }
     }
 }
-

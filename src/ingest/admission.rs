@@ -203,7 +203,10 @@ mod tests {
         for _ in 0..20 {
             a.record_ack(Duration::from_millis(500));
         }
-        assert_eq!(a.check_ack_latency().unwrap_err().reason(), "sink_backpressure");
+        assert_eq!(
+            a.check_ack_latency().unwrap_err().reason(),
+            "sink_backpressure"
+        );
         assert!(a.is_saturated());
         for _ in 0..60 {
             a.record_ack(Duration::from_millis(1));

@@ -8,8 +8,8 @@
 //! sent only after the delivery acknowledged.
 
 pub mod admission;
-mod report;
 pub mod rejection;
+mod report;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,13 +135,8 @@ impl<D: Deliver> Handler<D> {
         let took = started.elapsed();
         match &attempt.result {
             Ok(delivered) => {
-                self.report.delivered(
-                    &attempt,
-                    self.delivery.name(),
-                    delivered,
-                    took,
-                    peer,
-                );
+                self.report
+                    .delivered(&attempt, self.delivery.name(), delivered, took, peer);
                 respond(StatusCode::OK, reply::ok())
             }
             Err(rejection) => {

@@ -108,9 +108,7 @@ impl Rejection {
             Rejection::BodyRead(_) => meta(S::BAD_REQUEST, 4005, "body_read"),
             Rejection::MissingSignature => meta(S::UNAUTHORIZED, 4010, "missing_signature"),
             Rejection::BadSignature => meta(S::UNAUTHORIZED, 4011, "bad_signature"),
-            Rejection::StaleRequestTime { .. } => {
-                meta(S::UNAUTHORIZED, 4012, "stale_request_time")
-            }
+            Rejection::StaleRequestTime { .. } => meta(S::UNAUTHORIZED, 4012, "stale_request_time"),
             Rejection::ForbiddenAppId(_) => meta(S::FORBIDDEN, 4030, "forbidden_sdkappid"),
             Rejection::NotFound => meta(S::NOT_FOUND, 4040, "not_found"),
             Rejection::MethodNotAllowed => meta(S::METHOD_NOT_ALLOWED, 4050, "method_not_allowed"),
@@ -119,9 +117,7 @@ impl Rejection {
             // A permanent refusal by the broker (too large for it, not authorised, no such
             // topic) is the bridge's configuration problem, not the sender's.
             Rejection::SinkRejected(_) => meta(S::INTERNAL_SERVER_ERROR, 5000, "sink_rejected"),
-            Rejection::SinkUnavailable(_) => {
-                meta(S::SERVICE_UNAVAILABLE, 5030, "sink_unavailable")
-            }
+            Rejection::SinkUnavailable(_) => meta(S::SERVICE_UNAVAILABLE, 5030, "sink_unavailable"),
             Rejection::PublishTimeout(_) => meta(S::SERVICE_UNAVAILABLE, 5031, "publish_timeout"),
             Rejection::Overloaded(_) => meta(S::SERVICE_UNAVAILABLE, 5032, "overloaded"),
             Rejection::SinkBackpressure(_) => {

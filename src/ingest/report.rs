@@ -28,8 +28,7 @@ pub(super) struct Report {
 
 impl Report {
     pub(super) fn new(metrics: Metrics) -> Report {
-        let reasons: Vec<&'static str> =
-            Rejection::examples().iter().map(|r| r.reason()).collect();
+        let reasons: Vec<&'static str> = Rejection::examples().iter().map(|r| r.reason()).collect();
         Report {
             metrics,
             origin: Instant::now(),
@@ -144,7 +143,11 @@ mod tests {
         // Another reason has its own window.
         assert_eq!(report.summary_due("overloaded"), Some(1));
         // The window passes: the next one reports the 99 held back plus itself.
-        let i = report.reasons.iter().position(|r| *r == "bad_json").unwrap();
+        let i = report
+            .reasons
+            .iter()
+            .position(|r| *r == "bad_json")
+            .unwrap();
         let now = report.origin.elapsed().as_millis() as u64 + 1;
         report.last_warn_ms[i].store(
             now.saturating_sub(SUMMARY_EVERY.as_millis() as u64),

@@ -1,6 +1,5 @@
 //! The `timbridge` binary as an operator runs it: flags, exit codes, the stdout sink, SIGTERM.
 
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -149,11 +148,7 @@ async fn stdout_sink_writes_one_json_line_per_callback_and_sigterm_exits_0() {
     }
 
     // SIGTERM: readiness goes false, the process exits 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::common::process::signal_pid(child.id(), "TERM");
     let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();

@@ -72,7 +72,10 @@ fn counter(h: &Handler<Scripted>, series: &str) -> f64 {
 }
 
 fn rejections(h: &Handler<Scripted>, reason: &str) -> f64 {
-    counter(h, &format!("timbridge_rejections_total{{reason=\"{reason}\"}}"))
+    counter(
+        h,
+        &format!("timbridge_rejections_total{{reason=\"{reason}\"}}"),
+    )
 }
 
 /// A FAIL answer with `status` and `code`; `Retry-After: 1` exactly when the status is 503.
@@ -254,15 +257,22 @@ async fn a_full_request_bound_sheds_at_once() {
         let h = h.clone();
         async move { post(&h, group_message("@TGS#busy", 1)).await.status }
     });
-    eventually(Duration::from_secs(5), "the first request in flight", || {
-        let h = h.clone();
-        async move { (counter(&h, "timbridge_inflight_requests") == 1.0).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the first request in flight",
+        || {
+            let h = h.clone();
+            async move { (counter(&h, "timbridge_inflight_requests") == 1.0).then_some(()) }
+        },
+    )
     .await;
     let started = Instant::now();
     let a = post(&h, group_message("@TGS#busy", 2)).await;
     assert_refused(&a, 503, 5032);
-    assert!(started.elapsed() < Duration::from_millis(400), "shed at once");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "shed at once"
+    );
     assert_eq!(rejections(&h, "overloaded"), 1.0);
     assert_eq!(first.await.unwrap(), 200);
     assert_eq!(h.delivery().delivered().len(), 1);

@@ -1,7 +1,6 @@
 //! Kafka fault injection with rdkafka's MockCluster: transient produce errors retried without
 //! reordering or doubling, a broker down and back up.
 
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

@@ -12,3 +12,4 @@ mod kafka_sink;
 mod nats_sink;
 mod overload;
 mod rejections;
+mod slow_clients;

@@ -1,34 +1,19 @@
 //! Every way a request is refused: the right status and ErrorCode, a Tencent-format FAIL body,
 //! nothing published, the rejection counter moved, and the server still serving.
 
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::common::nats::NatsServer;
+use crate::common::cases::{now, request_cases, signed, CASE_FLAGS};
+use crate::common::nats::{start_bridge, NatsServer};
 use crate::common::*;
-use crate::common::cases::{now, request_cases, signed, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rejection_has_its_status_code_and_counter_and_publishes_nothing() {
     let nats = NatsServer::start();
-    let url = nats.url();
-    let bridge = start(&[
-        "--sink",
-        "nats",
-        "--nats-url",
-        &url,
-        "--sdkappid",
-        "1400000000",
-        "--token",
-        TOKEN,
-        "--max-body-bytes",
-        "2KiB",
-    ])
-    .await;
+    let bridge = start_bridge(&nats, CASE_FLAGS).await;
     let http = Http::default();
     let admin = bridge.admin_addr();
-    wait_readyz(admin, 200, Duration::from_secs(10)).await;
     let reader = nats.reader().await;
 
     let (good, cases) = request_cases();
@@ -115,26 +100,15 @@ fn raw_chunked(addr: std::net::SocketAddr, query: &str, size: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tencents_worked_signature_example_is_accepted_end_to_end() {
-    // PROTOCOL.md: token xxxxyyyy, RequestTime 1669872112 → Sign 17773bc3...  The example is
+    // docs/protocol.md: token xxxxyyyy, RequestTime 1669872112 → Sign 17773bc3...  The example is
     // from 2022, so the skew is widened for this one test.
     let nats = NatsServer::start();
-    let url = nats.url();
-    let bridge = start(&[
-        "--sink",
-        "nats",
-        "--nats-url",
-        &url,
-        "--sdkappid",
-        "1400000000",
-        "--token",
-        "xxxxyyyy",
-        "--max-clock-skew",
-        "36500days",
-    ])
+    let bridge = start_bridge(
+        &nats,
+        &["--token", "xxxxyyyy", "--max-clock-skew", "36500days"],
+    )
     .await;
     let http = Http::default();
-    let admin = bridge.admin_addr();
-    wait_readyz(admin, 200, Duration::from_secs(10)).await;
     let cmd = "Group.CallbackAfterSendMsg";
     let body = group_message("@TGS#sig", 1);
     let example = format!(

@@ -33,7 +33,6 @@ pub struct Case {
     pub reason: &'static str,
 }
 
-
 /// The flags the cases are written for: one app, a token, a 2 KiB body limit.
 pub const CASE_FLAGS: &[&str] = &[
     "--sdkappid",

@@ -321,6 +321,25 @@ pub fn assert_fail(answer: &Answer, status: u16, code: i64) {
     );
 }
 
+/// Asserts the answer of a broker outage: 503 `sink_unavailable` or `publish_timeout`, with
+/// `Retry-After: 1`, answered within `bound`.
+pub fn assert_unavailable_in_time(answer: &Answer, took: Duration, bound: Duration) {
+    assert_fail(answer, 503, answer.error_code());
+    assert!(
+        matches!(answer.error_code(), 5030 | 5031),
+        "{:?}",
+        answer.body
+    );
+    assert_eq!(
+        answer
+            .headers
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    assert!(took < bound, "answered in {took:?}, bound {bound:?}");
+}
+
 /// The value of one sample in a Prometheus text exposition, e.g.
 /// `metric(&text, "timbridge_rejections_total{reason=\"bad_json\"}")`.
 pub fn metric(exposition: &str, series: &str) -> f64 {

@@ -154,3 +154,25 @@ impl Reader {
         out
     }
 }
+
+/// The bridge in-process with the NATS sink on `nats` plus `extra` flags (the test app id
+/// unless `extra` names the apps); not waiting for readiness.
+pub async fn start_bridge_unready(nats: &NatsServer, extra: &[&str]) -> timbridge::Bridge {
+    let url = nats.url();
+    let mut flags = vec!["--sink", "nats", "--nats-url", &url];
+    if !extra
+        .iter()
+        .any(|f| *f == "--sdkappid" || *f == "--allow-any-sdkappid")
+    {
+        flags.extend_from_slice(&["--sdkappid", "1400000000"]);
+    }
+    flags.extend_from_slice(extra);
+    super::start(&flags).await
+}
+
+/// As [`start_bridge_unready`], once `/readyz` says 200.
+pub async fn start_bridge(nats: &NatsServer, extra: &[&str]) -> timbridge::Bridge {
+    let bridge = start_bridge_unready(nats, extra).await;
+    super::wait_readyz(bridge.admin_addr(), 200, Duration::from_secs(10)).await;
+    bridge
+}

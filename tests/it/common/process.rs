@@ -69,12 +69,7 @@ impl BridgeProcess {
     }
 
     pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "kill -{signal}");
+        signal_pid(self.pid(), signal);
     }
 
     /// Waits for the process to exit, at most `deadline`.
@@ -104,7 +99,7 @@ impl Drop for BridgeProcess {
     }
 }
 
-/// Sends SIGSTOP / SIGCONT to another process (pausing a broker).
+/// Sends `signal` (TERM, KILL, STOP, CONT, ...) to a process, for real.
 pub fn signal_pid(pid: u32, signal: &str) {
     let ok = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])

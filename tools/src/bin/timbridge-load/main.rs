@@ -22,9 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use timbridge::cli::parse::parse_duration;
 use timbridge::tencent::callback::signature::sign;
 use timbridge::tencent::callback::Token;
-use timbridge::cli::parse::parse_duration;
 use tokio::sync::mpsc;
 
 #[derive(Parser)]
