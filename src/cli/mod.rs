@@ -465,6 +465,66 @@ mod tests {
         assert!(printed.contains("Secret(***)"));
     }
 
+    /// The README's flags table lists exactly the flags of `serve`, with their defaults.
+    #[test]
+    fn the_readme_flags_table_matches_the_flags() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## Flags")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("a Flags section");
+        let mut documented = std::collections::BTreeMap::new();
+        for line in section.lines().filter(|l| l.starts_with("| `--")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let default = cells[2].trim_matches('`').to_owned();
+            for flag in cells[1].split(", ") {
+                let name = flag
+                    .trim_matches('`')
+                    .trim_start_matches("--")
+                    .split([' ', '`'])
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                documented.insert(name, default.clone());
+            }
+        }
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve");
+        let mut actual = std::collections::BTreeMap::new();
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            actual.insert(long.to_owned(), defaults.join(","));
+        }
+        let names =
+            |m: &std::collections::BTreeMap<String, String>| m.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            names(&documented),
+            names(&actual),
+            "README (left) vs flags (right)"
+        );
+        for (flag, default) in &actual {
+            let doc = &documented[flag];
+            if default.is_empty() {
+                assert!(
+                    ["—", "off", "one per core"].contains(&doc.as_str()),
+                    "--{flag} has no default but the README says {doc:?}"
+                );
+            } else if default != "false" {
+                assert_eq!(doc, default, "default of --{flag}");
+            }
+        }
+    }
+
     #[test]
     fn token_file_is_read_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
