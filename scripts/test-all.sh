@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:/usr/sbin:$PATH"
 
 scripts/install-test-deps.sh
-cargo test --locked --all-targets
+cargo test --locked --workspace --all-targets
 scripts/test-deploy.sh
