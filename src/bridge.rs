@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
@@ -54,13 +54,8 @@ impl<D: Deliver> Bridge<D> {
     }
 
     async fn serve(config: Config, delivery: D, metrics: Metrics) -> Result<Bridge<D>, StartError> {
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })
-        };
-        let listener = bind(config.listen).await?;
-        let admin_listener = bind(config.admin_listen).await?;
+        let listener = bind(config.listen)?;
+        let admin_listener = bind(config.admin_listen)?;
         let addr = local_addr(&listener, config.listen);
         let admin_addr = local_addr(&admin_listener, config.admin_listen);
 
@@ -119,6 +114,26 @@ impl<D: Deliver> Bridge<D> {
     pub async fn shutdown(self) {
         shutdown::ordered(&self.handler, self.budget, self.server, self.admin).await;
     }
+}
+
+/// The listen backlog: deep enough for a burst of reconnecting clients (Tencent reconnecting
+/// after a restart) to wait in the kernel instead of retrying their SYNs; the kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    };
+    socket
+        .and_then(|socket| {
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(LISTEN_BACKLOG)
+        })
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 fn new_metrics() -> Result<Metrics, StartError> {

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::ingest::{Outcome, Rejection};
@@ -26,6 +26,7 @@ pub struct Metrics {
     broker_duplicates: IntCounterVec,
     inflight: IntGauge,
     open_connections: IntGauge,
+    connections_evicted: IntCounter,
     sink_ready: IntGauge,
     inflight_bytes: IntGauge,
     sink_ack_latency: Gauge,
@@ -128,6 +129,10 @@ impl Metrics {
             "timbridge_open_connections",
             "Open client connections on the callback listener.",
         )?;
+        let connections_evicted = IntCounter::new(
+            "timbridge_connections_evicted_total",
+            "Idle callback connections closed at --max-connections to admit a new one.",
+        )?;
         let sink_ready = IntGauge::new(
             "timbridge_sink_ready",
             "1 when the sink is connected and can publish, 0 otherwise.",
@@ -138,11 +143,11 @@ impl Metrics {
         )?;
         let sink_ack_latency = Gauge::new(
             "timbridge_sink_ack_latency_seconds",
-            "Moving average of the broker's acknowledgement time, as used for shedding.",
+            "How long the oldest publish still awaiting the broker's acknowledgement has waited, as used for shedding.",
         )?;
         let sink_backpressure = IntGauge::new(
             "timbridge_sink_backpressure",
-            "1 while new callbacks are refused because the broker acknowledges too slowly.",
+            "1 while new callbacks are refused because the broker is not acknowledging in time.",
         )?;
         let draining = IntGauge::new(
             "timbridge_draining",
@@ -160,6 +165,7 @@ impl Metrics {
         registry.register(Box::new(broker_duplicates.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
+        registry.register(Box::new(connections_evicted.clone()))?;
         registry.register(Box::new(sink_ready.clone()))?;
         registry.register(Box::new(inflight_bytes.clone()))?;
         registry.register(Box::new(sink_ack_latency.clone()))?;
@@ -192,6 +198,7 @@ impl Metrics {
             broker_duplicates,
             inflight,
             open_connections,
+            connections_evicted,
             sink_ready,
             inflight_bytes,
             sink_ack_latency,
@@ -248,6 +255,11 @@ impl Metrics {
     /// Counts a connection as open until the guard is dropped.
     pub fn connection(&self) -> GaugeGuard {
         GaugeGuard::new(&self.open_connections)
+    }
+
+    /// An idle connection was closed to admit a new one at the connection limit.
+    pub fn connection_evicted(&self) {
+        self.connections_evicted.inc();
     }
 
     /// The gauges sampled at scrape time.

@@ -117,17 +117,18 @@ pub struct ServeArgs {
     #[arg(long, env = "TIMBRIDGE_MAX_INFLIGHT_BYTES", default_value = "64MiB", value_parser = parse_size)]
     pub max_inflight_bytes: usize,
 
-    /// When the broker's acknowledgements take longer than this on average, new callbacks get 503
-    /// at once and /readyz turns 503 until it recovers; 0s disables.
+    /// When a publish has waited longer than this for the broker's ack, new callbacks get 503 at
+    /// once and /readyz turns 503 until the broker answers again; 0s disables.
     #[arg(long, env = "TIMBRIDGE_MAX_ACK_LATENCY", default_value = "1s", value_parser = parse_duration)]
     pub max_ack_latency: Duration,
 
-    /// Most client connections open at once; further connections wait in the listen backlog.
+    /// Most client connections open at once; at the limit the connection idle the longest is
+    /// closed to admit a newcomer (with none idle, newcomers wait in the listen backlog).
     #[arg(long, env = "TIMBRIDGE_MAX_CONNECTIONS", default_value_t = 2048)]
     pub max_connections: usize,
 
-    /// Time a client has from the first byte of a request's headers to their end (cuts off
-    /// slow-loris clients).
+    /// Time a request's head may take: from accept for a connection's first request, from its
+    /// first byte for later ones (cuts off slow-loris and silent clients).
     #[arg(long, env = "TIMBRIDGE_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
@@ -280,6 +281,7 @@ impl ServeArgs {
                 max_inflight: self.max_inflight,
                 max_inflight_bytes: self.max_inflight_bytes,
                 max_ack_latency: Some(self.max_ack_latency).filter(|d| !d.is_zero()),
+                publish_timeout: self.publish_timeout,
             },
             max_connections: self.max_connections,
             header_read_timeout: self.header_read_timeout,

@@ -5,18 +5,21 @@
 //! open), one task per connection, a bound on open connections, deadlines for slow clients, and
 //! graceful shutdown.
 //!
-//! Slow clients are bounded at three points: the request head must arrive within
-//! `header_read_timeout` of its first byte (enforced by [`GuardedIo`]), the body within the
-//! body-read timeout (in [`crate::ingest`]), and a connection with no request in progress is closed
+//! Slow and idle clients are bounded at four points: a request head must arrive within
+//! `header_read_timeout` (of accept for a connection's first request, of its first byte for
+//! later ones) and be at most 64 KiB (both enforced by [`GuardedIo`]); the body within the
+//! body-read timeout (in [`crate::ingest`]); a connection with no request in progress is closed
 //! after `idle_timeout` (hyper's header-read timer, which runs from the end of the previous
-//! response). Idle and header deadlines are separate so that keep-alive connections can stay
+//! response); and at the connection limit the connection idle the longest is closed to admit a
+//! newcomer. Idle and header deadlines are separate so that keep-alive connections can stay
 //! open long (closing them races with the client's next request) while a slow-loris head is cut
 //! short.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -27,12 +30,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::deliver::Deliver;
-use crate::ingest::Handler;
+use crate::ingest::{Handler, Rejection};
 
 pub mod admin;
-mod guarded;
+pub mod guarded;
 
-use guarded::{GuardedIo, BUSY, IDLE};
+use guarded::{ConnState, GuardedIo};
 
 /// Limits of the callback listener's connections.
 #[derive(Debug, Clone, Copy)]
@@ -44,8 +47,9 @@ pub struct ConnectionLimits {
     pub drain_timeout: Duration,
 }
 
-/// Largest read buffer of a connection: headers plus a body chunk (hyper's default is ~400 KiB;
-/// this keeps the memory of many slow connections small).
+/// Largest read buffer of a connection: a head plus a body chunk (hyper's default is ~400 KiB;
+/// this keeps the memory of many slow connections small). Heads are bounded separately, at
+/// [`guarded::MAX_HEAD_BYTES`].
 const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 
 /// Serves callbacks on `listener` until `shutdown` resolves, then stops accepting and waits (at
@@ -57,7 +61,8 @@ pub async fn serve<D: Deliver>(
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Arc::new(OpenConnections::default());
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -69,15 +74,6 @@ pub async fn serve<D: Deliver>(
     tokio::pin!(shutdown);
 
     loop {
-        // At the connection limit, stop accepting: new connections wait in the kernel's backlog
-        // instead of costing memory here.
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = accept(&listener, "callback") => match accepted {
@@ -85,28 +81,60 @@ pub async fn serve<D: Deliver>(
                 None => continue,
             },
         };
-        let _ = stream.set_nodelay(true);
-        let phase = Arc::new(AtomicU8::new(IDLE));
-        let io = GuardedIo::new(stream, phase.clone(), limits.header_read_timeout);
-        let handler_for_service = handler.clone();
-        let service = service_fn(move |request| {
-            // Called as soon as the head is parsed: the head deadline no longer applies.
-            phase.store(BUSY, Ordering::Relaxed);
-            let handler = handler_for_service.clone();
-            let phase = phase.clone();
-            async move {
-                let response = handler.handle(request, peer).await;
-                phase.store(IDLE, Ordering::Relaxed);
-                Ok::<_, Infallible>(response)
+        // At the connection limit, an idle connection makes room for the newcomer (a silent
+        // one is the cheapest to lose: it has sent nothing); with none idle, the newcomer waits
+        // and the rest wait in the kernel's backlog.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if open.evict_oldest_idle() {
+                    handler.metrics().connection_evicted();
+                }
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                }
             }
-        });
+        };
+        let _ = stream.set_nodelay(true);
+        let (id, state) = open.add();
+        let io = GuardedIo::new(stream, state.clone(), limits.header_read_timeout);
+        let service = {
+            let handler = handler.clone();
+            let state = state.clone();
+            let open = open.clone();
+            service_fn(move |request| {
+                // Called as soon as the head is parsed: the head deadline no longer applies.
+                state.set_busy();
+                let handler = handler.clone();
+                let state = state.clone();
+                let open = open.clone();
+                async move {
+                    let response = handler.handle(request, peer).await;
+                    state.set_idle(open.now_ms());
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
-        let open = handler.metrics().connection();
+        let gauge = handler.metrics().connection();
+        let handler = handler.clone();
+        let open = open.clone();
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
-            drop(open);
+            if state.head_too_large() {
+                handler.refused_before_the_handler(
+                    &Rejection::HeadTooLarge(guarded::MAX_HEAD_BYTES),
+                    peer,
+                );
+            }
+            open.remove(id);
+            drop(gauge);
             drop(permit);
         });
     }
@@ -126,6 +154,61 @@ pub async fn serve<D: Deliver>(
                 "drain timeout reached; cutting the remaining connections"
             );
         }
+    }
+}
+
+/// The open connections, for finding an idle one to close when a newcomer needs a slot.
+/// Touched at accept, close and eviction only, never per request.
+struct OpenConnections {
+    origin: std::time::Instant,
+    next_id: AtomicU64,
+    states: Mutex<HashMap<u64, Arc<ConnState>>>,
+}
+
+impl Default for OpenConnections {
+    fn default() -> Self {
+        OpenConnections {
+            origin: std::time::Instant::now(),
+            next_id: AtomicU64::new(0),
+            states: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl OpenConnections {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn add(&self) -> (u64, Arc<ConnState>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnState::new(self.now_ms()));
+        self.lock().insert(id, state.clone());
+        (id, state)
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Asks the connection idle the longest to close; false when none is idle.
+    fn evict_oldest_idle(&self) -> bool {
+        let states = self.lock();
+        let oldest = states
+            .values()
+            .filter_map(|s| s.idle_since().map(|since| (since, s)))
+            .min_by_key(|(since, _)| *since);
+        match oldest {
+            Some((_, state)) => {
+                state.evict();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

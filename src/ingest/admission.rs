@@ -2,12 +2,19 @@
 //! takes. A callback is admitted only while
 //! - fewer than `--max-inflight` requests are being processed,
 //! - the bodies held in memory stay under `--max-inflight-bytes`, and
-//! - the broker's acknowledgements are not slower, on average, than `--max-ack-latency`.
+//! - the broker is answering: no publish has waited longer than `--max-ack-latency` for its
+//!   acknowledgement, and, after a publish timed out, until the broker answers one again, only
+//!   one publish at a time probes it.
 //!
 //! Otherwise it is refused at once with 503: a fast refusal costs Tencent nothing, while
 //! queueing would grow memory and answer late anyway (and a late answer is a lost message).
+//!
+//! The broker's health is judged from what is pending now, not from an average of what
+//! completed: when a stalled broker resumes, its pending acks arrive at once and the verdict
+//! clears with them, so the bridge answers 200 again within moments; a broker that stays slow is
+//! shed as soon as its oldest pending publish passes the bound.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,23 +22,21 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Rejection;
 
-/// How long a slow-ack verdict holds without new evidence. While the bridge sheds, few publishes
-/// complete; after this long without one, callbacks are admitted again and probe the broker.
-const SLOW_VERDICT_HOLD: Duration = Duration::from_secs(1);
-
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_inflight: usize,
     pub max_inflight_bytes: usize,
-    /// `None`: never shed on ack latency.
+    /// `None`: never shed on the broker's slowness.
     pub max_ack_latency: Option<Duration>,
+    /// The longest a publish can be pending (the publish deadline).
+    pub publish_timeout: Duration,
 }
 
 pub struct Admission {
     limits: Limits,
     requests: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
-    acks: AckLatency,
+    pending: Pending,
 }
 
 /// Held while a request is processed; releases its share of the bounds when dropped.
@@ -46,7 +51,7 @@ impl Admission {
             limits,
             requests: Arc::new(Semaphore::new(limits.max_inflight)),
             bytes: Arc::new(Semaphore::new(limits.max_inflight_bytes)),
-            acks: AckLatency::new(),
+            pending: Pending::new(limits.publish_timeout),
         }
     }
 
@@ -75,27 +80,43 @@ impl Admission {
         Ok(())
     }
 
-    /// Refuses when the broker acknowledges too slowly for new callbacks to be answered in time.
-    pub fn check_ack_latency(&self) -> Result<(), Rejection> {
-        if self.sink_slow() {
-            Err(Rejection::SinkBackpressure(
-                "the broker acknowledges too slowly".into(),
-            ))
-        } else {
-            Ok(())
+    /// Refuses when the broker is not answering in time for a new callback to be answered.
+    pub fn check_broker(&self) -> Result<(), Rejection> {
+        match self.broker_verdict() {
+            Some(why) => Err(Rejection::SinkBackpressure(why.into())),
+            None => Ok(()),
         }
     }
 
-    /// Records how long a publish took (successful, or until it timed out).
-    pub fn record_ack(&self, took: Duration) {
-        self.acks.record(took);
+    fn broker_verdict(&self) -> Option<&'static str> {
+        let max = self.limits.max_ack_latency?;
+        if self.pending.oldest_age() > max {
+            Some("a publish has waited longer than --max-ack-latency for the broker's ack")
+        } else if self.pending.degraded.load(Ordering::Relaxed) && self.pending.outstanding() > 0 {
+            Some("the broker timed out; probing it with one publish at a time")
+        } else {
+            None
+        }
+    }
+
+    /// Counts a publish as pending until the guard is dropped (answered, failed or cancelled
+    /// by the publish deadline).
+    pub fn publishing(&self) -> PendingGuard<'_> {
+        self.pending.start()
+    }
+
+    /// What the broker said: an ack (any, however late) shows it answers again; a timeout
+    /// that it does not.
+    pub fn record(&self, acked: bool, timed_out: bool) {
+        if acked {
+            self.pending.degraded.store(false, Ordering::Relaxed);
+        } else if timed_out {
+            self.pending.degraded.store(true, Ordering::Relaxed);
+        }
     }
 
     pub fn sink_slow(&self) -> bool {
-        match self.limits.max_ack_latency {
-            Some(max) => self.acks.is_above(max, SLOW_VERDICT_HOLD),
-            None => false,
-        }
+        self.broker_verdict().is_some()
     }
 
     /// At a bound: new callbacks would be refused now.
@@ -107,53 +128,86 @@ impl Admission {
         self.limits.max_inflight_bytes - self.bytes.available_permits()
     }
 
-    /// The moving average of publish times.
+    /// How long the oldest pending publish has waited for its ack (zero when none is pending).
     pub fn ack_latency(&self) -> Duration {
-        Duration::from_micros(self.acks.average_us.load(Ordering::Relaxed))
+        self.pending.oldest_age()
     }
 }
 
-/// An exponentially weighted moving average (weight 1/8 per sample) of publish times, and when
-/// it was last updated.
-struct AckLatency {
+/// Buckets of the pending-publish ring. Lock-free: starting and ending a publish is one atomic
+/// add on its start time's bucket, and the oldest pending one is a scan of 64 counters.
+const BUCKETS: usize = 64;
+
+/// Publishes awaiting their acknowledgement, counted by when they started in a ring of time
+/// buckets. A publish never outlives the publish deadline, and the ring spans that plus a
+/// second, so a bucket with a count holds publishes of exactly one ring turn.
+struct Pending {
     origin: Instant,
-    average_us: AtomicU64,
-    updated_ms: AtomicU64,
+    width_ms: u64,
+    buckets: Box<[AtomicU64]>,
+    /// Set by a timeout, cleared by an ack.
+    degraded: AtomicBool,
 }
 
-impl AckLatency {
-    fn new() -> AckLatency {
-        AckLatency {
+pub struct PendingGuard<'a> {
+    pending: &'a Pending,
+    bucket: usize,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending.buckets[self.bucket].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pending {
+    fn new(publish_timeout: Duration) -> Pending {
+        let span_ms = u64::try_from((publish_timeout + Duration::from_secs(1)).as_millis())
+            .unwrap_or(u64::MAX / 2);
+        Pending {
             origin: Instant::now(),
-            average_us: AtomicU64::new(0),
-            updated_ms: AtomicU64::new(0),
+            width_ms: span_ms.div_ceil(BUCKETS as u64 - 1).max(5),
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            degraded: AtomicBool::new(false),
         }
     }
 
-    fn record(&self, took: Duration) {
-        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        // Concurrent updates may lose a sample; an average of this kind tolerates that.
-        let old = self.average_us.load(Ordering::Relaxed);
-        let new = (old - old / 8).saturating_add(sample / 8);
-        self.average_us.store(new, Ordering::Relaxed);
-        self.updated_ms.store(self.elapsed_ms(), Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
     }
 
-    fn is_above(&self, max: Duration, hold: Duration) -> bool {
-        // One clock read: the age is computed against this instant only.
-        self.is_above_at(self.elapsed_ms(), max, hold)
+    fn start(&self) -> PendingGuard<'_> {
+        let bucket = ((self.now_ms() / self.width_ms) % BUCKETS as u64) as usize;
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        PendingGuard {
+            pending: self,
+            bucket,
+        }
     }
 
-    fn is_above_at(&self, now_ms: u64, max: Duration, hold: Duration) -> bool {
-        let average = Duration::from_micros(self.average_us.load(Ordering::Relaxed));
-        // Another thread may record a sample after `now_ms` was read, leaving `updated_ms`
-        // ahead of it: that is an age of zero, not an underflow.
-        let age = now_ms.saturating_sub(self.updated_ms.load(Ordering::Relaxed));
-        average > max && Duration::from_millis(age) < hold
+    fn outstanding(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
-    fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn oldest_age(&self) -> Duration {
+        self.oldest_age_at(self.now_ms())
+    }
+
+    /// The age of the oldest pending publish, counted from the end of its bucket (so never
+    /// more than its true age).
+    fn oldest_age_at(&self, now_ms: u64) -> Duration {
+        let current = now_ms / self.width_ms;
+        for back in (0..BUCKETS as u64).rev() {
+            let Some(absolute) = current.checked_sub(back) else {
+                continue;
+            };
+            let bucket = (absolute % BUCKETS as u64) as usize;
+            if self.buckets[bucket].load(Ordering::Relaxed) > 0 {
+                let bucket_end = (absolute + 1) * self.width_ms;
+                return Duration::from_millis(now_ms.saturating_sub(bucket_end));
+            }
+        }
+        Duration::ZERO
     }
 }
 
@@ -166,6 +220,7 @@ mod tests {
             max_inflight: 2,
             max_inflight_bytes: 1000,
             max_ack_latency: Some(Duration::from_millis(100)),
+            publish_timeout: Duration::from_millis(1500),
         }
     }
 
@@ -197,48 +252,48 @@ mod tests {
     }
 
     #[test]
-    fn slow_acks_shed_until_the_average_recovers() {
+    fn the_oldest_pending_publish_sets_the_age() {
+        let p = Pending::new(Duration::from_millis(1500));
+        assert_eq!(p.width_ms, 40);
+        assert_eq!(p.oldest_age_at(10_000), Duration::ZERO);
+        // Started in the bucket [0, 40) ms; a second one later.
+        let first = p.start();
+        let now = p.now_ms();
+        assert!(p.oldest_age_at(now + 1000) >= Duration::from_millis(900));
+        assert!(p.oldest_age_at(now + 1000) <= Duration::from_millis(1000));
+        drop(first);
+        assert_eq!(p.oldest_age_at(now + 1000), Duration::ZERO);
+        assert_eq!(p.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_slow_pending_publish_sheds_and_its_ack_clears_the_verdict_at_once() {
         let a = Admission::new(limits());
-        a.check_ack_latency().unwrap();
-        for _ in 0..20 {
-            a.record_ack(Duration::from_millis(500));
-        }
-        assert_eq!(
-            a.check_ack_latency().unwrap_err().reason(),
-            "sink_backpressure"
-        );
+        let slow = a.publishing();
+        a.check_broker().unwrap();
+        // Nothing else needed: the verdict is derived from the pending publish alone.
+        let later = a.pending.now_ms() + 300;
+        assert!(a.pending.oldest_age_at(later) > Duration::from_millis(100));
+        drop(slow);
+        a.record(true, false);
+        assert_eq!(a.pending.oldest_age_at(later), Duration::ZERO);
+        a.check_broker().unwrap();
+    }
+
+    #[test]
+    fn after_a_timeout_one_publish_at_a_time_probes_until_an_ack() {
+        let a = Admission::new(limits());
+        a.record(false, true);
+        // Nothing pending: a probe is admitted.
+        a.check_broker().unwrap();
+        let probe = a.publishing();
+        assert_eq!(a.check_broker().unwrap_err().reason(), "sink_backpressure");
         assert!(a.is_saturated());
-        for _ in 0..60 {
-            a.record_ack(Duration::from_millis(1));
-        }
-        a.check_ack_latency().unwrap();
-    }
-
-    #[test]
-    fn a_slow_verdict_expires_without_new_evidence() {
-        let acks = AckLatency::new();
-        for _ in 0..20 {
-            acks.record(Duration::from_millis(500));
-        }
-        assert!(acks.is_above(Duration::from_millis(100), Duration::from_secs(60)));
-        assert!(!acks.is_above(Duration::from_millis(100), Duration::ZERO));
-    }
-
-    #[test]
-    fn a_sample_recorded_after_our_clock_read_is_age_zero() {
-        // Found by a flaky integration test: two clock reads and a concurrent record made the
-        // age computation underflow (a panic in debug builds, a wrong verdict in release).
-        let acks = AckLatency::new();
-        for _ in 0..20 {
-            acks.record(Duration::from_millis(500));
-        }
-        acks.updated_ms.store(10_000, Ordering::Relaxed);
-        assert!(acks.is_above_at(9_999, Duration::from_millis(100), Duration::from_secs(1)));
-        assert!(!acks.is_above_at(
-            11_000,
-            Duration::from_millis(100),
-            Duration::from_millis(500)
-        ));
+        drop(probe);
+        a.record(true, false);
+        let _one = a.publishing();
+        let _two = a.publishing();
+        a.check_broker().unwrap();
     }
 
     #[test]
@@ -247,9 +302,8 @@ mod tests {
             max_ack_latency: None,
             ..limits()
         });
-        for _ in 0..20 {
-            a.record_ack(Duration::from_secs(5));
-        }
-        a.check_ack_latency().unwrap();
+        a.record(false, true);
+        let _pending = a.publishing();
+        a.check_broker().unwrap();
     }
 }

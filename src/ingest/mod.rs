@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 
@@ -50,6 +50,9 @@ pub struct Handler<D> {
 struct Attempt {
     /// The metric label of the URL's command, once the query was verified.
     command: &'static str,
+    /// The request's body was not read to its end: the connection cannot carry another
+    /// request, so the answer says `Connection: close`.
+    body_unread: bool,
     /// (GroupId, MsgSeq) of a validated body, for the log line.
     group_id: Option<String>,
     msg_seq: Option<u64>,
@@ -57,9 +60,10 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn refused(command: &'static str, rejection: Rejection) -> Attempt {
+    fn refused(command: &'static str, rejection: Rejection, body_unread: bool) -> Attempt {
         Attempt {
             command,
+            body_unread,
             group_id: None,
             msg_seq: None,
             result: Err(rejection),
@@ -141,9 +145,25 @@ impl<D: Deliver> Handler<D> {
             }
             Err(rejection) => {
                 self.report.refused(&attempt, rejection, took, peer);
-                fail(rejection)
+                let mut response = fail(rejection);
+                if attempt.body_unread || matches!(rejection, Rejection::BadHttp(_)) {
+                    // Tencent reuses connections: say that this one ends here (RFC 9112 §9.6),
+                    // or its next callback would go into a closing socket.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
             }
         }
+    }
+
+    /// Counts and logs a request refused before it reached the handler (a head over the
+    /// bound, answered by the connection's guard).
+    pub fn refused_before_the_handler(&self, rejection: &Rejection, peer: SocketAddr) {
+        let attempt = Attempt::refused("other", Rejection::NotFound, true);
+        self.report
+            .refused(&attempt, rejection, Duration::ZERO, peer);
     }
 
     /// The stages in order; each refusal ends the attempt with what was learnt so far.
@@ -155,14 +175,21 @@ impl<D: Deliver> Handler<D> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        let has_body = has_body(&request);
         let (mut admitted, query) = match self.admit(&request, now) {
             Ok(admitted) => admitted,
-            Err(rejection) => return Attempt::refused("other", rejection),
+            Err(rejection) => return Attempt::refused("other", rejection, has_body),
         };
         let command = command_label(query.command());
         let callback = match self.read_callback(request, query, &mut admitted, now).await {
             Ok(callback) => callback,
-            Err(rejection) => return Attempt::refused(command, rejection),
+            // Refused on the body itself (invalid JSON...): it was read whole.
+            Err(
+                rejection @ (Rejection::BadJson(_)
+                | Rejection::CommandMismatch { .. }
+                | Rejection::InvalidBody(_)),
+            ) => return Attempt::refused(command, rejection, false),
+            Err(rejection) => return Attempt::refused(command, rejection, has_body),
         };
         let fields = callback.fields();
         let (group_id, msg_seq) = (fields.group_id.clone(), fields.msg_seq);
@@ -170,6 +197,7 @@ impl<D: Deliver> Handler<D> {
         drop(admitted);
         Attempt {
             command,
+            body_unread: false,
             group_id,
             msg_seq,
             result,
@@ -188,6 +216,7 @@ impl<D: Deliver> Handler<D> {
         if request.method() != Method::POST {
             return Err(Rejection::MethodNotAllowed);
         }
+        check_http(request)?;
         let admitted = self.admission.admit()?;
         let query = VerifiedQuery::verify(
             request.uri().query().unwrap_or(""),
@@ -195,7 +224,7 @@ impl<D: Deliver> Handler<D> {
             now.as_secs(),
         )?;
         // Refused before the body is read: a callback admitted now would most likely time out.
-        self.admission.check_ack_latency()?;
+        self.admission.check_broker()?;
         Ok((admitted, query))
     }
 
@@ -232,14 +261,17 @@ impl<D: Deliver> Handler<D> {
     async fn deliver(&self, callback: Callback) -> Result<Delivered, Rejection> {
         let record = self.records.build(callback);
         let started = Instant::now();
+        let pending = self.admission.publishing();
         let result = tokio::time::timeout(self.publish_timeout, self.delivery.deliver(&record))
             .await
             .unwrap_or(Err(DeliveryError::TimedOut));
+        drop(pending);
         let took = started.elapsed();
-        // Slow acks (and timeouts) are what admission control sheds on.
-        if matches!(result, Ok(_) | Err(DeliveryError::TimedOut)) {
-            self.admission.record_ack(took);
-        }
+        // Whether the broker answers is what admission control sheds on.
+        self.admission.record(
+            result.is_ok(),
+            matches!(result, Err(DeliveryError::TimedOut)),
+        );
         let ack = result.map_err(|err| Rejection::from_delivery(err, self.publish_timeout))?;
         Ok(Delivered { ack, took })
     }
@@ -262,6 +294,41 @@ impl<D: Deliver> Handler<D> {
             })?
             .to_bytes())
     }
+}
+
+/// Whether the request comes with a body to read (hyper knows from the framing: a length
+/// above zero, or chunked).
+fn has_body<B: Body>(request: &Request<B>) -> bool {
+    !request.body().is_end_stream()
+}
+
+/// What HTTP requires of a request before its content is looked at: one `Host` in HTTP/1.1
+/// (RFC 9112 §3.2), unambiguous framing, no content coding (RFC 9110 §8.4).
+fn check_http<B>(request: &Request<B>) -> Result<(), Rejection> {
+    let headers = request.headers();
+    if request.version() == Version::HTTP_11 && headers.get_all(header::HOST).iter().count() != 1 {
+        return Err(Rejection::BadHttp(
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
+    }
+    if headers.contains_key(header::CONTENT_LENGTH)
+        && headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return Err(Rejection::BadHttp(
+            "both Content-Length and Transfer-Encoding: the framing is ambiguous",
+        ));
+    }
+    for coding in headers.get_all(header::CONTENT_ENCODING) {
+        let coding = String::from_utf8_lossy(coding.as_bytes());
+        if coding
+            .split(',')
+            .map(str::trim)
+            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+        {
+            return Err(Rejection::UnsupportedEncoding(coding.into_owned()));
+        }
+    }
+    Ok(())
 }
 
 fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {

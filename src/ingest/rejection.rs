@@ -34,6 +34,12 @@ pub enum Rejection {
     StaleRequestTime { skew_secs: u64, max_secs: u64 },
     #[error("body larger than {0} bytes")]
     BodyTooLarge(usize),
+    #[error("request head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("malformed HTTP request: {0}")]
+    BadHttp(&'static str),
+    #[error("Content-Encoding {0:?} is not supported: callbacks are sent uncompressed")]
+    UnsupportedEncoding(String),
     #[error("could not read the body: {0}")]
     BodyRead(String),
     #[error("body is not a JSON object: {0}")]
@@ -106,6 +112,7 @@ impl Rejection {
             Rejection::CommandMismatch { .. } => meta(S::BAD_REQUEST, 4003, "command_mismatch"),
             Rejection::InvalidBody(_) => meta(S::BAD_REQUEST, 4004, "invalid_body"),
             Rejection::BodyRead(_) => meta(S::BAD_REQUEST, 4005, "body_read"),
+            Rejection::BadHttp(_) => meta(S::BAD_REQUEST, 4006, "bad_http"),
             Rejection::MissingSignature => meta(S::UNAUTHORIZED, 4010, "missing_signature"),
             Rejection::BadSignature => meta(S::UNAUTHORIZED, 4011, "bad_signature"),
             Rejection::StaleRequestTime { .. } => meta(S::UNAUTHORIZED, 4012, "stale_request_time"),
@@ -114,6 +121,12 @@ impl Rejection {
             Rejection::MethodNotAllowed => meta(S::METHOD_NOT_ALLOWED, 4050, "method_not_allowed"),
             Rejection::BodyTimeout(_) => meta(S::REQUEST_TIMEOUT, 4080, "body_timeout"),
             Rejection::BodyTooLarge(_) => meta(S::PAYLOAD_TOO_LARGE, 4130, "body_too_large"),
+            Rejection::UnsupportedEncoding(_) => {
+                meta(S::UNSUPPORTED_MEDIA_TYPE, 4150, "unsupported_encoding")
+            }
+            Rejection::HeadTooLarge(_) => {
+                meta(S::REQUEST_HEADER_FIELDS_TOO_LARGE, 4310, "head_too_large")
+            }
             // A permanent refusal by the broker (too large for it, not authorised, no such
             // topic) is the bridge's configuration problem, not the sender's.
             Rejection::SinkRejected(_) => meta(S::INTERNAL_SERVER_ERROR, 5000, "sink_rejected"),
@@ -177,6 +190,7 @@ impl Rejection {
             },
             Rejection::InvalidBody(String::new()),
             Rejection::BodyRead(String::new()),
+            Rejection::BadHttp(""),
             Rejection::MissingSignature,
             Rejection::BadSignature,
             Rejection::StaleRequestTime {
@@ -188,6 +202,8 @@ impl Rejection {
             Rejection::MethodNotAllowed,
             Rejection::BodyTimeout(Duration::ZERO),
             Rejection::BodyTooLarge(0),
+            Rejection::UnsupportedEncoding(String::new()),
+            Rejection::HeadTooLarge(0),
             Rejection::SinkRejected(String::new()),
             Rejection::SinkUnavailable(String::new()),
             Rejection::PublishTimeout(Duration::ZERO),

@@ -416,3 +416,98 @@ async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
     }
     assert_every_200_stored_in_order(&sent, &stored);
 }
+
+/// One sequential sender: a callback every 50 ms until `until`, recording when each was sent,
+/// its status and how long it took.
+async fn probe_every_50ms(
+    addr: SocketAddr,
+    group: &str,
+    until: Instant,
+) -> Vec<(Instant, u16, Duration)> {
+    let http = Http::default();
+    let mut probes = Vec::new();
+    let mut seq = 0;
+    while Instant::now() < until {
+        seq += 1;
+        let sent = Instant::now();
+        let answer = http
+            .callback(
+                addr,
+                &query("Group.CallbackAfterSendMsg"),
+                group_message(group, seq),
+            )
+            .await;
+        probes.push((sent, answer.status, sent.elapsed()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    probes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_broker_is_shed_within_a_publish_timeout_and_served_again_at_once() {
+    let _serial = serial().await;
+    // The defaults: --publish-timeout 1500ms, --max-ack-latency 1s.
+    const PUBLISH_TIMEOUT: Duration = Duration::from_millis(1500);
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let bridge =
+        BridgeProcess::start(&["--sink", "nats", "--nats-url", &url, "--allow-any-sdkappid"]).await;
+    wait_readyz(bridge.admin, 200, Duration::from_secs(10)).await;
+    let watcher = async_nats::connect(&url)
+        .await
+        .expect("a second NATS client");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(bridge.addr, "stall", 20, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = nats.pid().unwrap();
+    let stalled_at = Instant::now();
+    let until = stalled_at + Duration::from_secs(6);
+    let prober = tokio::spawn(probe_every_50ms(bridge.addr, "@TGS#probe", until));
+    signal_pid(pid, "STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal_pid(pid, "CONT");
+    // The broker answers normally again once a round trip to it completes.
+    watcher.flush().await.expect("NATS answers after SIGCONT");
+    let healthy_at = Instant::now();
+    let probes = prober.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.unwrap();
+
+    let shed_at_once = probes
+        .iter()
+        .find(|(at, status, took)| {
+            *at > stalled_at && *status == 503 && *took < Duration::from_millis(200)
+        })
+        .expect("the stalled broker was shed");
+    let after: Vec<_> = probes
+        .iter()
+        .filter(|(at, _, _)| *at >= healthy_at)
+        .collect();
+    let refused_after = after.iter().filter(|(_, status, _)| *status != 200).count();
+    let first_ok = after
+        .iter()
+        .find(|(_, status, _)| *status == 200)
+        .map(|(at, _, took)| *at + *took - healthy_at)
+        .expect("served again after the broker resumed");
+    eprintln!(
+        "stall: shed {:?} after SIGSTOP; broker healthy {:?} after SIGCONT's send; first 200 {first_ok:?} after that; {refused_after} of {} probes refused after it; load {} sent, {} ok",
+        shed_at_once.0 - stalled_at,
+        healthy_at - stalled_at - Duration::from_secs(3),
+        after.len(),
+        sent.len(),
+        count(&sent, Some(200)),
+    );
+    assert!(
+        shed_at_once.0 - stalled_at < PUBLISH_TIMEOUT + Duration::from_millis(500),
+        "shed within one publish timeout of the stall"
+    );
+    assert!(
+        first_ok < Duration::from_millis(250),
+        "first 200 {first_ok:?} after the broker answered"
+    );
+    assert!(
+        refused_after <= 3,
+        "{refused_after} probes refused after the broker answered again"
+    );
+}

@@ -185,3 +185,109 @@ async fn an_idle_keep_alive_connection_outlives_the_header_timeout_and_closes_af
     );
     bridge.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_at_the_header_timeout_counted_from_accept() {
+    let _serial = serial().await;
+    let bridge = start_http_bridge().await;
+    let mut stream = connect(bridge.addr(), Duration::from_secs(10));
+    let t = Instant::now();
+    assert_eq!(read_answer(&mut stream), "", "closed without an answer");
+    let took = t.elapsed();
+    // The 2 s header timeout, not the 3 s idle timeout plus it.
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(3500),
+        "closed after {took:?}"
+    );
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_over_64_kib_is_answered_431_and_the_connection_closed() {
+    let _serial = serial().await;
+    let bridge = start_http_bridge().await;
+    let mut stream = connect(bridge.addr(), Duration::from_secs(5));
+    let head = format!(
+        "POST /callback?{} HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\n{{}}",
+        query("Group.CallbackAfterSendMsg"),
+        "a".repeat(70 * 1024)
+    );
+    // The server may close before the whole head is written.
+    let _ = stream.write_all(head.as_bytes());
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(answer.contains("\"ErrorCode\":4310"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let (_, metrics) = Http::default().admin(bridge.admin_addr(), "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "timbridge_rejections_total{reason=\"head_too_large\"}"
+        ),
+        1.0
+    );
+    // A large head within the bound is still served.
+    let mut stream = connect(bridge.addr(), Duration::from_secs(5));
+    let body = group_message("@TGS#bighead", 1);
+    let mut request = format!(
+        "POST /callback?{} HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nContent-Length: {}\r\n\r\n",
+        query("Group.CallbackAfterSendMsg"),
+        "a".repeat(32 * 1024),
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    stream.write_all(&request).unwrap();
+    assert!(read_answer(&mut stream).starts_with("HTTP/1.1 200"));
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_at_the_limit_make_room_for_a_callback() {
+    let _serial = serial().await;
+    // The default 2,048 connections; a header timeout long enough that no silent connection
+    // is closed by it while the test runs (what makes room is the eviction).
+    let config = config(&["--allow-any-sdkappid", "--header-read-timeout", "60s"]);
+    let sink = timbridge::sink::StdoutSink::with_writer(Box::new(std::io::sink()));
+    let bridge = timbridge::Bridge::start_with(config, timbridge::sink::Sink::Stdout(sink))
+        .await
+        .expect("bridge starts");
+    let addr = bridge.addr();
+    let silent: Vec<TcpStream> = (0..2048)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let http = Http::default();
+    let admin = bridge.admin_addr();
+    eventually(
+        Duration::from_secs(10),
+        "every silent connection accepted",
+        || {
+            let http = http.clone();
+            async move {
+                let (_, m) = http.admin(admin, "/metrics").await;
+                (metric(&m, "timbridge_open_connections") >= 2048.0).then_some(())
+            }
+        },
+    )
+    .await;
+    let t = Instant::now();
+    let answer = http
+        .callback(
+            addr,
+            &query("Group.CallbackAfterSendMsg"),
+            group_message("@TGS#room", 1),
+        )
+        .await;
+    let took = t.elapsed();
+    assert_ok(&answer);
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
+    let (_, m) = http.admin(admin, "/metrics").await;
+    assert!(metric(&m, "timbridge_connections_evicted_total") >= 1.0);
+    drop(silent);
+    bridge.shutdown().await;
+}

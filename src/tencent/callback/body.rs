@@ -32,6 +32,14 @@ pub struct Fields {
 
 /// Parses `body` as the callback named `url_command` in the URL.
 pub fn parse(url_command: &str, body: &[u8]) -> Result<Fields, Rejection> {
+    // JSON text is UTF-8 (RFC 8259 §8.1). serde checks only the strings it reads, not those it
+    // skips, so the whole body is checked first (SIMD: a small share of the parse's cost).
+    if let Err(err) = simdutf8::compat::from_utf8(body) {
+        return Err(Rejection::BadJson(format!(
+            "the body is not valid UTF-8 (at byte {})",
+            err.valid_up_to()
+        )));
+    }
     // serde would also read a struct from a JSON array (positionally): only objects are callbacks.
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
@@ -52,22 +60,45 @@ pub fn parse(url_command: &str, body: &[u8]) -> Result<Fields, Rejection> {
     } else {
         lenient(body)?.check(url_command)?
     };
-    for (name, value) in [
-        ("GroupId", &fields.group_id),
-        ("TopicId", &fields.topic_id),
-        ("MsgId", &fields.msg_id),
-    ] {
-        // These become broker headers; a control character could split or forge one.
-        if let Some(c) = value
-            .as_deref()
-            .and_then(|v| v.chars().find(|c| c.is_control()))
-        {
-            return Err(Rejection::InvalidBody(format!(
-                "{name} contains the control character {c:?}"
-            )));
-        }
-    }
+    fields.check_identities()?;
     Ok(fields)
+}
+
+/// The longest identity field the bridge accepts. Tencent's own limits are far below it
+/// (GroupId 48 bytes, accounts 32); the bound keeps a hostile body from making headers that
+/// no broker takes.
+pub const MAX_ID_BYTES: usize = 256;
+
+impl Fields {
+    /// Every value that becomes a header, a key or part of the dedup id: a control character
+    /// could split or forge a header, and an unbounded one could overflow the broker's header
+    /// limit (a permanent failure that is the sender's, not the broker's).
+    fn check_identities(&self) -> Result<(), Rejection> {
+        for (name, value) in [
+            ("GroupId", &self.group_id),
+            ("TopicId", &self.topic_id),
+            ("MsgId", &self.msg_id),
+            ("From_Account", &self.from_account),
+            ("To_Account", &self.to_account),
+            ("MsgKey", &self.msg_key),
+        ] {
+            let Some(value) = value.as_deref() else {
+                continue;
+            };
+            if let Some(c) = value.chars().find(|c| c.is_control()) {
+                return Err(Rejection::InvalidBody(format!(
+                    "{name} contains the control character {c:?}"
+                )));
+            }
+            if value.len() > MAX_ID_BYTES {
+                return Err(Rejection::InvalidBody(format!(
+                    "{name} is {} bytes long, more than {MAX_ID_BYTES}",
+                    value.len()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn lenient(body: &[u8]) -> Result<Envelope<'_>, Rejection> {

@@ -45,6 +45,12 @@ impl Query {
                     "{name} contains the control character {c:?}"
                 )));
             }
+            if value.len() > super::body::MAX_ID_BYTES {
+                return Err(Rejection::BadQuery(format!(
+                    "{name} is longer than {} bytes",
+                    super::body::MAX_ID_BYTES
+                )));
+            }
             *slot = Some(value.into_owned());
         }
 
