@@ -320,12 +320,7 @@ mod tests {
     /// The README's metrics table names exactly the metrics this file registers.
     #[test]
     fn the_readme_table_matches_the_registry() {
-        let readme = include_str!("../README.md");
-        let section = readme
-            .split("### Metrics")
-            .nth(1)
-            .and_then(|rest| rest.split("\n## ").next())
-            .expect("a Metrics section");
+        let section = crate::readme::section("### Metrics");
         let mut documented = std::collections::BTreeSet::new();
         for line in section.lines().filter(|l| l.starts_with("| `")) {
             let cell = line.split('|').nth(1).unwrap_or_default();

@@ -471,12 +471,7 @@ mod tests {
     #[test]
     fn the_readme_flags_table_matches_the_flags() {
         use clap::CommandFactory;
-        let readme = include_str!("../../README.md");
-        let section = readme
-            .split("## Flags")
-            .nth(1)
-            .and_then(|rest| rest.split("\n## ").next())
-            .expect("a Flags section");
+        let section = crate::readme::section("## Flags");
         let mut documented = std::collections::BTreeMap::new();
         for line in section.lines().filter(|l| l.starts_with("| `--")) {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();

@@ -56,13 +56,7 @@ async fn transient_produce_errors_are_retried_without_reordering_or_doubling() {
             let group = format!("@TGS#fault{g:02}");
             let mut acked = Vec::new();
             for seq in 1..=PER_GROUP {
-                let answer = http
-                    .callback(
-                        addr,
-                        &query("Group.CallbackAfterSendMsg"),
-                        group_message(&group, seq),
-                    )
-                    .await;
+                let answer = http.group_message(addr, &group, seq).await;
                 assert!(
                     answer.status == 200 || answer.status == 503,
                     "{:?}",

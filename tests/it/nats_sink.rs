@@ -1,7 +1,6 @@
 //! End to end against a real nats-server with JetStream: what is answered 200 is in the stream,
 //! byte for byte, on the right subject, with the right headers, in per-group order.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::common::nats::{start_bridge, start_bridge_unready, NatsServer};
@@ -14,15 +13,7 @@ async fn fixtures_arrive_byte_identical_with_subject_and_headers() {
     let _serial = serial().await;
     let nats = NatsServer::start();
     let bridge = start_bridge(&nats, &[]).await;
-    let http = Http::default();
-    let fixtures = fixtures();
-    for (name, command, body) in &fixtures {
-        let answer = http
-            .callback(bridge.addr(), &query(command), body.clone())
-            .await;
-        assert_eq!(answer.status, 200, "{name}: {:?}", answer.body);
-        assert_ok(&answer);
-    }
+    let fixtures = send_every_fixture(bridge.addr()).await;
 
     let stored = nats.reader().await.all("TIM").await;
     assert_eq!(stored.len(), fixtures.len());
@@ -31,58 +22,15 @@ async fn fixtures_arrive_byte_identical_with_subject_and_headers() {
             &msg.payload, body,
             "{name}: payload differs from the request body"
         );
-        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-        let key = v["GroupId"]
-            .as_str()
-            .or(v["From_Account"].as_str())
-            .unwrap_or("1400000000")
-            .to_owned();
-        let p = partition(key.as_bytes(), 16);
+        let p = partition(fixture_key(body).as_bytes(), 16);
         assert_eq!(msg.subject, format!("tim.{command}.{p}"), "{name}");
-        assert_eq!(msg.header("tim-sdkappid"), Some("1400000000"), "{name}");
-        assert_eq!(
-            msg.header("tim-callback-command"),
-            Some(command.as_str()),
-            "{name}"
-        );
-        assert_eq!(msg.header("tim-group-id"), v["GroupId"].as_str(), "{name}");
-        assert_eq!(msg.header("tim-topic-id"), v["TopicId"].as_str(), "{name}");
-        assert_eq!(msg.header("tim-msg-id"), v["MsgId"].as_str(), "{name}");
-        assert_eq!(msg.header("tim-client-ip"), Some("127.0.0.1"), "{name}");
-        assert_eq!(msg.header("tim-opt-platform"), Some("RESTAPI"), "{name}");
-        let received: u64 = msg.header("tim-received-at").unwrap().parse().unwrap();
-        assert!(
-            received > 1_700_000_000_000,
-            "{name}: tim-received-at in ms"
-        );
-        let seq = msg.header("tim-msg-seq");
-        if command == "Group.CallbackAfterSendMsg" {
-            let expected_seq = v["MsgSeq"].as_u64().unwrap().to_string();
-            assert_eq!(seq, Some(expected_seq.as_str()), "{name}");
-            let group = v["GroupId"].as_str().unwrap();
-            let topic = v["TopicId"].as_str().unwrap_or("");
-            let msg_id = v["MsgId"].as_str().unwrap_or("");
-            let id = format!(
-                "g:{APP}:{expected_seq}:{}:{group}:{}:{topic}:{msg_id}",
-                group.len(),
-                topic.len()
-            );
-            assert_eq!(msg.header("Nats-Msg-Id"), Some(id.as_str()), "{name}");
-        }
+        assert_fixture_headers(name, command, body, |h| msg.header(h));
         // One dedup header name on every sink; JetStream's own is the same value.
         assert_eq!(
             msg.header("tim-dedup-id"),
             msg.header("Nats-Msg-Id"),
             "{name}"
         );
-        if command == "Group.CallbackAfterNewMemberJoin" || command == "Group.CallbackBeforeSendMsg"
-        {
-            assert_eq!(
-                msg.header("Nats-Msg-Id"),
-                None,
-                "{name}: no stable identity"
-            );
-        }
     }
     // The worked fixtures include both EventTime forms and a topic id.
     assert!(stored.iter().any(|m| m.header("tim-topic-id").is_some()));
@@ -93,34 +41,23 @@ async fn fixtures_arrive_byte_identical_with_subject_and_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_groups_keep_their_order_and_nothing_is_lost_or_doubled() {
     let _serial = serial().await;
-    const GROUPS: usize = 100;
-    const PER_GROUP: u64 = 100;
     let nats = NatsServer::start();
     let bridge = start_bridge(&nats, &[]).await;
     let addr = bridge.addr();
-    send_groups_in_order(addr, "@TGS#order", GROUPS, PER_GROUP).await;
+    send_groups_in_order(addr, "@TGS#order", ORDER_GROUPS, ORDER_PER_GROUP).await;
 
     let stored = nats.reader().await.all("TIM").await;
-    assert_eq!(
-        stored.len(),
-        GROUPS * PER_GROUP as usize,
-        "every message stored exactly once"
-    );
-    let mut last: HashMap<String, u64> = HashMap::new();
     for msg in &stored {
-        let group = msg.header("tim-group-id").unwrap().to_owned();
-        let seq: u64 = msg.header("tim-msg-seq").unwrap().parse().unwrap();
-        let previous = last.insert(group.clone(), seq).unwrap_or(0);
-        assert_eq!(
-            seq,
-            previous + 1,
-            "{group}: MsgSeq {seq} after {previous} in stream order"
-        );
-        let p = partition(group.as_bytes(), 16);
+        let p = partition(msg.header("tim-group-id").unwrap().as_bytes(), 16);
         assert_eq!(msg.subject, format!("tim.Group.CallbackAfterSendMsg.{p}"));
     }
-    assert_eq!(last.len(), GROUPS);
-    assert!(last.values().all(|s| *s == PER_GROUP));
+    let ids = stored.iter().map(|m| {
+        (
+            m.header("tim-group-id").unwrap().to_owned(),
+            m.header("tim-msg-seq").unwrap().parse().unwrap(),
+        )
+    });
+    assert_groups_complete_in_order(ids, ORDER_GROUPS, ORDER_PER_GROUP);
     bridge.shutdown().await;
 }
 
@@ -143,15 +80,7 @@ async fn the_same_message_sent_twice_is_stored_once() {
         );
     }
     // A different MsgSeq of the same group, and the same MsgSeq in a topic, are different messages.
-    assert_ok(
-        &http
-            .callback(
-                bridge.addr(),
-                &query("Group.CallbackAfterSendMsg"),
-                group_message("@TGS#dup", 43),
-            )
-            .await,
-    );
+    assert_ok(&http.group_message(bridge.addr(), "@TGS#dup", 43).await);
     let topic = {
         let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         v["TopicId"] = "@TGS#dup@TOPIC#_t".into();
@@ -242,27 +171,13 @@ async fn starts_without_nats_and_becomes_ready_when_it_appears() {
     let http = Http::default();
     assert_eq!(http.admin(bridge.admin_addr(), "/readyz").await.0, 503);
     assert_eq!(http.admin(bridge.admin_addr(), "/healthz").await.0, 200);
-    let answer = http
-        .callback(
-            bridge.addr(),
-            &query("Group.CallbackAfterSendMsg"),
-            group_message("@TGS#late", 1),
-        )
-        .await;
+    let answer = http.group_message(bridge.addr(), "@TGS#late", 1).await;
     assert_eq!(answer.status, 503);
 
     nats.restart();
     let admin = bridge.admin_addr();
     wait_readyz(admin, 200, Duration::from_secs(15)).await;
-    assert_ok(
-        &http
-            .callback(
-                bridge.addr(),
-                &query("Group.CallbackAfterSendMsg"),
-                group_message("@TGS#late", 2),
-            )
-            .await,
-    );
+    assert_ok(&http.group_message(bridge.addr(), "@TGS#late", 2).await);
     assert!(nats.reader().await.count("TIM").await >= 1);
     bridge.shutdown().await;
 }

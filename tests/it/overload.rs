@@ -220,15 +220,7 @@ async fn overload_sheds_fast_keeps_memory_bounded_and_recovers() {
     // Serves normally once the pressure is gone.
     wait_readyz(admin, 200, Duration::from_secs(10)).await;
     for seq in 1..=20 {
-        assert_ok(
-            &http
-                .callback(
-                    bridge.addr,
-                    &query("Group.CallbackAfterSendMsg"),
-                    group_message("@TGS#after", seq),
-                )
-                .await,
-        );
+        assert_ok(&http.group_message(bridge.addr, "@TGS#after", seq).await);
     }
     let stored = stored_ids(&nats).await;
     assert_every_200_stored_in_order(&sent, &stored);
@@ -373,11 +365,7 @@ async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
     )
     .await;
     let answer = http
-        .callback(
-            bridge.addr,
-            &query("Group.CallbackAfterSendMsg"),
-            group_message("@TGS#during-delay", 1),
-        )
+        .group_message(bridge.addr, "@TGS#during-delay", 1)
         .await;
     assert_ok(&answer);
     let exit = bridge.wait(Duration::from_secs(8)).await;
@@ -430,13 +418,7 @@ async fn probe_every_50ms(
     while Instant::now() < until {
         seq += 1;
         let sent = Instant::now();
-        let answer = http
-            .callback(
-                addr,
-                &query("Group.CallbackAfterSendMsg"),
-                group_message(group, seq),
-            )
-            .await;
+        let answer = http.group_message(addr, group, seq).await;
         probes.push((sent, answer.status, sent.elapsed()));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

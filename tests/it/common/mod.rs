@@ -20,6 +20,10 @@ use timbridge::{Bridge, Config};
 
 pub const APP: u64 = 1400000000;
 
+/// The order tests' load: groups, each sending this many messages one after another.
+pub const ORDER_GROUPS: usize = 100;
+pub const ORDER_PER_GROUP: u64 = 100;
+
 /// The bridge's configuration from command-line flags, listening on ephemeral ports.
 pub fn config(extra: &[&str]) -> Config {
     let mut argv = vec![
@@ -107,13 +111,7 @@ pub async fn warm_up(addr: SocketAddr, group: &str) {
     eventually(Duration::from_secs(10), "a first 200", || {
         let http = http.clone();
         async move {
-            let a = http
-                .callback(
-                    addr,
-                    &query("Group.CallbackAfterSendMsg"),
-                    group_message(group, 1),
-                )
-                .await;
+            let a = http.group_message(addr, group, 1).await;
             (a.status == 200).then_some(())
         }
     })
@@ -143,13 +141,7 @@ pub async fn send_groups_in_order(addr: SocketAddr, prefix: &str, groups: usize,
         let group = format!("{prefix}{g:03}");
         tasks.push(tokio::spawn(async move {
             for seq in 1..=per_group {
-                let answer = http
-                    .callback(
-                        addr,
-                        &query("Group.CallbackAfterSendMsg"),
-                        group_message(&group, seq),
-                    )
-                    .await;
+                let answer = http.group_message(addr, &group, seq).await;
                 assert_eq!(answer.status, 200, "{group}/{seq}: {:?}", answer.body);
             }
         }));
@@ -190,6 +182,94 @@ pub fn fixtures() -> Vec<(String, String, Bytes)> {
         out.len()
     );
     out
+}
+
+/// Asserts that `stored` ((group, MsgSeq) in broker order) holds `groups` groups, each with
+/// MsgSeq 1 to `per_group` exactly once and in order.
+pub fn assert_groups_complete_in_order(
+    stored: impl IntoIterator<Item = (String, u64)>,
+    groups: usize,
+    per_group: u64,
+) {
+    let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut count = 0;
+    for (group, seq) in stored {
+        count += 1;
+        let previous = last.insert(group.clone(), seq).unwrap_or(0);
+        assert_eq!(
+            seq,
+            previous + 1,
+            "{group}: MsgSeq {seq} after {previous} in broker order"
+        );
+    }
+    assert_eq!(
+        count,
+        groups * per_group as usize,
+        "nothing missing or doubled"
+    );
+    assert_eq!(last.len(), groups);
+    assert!(last.values().all(|s| *s == per_group));
+}
+
+/// The partition key a fixture's record must have: the GroupId, else the sender, else the app.
+pub fn fixture_key(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    v["GroupId"]
+        .as_str()
+        .or(v["From_Account"].as_str())
+        .unwrap_or("1400000000")
+        .to_owned()
+}
+
+/// The metadata headers every sink must give a fixture sent with [`query`]; `header` looks
+/// one up in the stored message.
+pub fn assert_fixture_headers<'a>(
+    name: &str,
+    command: &str,
+    body: &[u8],
+    header: impl Fn(&str) -> Option<&'a str>,
+) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(header("tim-sdkappid"), Some("1400000000"), "{name}");
+    assert_eq!(header("tim-callback-command"), Some(command), "{name}");
+    assert_eq!(header("tim-group-id"), v["GroupId"].as_str(), "{name}");
+    assert_eq!(header("tim-topic-id"), v["TopicId"].as_str(), "{name}");
+    assert_eq!(header("tim-msg-id"), v["MsgId"].as_str(), "{name}");
+    assert_eq!(header("tim-client-ip"), Some("127.0.0.1"), "{name}");
+    assert_eq!(header("tim-opt-platform"), Some("RESTAPI"), "{name}");
+    let received: u64 = header("tim-received-at").unwrap().parse().unwrap();
+    assert!(
+        received > 1_700_000_000_000,
+        "{name}: tim-received-at in ms"
+    );
+    if command == "Group.CallbackAfterSendMsg" {
+        let seq = v["MsgSeq"].as_u64().unwrap().to_string();
+        assert_eq!(header("tim-msg-seq"), Some(seq.as_str()), "{name}");
+        let group = v["GroupId"].as_str().unwrap();
+        let topic = v["TopicId"].as_str().unwrap_or("");
+        let msg_id = v["MsgId"].as_str().unwrap_or("");
+        let id = format!(
+            "g:{APP}:{seq}:{}:{group}:{}:{topic}:{msg_id}",
+            group.len(),
+            topic.len()
+        );
+        assert_eq!(header("tim-dedup-id"), Some(id.as_str()), "{name}");
+    }
+    if command == "Group.CallbackAfterNewMemberJoin" || command == "Group.CallbackBeforeSendMsg" {
+        assert_eq!(header("tim-dedup-id"), None, "{name}: no stable identity");
+    }
+}
+
+/// Sends every fixture with its command's query, each answered OK; returns them.
+pub async fn send_every_fixture(addr: SocketAddr) -> Vec<(String, String, Bytes)> {
+    let http = Http::default();
+    let fixtures = fixtures();
+    for (name, command, body) in &fixtures {
+        let answer = http.callback(addr, &query(command), body.clone()).await;
+        assert_eq!(answer.status, 200, "{name}: {:?}", answer.body);
+        assert_ok(&answer);
+    }
+    fixtures
 }
 
 /// The query Tencent sends with a body of `command`.
@@ -283,6 +363,13 @@ impl Http {
     /// POSTs a callback to `/callback?{query}`.
     pub async fn callback(&self, addr: SocketAddr, query: &str, body: Bytes) -> Answer {
         self.request("POST", addr, &format!("/callback?{query}"), body)
+            .await
+    }
+
+    /// POSTs [`group_message`] `seq` of `group` as Tencent would.
+    pub async fn group_message(&self, addr: SocketAddr, group: &str, seq: u64) -> Answer {
+        let body = group_message(group, seq);
+        self.callback(addr, &query("Group.CallbackAfterSendMsg"), body)
             .await
     }
 
