@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::before::BeforeConfig;
 use crate::ingest::admission;
 use crate::sink::{KafkaConfig, NatsConfig, Template};
 use crate::tencent::callback::Policy;
@@ -31,6 +32,8 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// From SIGTERM to exit, all included.
     pub shutdown_timeout: Duration,
+    /// What before-callbacks get.
+    pub before: BeforeConfig,
     /// Partitions of the partition key (the `{partition}` of NATS subjects, stdout lines).
     pub partitions: u32,
     /// Threads of the async runtime; `None`: one per core.

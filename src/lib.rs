@@ -25,12 +25,14 @@
 //! - [`http`]: the callback listener, the slow-loris guard, the admin listener.
 //! - [`ingest`]: the handler, admission control, every rejection with its status and code.
 //! - [`tencent`]: Tencent's callback protocol (query, signature, body, reply), pure functions.
+//! - [`before`]: before-callbacks, answered OK at once and published in the background.
 //! - [`deliver`]: the seam between the handler and where records go.
 //! - [`sink`]: the wire record and partitioner, and the stdout, NATS JetStream and Kafka sinks.
 //! - [`metrics`]: Prometheus metrics; [`secret`]: credentials that never print.
 //!
 //! `main.rs` only parses flags, sets up logging and runs a [`Bridge`] until a signal.
 
+pub mod before;
 pub mod bridge;
 pub mod cli;
 pub mod config;

@@ -10,6 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::before::BeforeOutcome;
 use crate::ingest::{Outcome, Rejection};
 
 /// Seconds; dense below 10 ms (the normal case) and around Tencent's 2 s deadline.
@@ -17,6 +18,7 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0,
 ];
 
+#[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     callbacks: IntCounterVec,
@@ -24,6 +26,7 @@ pub struct Metrics {
     request_duration: Histogram,
     publish_duration: HistogramVec,
     broker_duplicates: IntCounterVec,
+    before_callbacks: IntCounterVec,
     inflight: IntGauge,
     open_connections: IntGauge,
     connections_evicted: IntCounter,
@@ -121,6 +124,13 @@ impl Metrics {
             ),
             &["sink"],
         )?;
+        let before_callbacks = IntCounterVec::new(
+            Opts::new(
+                "timbridge_before_callbacks_total",
+                "Before-callbacks answered OK without waiting on the broker (--before-callbacks allow or skip), by what became of the event: queued, dropped (a bound was reached), skipped, and later published or publish_failed.",
+            ),
+            &["outcome"],
+        )?;
         let inflight = IntGauge::new(
             "timbridge_inflight_requests",
             "Callback requests being processed now.",
@@ -163,6 +173,7 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(publish_duration.clone()))?;
         registry.register(Box::new(broker_duplicates.clone()))?;
+        registry.register(Box::new(before_callbacks.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(connections_evicted.clone()))?;
@@ -185,6 +196,9 @@ impl Metrics {
         for rejection in Rejection::examples() {
             rejections.with_label_values(&[rejection.reason()]);
         }
+        for outcome in crate::before::BeforeOutcome::ALL {
+            before_callbacks.with_label_values(&[outcome.label()]);
+        }
         for outcome in [Outcome::Ok, Outcome::Rejected, Outcome::Failed] {
             callbacks.with_label_values(&["Group.CallbackAfterSendMsg", outcome.label()]);
         }
@@ -196,6 +210,7 @@ impl Metrics {
             request_duration,
             publish_duration,
             broker_duplicates,
+            before_callbacks,
             inflight,
             open_connections,
             connections_evicted,
@@ -230,6 +245,19 @@ impl Metrics {
         if duplicate {
             self.broker_duplicates.with_label_values(&[sink]).inc();
         }
+    }
+
+    /// A before-callback was answered OK without waiting on the broker (`allow`, `skip`).
+    pub fn before_answered(&self, command: &'static str, outcome: BeforeOutcome, took: Duration) {
+        self.answered(command, Outcome::Ok, took);
+        self.before_callback(outcome);
+    }
+
+    /// What became of a before-callback's event (also when its background publish ends).
+    pub fn before_callback(&self, outcome: BeforeOutcome) {
+        self.before_callbacks
+            .with_label_values(&[outcome.label()])
+            .inc();
     }
 
     /// A request was answered with a rejection.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::before::{BeforeConfig, BeforePolicy};
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::secret::Secret;
 use crate::tencent::callback::{AppIds, Policy, Token};
@@ -146,6 +147,22 @@ pub struct ServeArgs {
     #[arg(long, env = "TIMBRIDGE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Before-callbacks (whose answer allows or denies a user's action): allow answers OK at
+    /// once and publishes in the background; publish treats them like any callback (a FAIL
+    /// may deny the action); skip answers OK and publishes nothing.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_BEFORE_CALLBACKS",
+        value_enum,
+        default_value = "allow"
+    )]
+    pub before_callbacks: BeforePolicy,
+
+    /// With --before-callbacks allow: background publishes waiting or in flight at once; past
+    /// it the event is dropped and counted (the user's action is still allowed).
+    #[arg(long, env = "TIMBRIDGE_BEFORE_CALLBACK_QUEUE", default_value_t = 1024)]
+    pub before_callback_queue: usize,
+
     /// Number of partitions of the GroupId key: the {partition} of NATS subjects.
     #[arg(long, env = "TIMBRIDGE_PARTITIONS", default_value_t = 16)]
     pub partitions: u32,
@@ -256,6 +273,12 @@ impl ServeArgs {
         if self.worker_threads == Some(0) {
             return Err(ConfigError::new("--worker-threads", "must be more than 0"));
         }
+        if self.before_callback_queue == 0 {
+            return Err(ConfigError::new(
+                "--before-callback-queue",
+                "must be more than 0",
+            ));
+        }
         if self.partitions == 0 {
             return Err(ConfigError::new("--partitions", "must be more than 0"));
         }
@@ -288,6 +311,10 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout,
             shutdown_delay: self.shutdown_delay,
             shutdown_timeout: self.shutdown_timeout,
+            before: BeforeConfig {
+                policy: self.before_callbacks,
+                queue: self.before_callback_queue,
+            },
             partitions: self.partitions,
             worker_threads: self.worker_threads,
         })

@@ -13,6 +13,7 @@ mod report;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 
+use crate::before::{is_before_callback, Background, BeforeOutcome, BeforePolicy};
 use crate::config::Config;
 use crate::deliver::{Ack, Deliver, DeliveryError};
 use crate::metrics::Metrics;
@@ -41,7 +43,11 @@ pub struct Handler<D> {
     publish_timeout: Duration,
     admission: Admission,
     records: RecordBuilder,
-    delivery: D,
+    delivery: Arc<D>,
+    before: BeforePolicy,
+    /// Before-callbacks' own request and memory bounds, and their background publisher.
+    before_admission: Admission,
+    background: Background<D>,
     report: Report,
     draining: AtomicBool,
 }
@@ -56,10 +62,28 @@ struct Attempt {
     /// (GroupId, MsgSeq) of a validated body, for the log line.
     group_id: Option<String>,
     msg_seq: Option<u64>,
-    result: Result<Delivered, Rejection>,
+    result: Result<Answered, Rejection>,
+}
+
+/// How an accepted callback was answered OK.
+enum Answered {
+    /// The delivery acknowledged it.
+    Delivered(Delivered),
+    /// A before-callback answered without waiting on the broker.
+    Before(BeforeOutcome),
 }
 
 impl Attempt {
+    fn before(command: &'static str, outcome: BeforeOutcome, body_unread: bool) -> Attempt {
+        Attempt {
+            command,
+            body_unread,
+            group_id: None,
+            msg_seq: None,
+            result: Ok(Answered::Before(outcome)),
+        }
+    }
+
     fn refused(command: &'static str, rejection: Rejection, body_unread: bool) -> Attempt {
         Attempt {
             command,
@@ -78,6 +102,13 @@ struct Delivered {
 
 impl<D: Deliver> Handler<D> {
     pub fn new(config: &Config, delivery: D, metrics: Metrics) -> Handler<D> {
+        let delivery = Arc::new(delivery);
+        let background = Background::new(
+            delivery.clone(),
+            config.before.queue,
+            config.publish_timeout,
+            metrics.clone(),
+        );
         Handler {
             path: config.path.clone(),
             policy: config.policy.clone(),
@@ -87,6 +118,9 @@ impl<D: Deliver> Handler<D> {
             admission: Admission::new(config.admission),
             records: RecordBuilder::new(config.sink.destination(), config.partitions),
             delivery,
+            before: config.before.policy,
+            before_admission: Admission::new(config.admission),
+            background,
             report: Report::new(metrics),
             draining: AtomicBool::new(false),
         }
@@ -97,7 +131,7 @@ impl<D: Deliver> Handler<D> {
     }
 
     pub fn delivery(&self) -> &D {
-        &self.delivery
+        self.delivery.as_ref()
     }
 
     pub fn admission(&self) -> &Admission {
@@ -137,25 +171,29 @@ impl<D: Deliver> Handler<D> {
         let _inflight = self.metrics().inflight();
         let attempt = self.process(request).await;
         let took = started.elapsed();
-        match &attempt.result {
-            Ok(delivered) => {
+        let mut response = match &attempt.result {
+            Ok(Answered::Before(outcome)) => {
+                self.report.before(&attempt, *outcome, took, peer);
+                respond(StatusCode::OK, reply::ok())
+            }
+            Ok(Answered::Delivered(delivered)) => {
                 self.report
                     .delivered(&attempt, self.delivery.name(), delivered, took, peer);
                 respond(StatusCode::OK, reply::ok())
             }
             Err(rejection) => {
                 self.report.refused(&attempt, rejection, took, peer);
-                let mut response = fail(rejection);
-                if attempt.body_unread || matches!(rejection, Rejection::BadHttp(_)) {
-                    // Tencent reuses connections: say that this one ends here (RFC 9112 §9.6),
-                    // or its next callback would go into a closing socket.
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                response
+                fail(rejection)
             }
+        };
+        if attempt.body_unread || matches!(attempt.result, Err(Rejection::BadHttp(_))) {
+            // Tencent reuses connections: say that this one ends here (RFC 9112 §9.6), or its
+            // next callback would go into a closing socket.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        response
     }
 
     /// Counts and logs a request refused before it reached the handler (a head over the
@@ -176,13 +214,42 @@ impl<D: Deliver> Handler<D> {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let has_body = has_body(&request);
-        let (mut admitted, query) = match self.admit(&request, now) {
-            Ok(admitted) => admitted,
+        let query = match self.verify(&request, now) {
+            Ok(query) => query,
             Err(rejection) => return Attempt::refused("other", rejection, has_body),
         };
         let command = command_label(query.command());
-        let callback = match self.read_callback(request, query, &mut admitted, now).await {
+        let before = is_before_callback(query.command()) && self.before != BeforePolicy::Publish;
+        let admitted = if before {
+            self.before_admission.admit()
+        } else {
+            self.admission.admit().and_then(|admitted| {
+                // Refused before the body is read: a callback admitted now would most likely
+                // time out.
+                self.admission.check_broker()?;
+                Ok(admitted)
+            })
+        };
+        let mut admitted = match admitted {
+            Ok(admitted) => admitted,
+            // A before-callback's answer is a verdict on the user's action: past its bounds
+            // the event is dropped, the action still allowed.
+            Err(_) if before => return Attempt::before(command, BeforeOutcome::Dropped, has_body),
+            Err(rejection) => return Attempt::refused(command, rejection, has_body),
+        };
+        let admission = if before {
+            &self.before_admission
+        } else {
+            &self.admission
+        };
+        let callback = match self
+            .read_callback(request, query, admission, &mut admitted, now)
+            .await
+        {
             Ok(callback) => callback,
+            Err(Rejection::Overloaded(_)) if before => {
+                return Attempt::before(command, BeforeOutcome::Dropped, has_body)
+            }
             // Refused on the body itself (invalid JSON...): it was read whole.
             Err(
                 rejection @ (Rejection::BadJson(_)
@@ -193,7 +260,14 @@ impl<D: Deliver> Handler<D> {
         };
         let fields = callback.fields();
         let (group_id, msg_seq) = (fields.group_id.clone(), fields.msg_seq);
-        let result = self.deliver(callback).await;
+        let result = if before {
+            Ok(Answered::Before(match self.before {
+                BeforePolicy::Skip => BeforeOutcome::Skipped,
+                _ => self.background.offer(self.records.build(callback)),
+            }))
+        } else {
+            self.deliver(callback).await.map(Answered::Delivered)
+        };
         drop(admitted);
         Attempt {
             command,
@@ -204,12 +278,9 @@ impl<D: Deliver> Handler<D> {
         }
     }
 
-    /// Path, method, a request slot, the query (app id and signature), the broker's health.
-    fn admit<B>(
-        &self,
-        request: &Request<B>,
-        now: Duration,
-    ) -> Result<(Admitted, VerifiedQuery), Rejection> {
+    /// Path, method, HTTP framing and the query (app id and signature): cheap and pure, done
+    /// before any bound is taken.
+    fn verify<B>(&self, request: &Request<B>, now: Duration) -> Result<VerifiedQuery, Rejection> {
         if request.uri().path() != self.path {
             return Err(Rejection::NotFound);
         }
@@ -217,15 +288,11 @@ impl<D: Deliver> Handler<D> {
             return Err(Rejection::MethodNotAllowed);
         }
         check_http(request)?;
-        let admitted = self.admission.admit()?;
-        let query = VerifiedQuery::verify(
+        VerifiedQuery::verify(
             request.uri().query().unwrap_or(""),
             &self.policy,
             now.as_secs(),
-        )?;
-        // Refused before the body is read: a callback admitted now would most likely time out.
-        self.admission.check_broker()?;
-        Ok((admitted, query))
+        )
     }
 
     /// The body, within its memory budget, size and time, validated against the query.
@@ -233,6 +300,7 @@ impl<D: Deliver> Handler<D> {
         &self,
         request: Request<B>,
         query: VerifiedQuery,
+        admission: &Admission,
         admitted: &mut Admitted,
         now: Duration,
     ) -> Result<Callback, Rejection>
@@ -251,7 +319,7 @@ impl<D: Deliver> Handler<D> {
             return Err(Rejection::BodyTooLarge(self.max_body_bytes));
         }
         let reserve = declared.map_or(self.max_body_bytes, |len| len as usize);
-        self.admission.reserve_body(admitted, reserve)?;
+        admission.reserve_body(admitted, reserve)?;
         let body = self.read_body(request.into_body()).await?;
         query.accept(body, now.as_millis() as u64)
     }

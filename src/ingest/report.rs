@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{Attempt, Delivered, Rejection};
+use crate::before::BeforeOutcome;
 use crate::metrics::Metrics;
 
 /// The longest a reason stays silent at warn while it keeps happening.
@@ -65,6 +66,24 @@ impl Report {
             duplicate = delivered.ack.duplicate,
             latency_us = took.as_micros() as u64,
             "published"
+        );
+    }
+
+    pub(super) fn before(
+        &self,
+        attempt: &Attempt,
+        outcome: BeforeOutcome,
+        took: Duration,
+        peer: SocketAddr,
+    ) {
+        self.metrics.before_answered(attempt.command, outcome, took);
+        tracing::debug!(
+            %peer,
+            command = attempt.command,
+            group_id = attempt.group_id.as_deref(),
+            outcome = outcome.label(),
+            latency_us = took.as_micros() as u64,
+            "before-callback answered OK"
         );
     }
 

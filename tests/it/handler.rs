@@ -509,3 +509,138 @@ fn every_rejection_reason_is_covered_here() {
         Rejection::examples().iter().map(|r| r.reason()).collect();
     assert_eq!(covered, all);
 }
+
+const BEFORE: &str = "Group.CallbackBeforeSendMsg";
+
+fn before_body() -> Bytes {
+    Bytes::from(
+        String::from_utf8(group_message("@TGS#before", 1).to_vec())
+            .unwrap()
+            .replace(CMD, BEFORE),
+    )
+}
+
+async fn post_before(h: &Handler<Scripted>) -> (Answered, Duration) {
+    let path = format!("/callback?{}", signed(BEFORE, now()));
+    let started = Instant::now();
+    let a = call(h, "POST", &path, Full::new(before_body())).await;
+    (a, started.elapsed())
+}
+
+fn before_count(h: &Handler<Scripted>, outcome: &str) -> f64 {
+    counter(
+        h,
+        &format!("timbridge_before_callbacks_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+fn assert_allowed_at_once(a: &Answered, took: Duration) {
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(
+        a.body,
+        serde_json::json!({"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0})
+    );
+    assert!(took < Duration::from_millis(50), "answered after {took:?}");
+}
+
+#[tokio::test]
+async fn allow_answers_ok_at_once_and_publishes_in_the_background() {
+    let h = handler(
+        Outcome::After(Duration::from_millis(100), Box::new(Outcome::Ok)),
+        &[],
+    );
+    let (a, took) = post_before(&h).await;
+    assert_allowed_at_once(&a, took);
+    assert_eq!(before_count(&h, "queued"), 1.0);
+    let delivered = eventually(Duration::from_secs(5), "the background publish", || {
+        let h = h.clone();
+        async move { h.delivery().delivered().pop() }
+    })
+    .await;
+    assert_eq!(delivered.body, before_body());
+    assert_eq!(
+        delivered.destination,
+        format!("tim.{BEFORE}.{}", delivered.partition)
+    );
+    assert_eq!(before_count(&h, "published"), 1.0);
+}
+
+#[tokio::test]
+async fn allow_never_says_fail_for_the_broker_and_counts_the_lost_event() {
+    let h = handler(
+        Outcome::Fail(DeliveryError::Unavailable("down".into())),
+        &[],
+    );
+    let (a, took) = post_before(&h).await;
+    assert_allowed_at_once(&a, took);
+    eventually(
+        Duration::from_secs(5),
+        "the failed background publish",
+        || {
+            let h = h.clone();
+            async move { (before_count(&h, "publish_failed") == 1.0).then_some(()) }
+        },
+    )
+    .await;
+    assert!(h.delivery().delivered().is_empty());
+    // The same broker failure is a 503 for an after-callback.
+    assert_refused(&post(&h, group_message("@TGS#after", 1)).await, 503, 5030);
+}
+
+#[tokio::test]
+async fn allow_answers_ok_when_the_bridge_is_saturated_or_its_queue_full() {
+    let hang = || Outcome::After(Duration::from_secs(10), Box::new(Outcome::Ok));
+    let h = handler(
+        hang(),
+        &["--max-inflight", "1", "--before-callback-queue", "1"],
+    );
+    // An after-callback holds the only request slot.
+    let _busy = tokio::spawn({
+        let h = h.clone();
+        async move { post(&h, group_message("@TGS#busy", 1)).await }
+    });
+    eventually(Duration::from_secs(5), "the request slot taken", || {
+        let h = h.clone();
+        async move { (counter(&h, "timbridge_inflight_requests") == 1.0).then_some(()) }
+    })
+    .await;
+    assert_refused(&post(&h, group_message("@TGS#busy", 2)).await, 503, 5032);
+    // The first before-callback takes the queue's one slot; the second finds it full.
+    let (a, took) = post_before(&h).await;
+    assert_allowed_at_once(&a, took);
+    let (a, took) = post_before(&h).await;
+    assert_allowed_at_once(&a, took);
+    assert_eq!(before_count(&h, "queued"), 1.0);
+    assert_eq!(before_count(&h, "dropped"), 1.0);
+}
+
+#[tokio::test]
+async fn skip_answers_ok_and_publishes_nothing_and_publish_keeps_the_broker_answers() {
+    let h = handler(Outcome::Ok, &["--before-callbacks", "skip"]);
+    let (a, took) = post_before(&h).await;
+    assert_allowed_at_once(&a, took);
+    assert_eq!(before_count(&h, "skipped"), 1.0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(h.delivery().delivered().is_empty());
+
+    let h = handler(
+        Outcome::Fail(DeliveryError::Unavailable("down".into())),
+        &["--before-callbacks", "publish"],
+    );
+    let (a, _) = post_before(&h).await;
+    assert_refused(&a, 503, 5030);
+    assert_eq!(before_count(&h, "queued"), 0.0);
+}
+
+#[tokio::test]
+async fn a_before_callback_that_is_not_tencents_is_still_refused() {
+    let h = handler(Outcome::Ok, &[]);
+    let unsigned = format!("/callback?{}", query(BEFORE));
+    let a = call(&h, "POST", &unsigned, Full::new(before_body())).await;
+    assert_refused(&a, 401, 4010);
+    let mismatch = format!("/callback?{}", signed(BEFORE, now()));
+    let a = call(&h, "POST", &mismatch, Full::new(group_message("@TGS#x", 1))).await;
+    assert_refused(&a, 400, 4003);
+    assert_eq!(before_count(&h, "queued"), 0.0);
+    assert!(h.delivery().delivered().is_empty());
+}

@@ -12,7 +12,8 @@ use timbridge::sink::partition::partition;
 async fn fixtures_arrive_byte_identical_with_subject_and_headers() {
     let _serial = serial().await;
     let nats = NatsServer::start();
-    let bridge = start_bridge(&nats, &[]).await;
+    // Every fixture, before-callbacks too, published in the order sent.
+    let bridge = start_bridge(&nats, &["--before-callbacks", "publish"]).await;
     let fixtures = send_every_fixture(bridge.addr()).await;
 
     let stored = nats.reader().await.all("TIM").await;
@@ -179,5 +180,68 @@ async fn starts_without_nats_and_becomes_ready_when_it_appears() {
     wait_readyz(admin, 200, Duration::from_secs(15)).await;
     assert_ok(&http.group_message(bridge.addr(), "@TGS#late", 2).await);
     assert!(nats.reader().await.count("TIM").await >= 1);
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_callbacks_are_allowed_at_once_with_nats_up_or_down() {
+    let _serial = serial().await;
+    let mut nats = NatsServer::start();
+    let bridge = start_bridge(&nats, &["--publish-timeout", "500ms"]).await;
+    let http = Http::default();
+    let command = "Group.CallbackBeforeSendMsg";
+    let body = |seq: u64| {
+        Bytes::from(
+            String::from_utf8(group_message("@TGS#before", seq).to_vec())
+                .unwrap()
+                .replace("Group.CallbackAfterSendMsg", command),
+        )
+    };
+    // Broker up: OK at once, and the event arrives in the stream in the background.
+    let started = Instant::now();
+    assert_ok(&http.callback(bridge.addr(), &query(command), body(1)).await);
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
+    let reader = nats.reader().await;
+    eventually(
+        Duration::from_secs(5),
+        "the before-callback in the stream",
+        || {
+            let reader = &reader;
+            async move { (reader.count("TIM").await == 1).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(reader.all("TIM").await[0].payload, body(1));
+
+    // Broker down: still OK at once (the user's message goes ahead); an after-callback is 503.
+    nats.stop();
+    wait_readyz(bridge.admin_addr(), 503, Duration::from_secs(10)).await;
+    for seq in 2..=6 {
+        let started = Instant::now();
+        assert_ok(
+            &http
+                .callback(bridge.addr(), &query(command), body(seq))
+                .await,
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let after = http.group_message(bridge.addr(), "@TGS#before", 7).await;
+    assert_eq!(after.status, 503);
+    let (_, metrics) = http.admin(bridge.admin_addr(), "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "timbridge_before_callbacks_total{outcome=\"queued\"}"
+        ),
+        6.0
+    );
     bridge.shutdown().await;
 }
