@@ -23,11 +23,13 @@ impl Query {
         let mut content_type = None;
         let mut query = Query::default();
         for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
-            // Parameter names are matched exactly as Tencent spells them. A repeated parameter
-            // is refused: with two values the bridge could verify one and publish the other.
+            // Parameter names are matched exactly as Tencent spells them, in each spelling its
+            // pages use (a live-room overview writes `SdkAppId` and `WebhookCommand`). A
+            // repeated parameter, in either spelling, is refused: with two values the bridge
+            // could verify one and publish the other.
             let slot = match name.as_ref() {
-                "SdkAppid" => &mut sdkappid,
-                "CallbackCommand" => &mut command,
+                "SdkAppid" | "SdkAppId" => &mut sdkappid,
+                "CallbackCommand" | "WebhookCommand" => &mut command,
                 "contenttype" => &mut content_type,
                 "ClientIP" => &mut query.client_ip,
                 "OptPlatform" => &mut query.opt_platform,
@@ -112,6 +114,21 @@ mod tests {
             Query::parse("SdkAppid=1&CallbackCommand=Group.CallbackOnMemberStateChange").unwrap();
         assert_eq!(q.client_ip, None);
         assert_eq!(q.opt_platform, None);
+    }
+
+    #[test]
+    fn both_spellings_of_the_app_id_and_the_command_are_read() {
+        let q = Query::parse("SdkAppId=1400000000&WebhookCommand=Live.CallbackAfterCreateRoom")
+            .unwrap();
+        assert_eq!(q.sdkappid, 1400000000);
+        assert_eq!(q.command, "Live.CallbackAfterCreateRoom");
+        for twice in [
+            "SdkAppid=1&SdkAppId=2&CallbackCommand=A.B",
+            "SdkAppid=1&CallbackCommand=A.B&WebhookCommand=A.C",
+        ] {
+            let err = Query::parse(twice).unwrap_err();
+            assert_eq!(err.reason(), "bad_query", "{twice}");
+        }
     }
 
     #[test]
