@@ -27,6 +27,7 @@ pub struct Metrics {
     publish_duration: HistogramVec,
     broker_duplicates: IntCounterVec,
     before_callbacks: IntCounterVec,
+    before_verdicts: IntCounterVec,
     inflight: IntGauge,
     open_connections: IntGauge,
     connections_evicted: IntCounter,
@@ -131,6 +132,13 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let before_verdicts = IntCounterVec::new(
+            Opts::new(
+                "timbridge_before_verdicts_total",
+                "Before-callbacks relayed to the moderation service (--before-callbacks forward), by verdict: allow, deny, rewrite, or timeout/error (answered allow).",
+            ),
+            &["verdict"],
+        )?;
         let inflight = IntGauge::new(
             "timbridge_inflight_requests",
             "Callback requests being processed now.",
@@ -174,6 +182,7 @@ impl Metrics {
         registry.register(Box::new(publish_duration.clone()))?;
         registry.register(Box::new(broker_duplicates.clone()))?;
         registry.register(Box::new(before_callbacks.clone()))?;
+        registry.register(Box::new(before_verdicts.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(connections_evicted.clone()))?;
@@ -199,6 +208,9 @@ impl Metrics {
         for outcome in crate::before::BeforeOutcome::ALL {
             before_callbacks.with_label_values(&[outcome.label()]);
         }
+        for verdict in crate::before::forward::Verdict::ALL {
+            before_verdicts.with_label_values(&[verdict.label()]);
+        }
         for outcome in [Outcome::Ok, Outcome::Rejected, Outcome::Failed] {
             callbacks.with_label_values(&["Group.CallbackAfterSendMsg", outcome.label()]);
         }
@@ -211,6 +223,7 @@ impl Metrics {
             publish_duration,
             broker_duplicates,
             before_callbacks,
+            before_verdicts,
             inflight,
             open_connections,
             connections_evicted,
@@ -251,6 +264,13 @@ impl Metrics {
     pub fn before_answered(&self, command: &'static str, outcome: BeforeOutcome, took: Duration) {
         self.answered(command, Outcome::Ok, took);
         self.before_callback(outcome);
+    }
+
+    /// What the moderation service decided (`forward`).
+    pub fn before_verdict(&self, verdict: crate::before::forward::Verdict) {
+        self.before_verdicts
+            .with_label_values(&[verdict.label()])
+            .inc();
     }
 
     /// What became of a before-callback's event (also when its background publish ends).

@@ -9,11 +9,15 @@
 //! - `publish`: like every other callback (200 only after the broker's ack). A FAIL answer
 //!   (broker down, shedding) may deny the user's action: only for apps that want that.
 //! - `skip`: OK at once, nothing published.
+//! - `forward`: relayed to the app's moderation service, answered with its verdict (see
+//!   [`forward`]), published in the background as for `allow`.
 //!
 //! The request is still checked as any other (app id, signature, body): a malformed
 //! before-callback is not Tencent's and is refused. Before-callbacks have their own request and
 //! memory bounds (the same sizes as the others'), so a saturated bridge still answers them; past
 //! those bounds, too, the answer is OK and the event is dropped.
+
+pub mod forward;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,13 +37,18 @@ pub enum BeforePolicy {
     Publish,
     /// Answer OK at once; publish nothing.
     Skip,
+    /// Relay to --before-callback-url and answer with its verdict (allow when it does not
+    /// answer in time); publish in the background, with the verdict, as for allow.
+    Forward,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BeforeConfig {
     pub policy: BeforePolicy,
-    /// Background publishes waiting or in flight at once (`allow`).
+    /// Background publishes waiting or in flight at once (`allow`, `forward`).
     pub queue: usize,
+    /// The moderation service (`forward` only).
+    pub forward: Option<forward::ForwardConfig>,
 }
 
 /// Whether Tencent waits on this command's answer to let a user's action go ahead.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::before::forward::ForwardConfig;
 use crate::before::{BeforeConfig, BeforePolicy};
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::secret::Secret;
@@ -158,10 +159,20 @@ pub struct ServeArgs {
     )]
     pub before_callbacks: BeforePolicy,
 
-    /// With --before-callbacks allow: background publishes waiting or in flight at once; past
-    /// it the event is dropped and counted (the user's action is still allowed).
+    /// With --before-callbacks allow or forward: background publishes waiting or in flight at
+    /// once; past it the event is dropped and counted (the user's action is still allowed).
     #[arg(long, env = "TIMBRIDGE_BEFORE_CALLBACK_QUEUE", default_value_t = 1024)]
     pub before_callback_queue: usize,
+
+    /// With --before-callbacks forward: the app's moderation service (http://host:port/path),
+    /// sent each before-callback with Tencent's query and body.
+    #[arg(long, env = "TIMBRIDGE_BEFORE_CALLBACK_URL")]
+    pub before_callback_url: Option<String>,
+
+    /// With --before-callbacks forward: how long the service may take; then the bridge
+    /// answers allow (Tencent's own default on a timeout).
+    #[arg(long, env = "TIMBRIDGE_BEFORE_CALLBACK_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
+    pub before_callback_timeout: Duration,
 
     /// Number of partitions of the GroupId key: the {partition} of NATS subjects.
     #[arg(long, env = "TIMBRIDGE_PARTITIONS", default_value_t = 16)]
@@ -279,6 +290,24 @@ impl ServeArgs {
                 "must be more than 0",
             ));
         }
+        let forward = match (self.before_callbacks, &self.before_callback_url) {
+            (BeforePolicy::Forward, Some(url)) => {
+                Some(ForwardConfig::parse(url, self.before_callback_timeout)?)
+            }
+            (BeforePolicy::Forward, None) => {
+                return Err(ConfigError::new(
+                    "--before-callback-url",
+                    "is required with --before-callbacks forward",
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(ConfigError::new(
+                    "--before-callback-url",
+                    "is only used with --before-callbacks forward",
+                ))
+            }
+            (_, None) => None,
+        };
         if self.partitions == 0 {
             return Err(ConfigError::new("--partitions", "must be more than 0"));
         }
@@ -314,6 +343,7 @@ impl ServeArgs {
             before: BeforeConfig {
                 policy: self.before_callbacks,
                 queue: self.before_callback_queue,
+                forward,
             },
             partitions: self.partitions,
             worker_threads: self.worker_threads,
@@ -403,6 +433,18 @@ mod tests {
         assert!(serve(&["--allow-any-sdkappid", "--idle-timeout", "90h"])
             .unwrap_err()
             .contains("--idle-timeout"));
+        assert!(
+            serve(&["--allow-any-sdkappid", "--before-callbacks", "forward"])
+                .unwrap_err()
+                .contains("--before-callback-url")
+        );
+        assert!(serve(&[
+            "--allow-any-sdkappid",
+            "--before-callback-url",
+            "http://moderation/tim"
+        ])
+        .unwrap_err()
+        .contains("only used with --before-callbacks forward"));
         assert!(serve(&["--allow-any-sdkappid", "--path", "callback"])
             .unwrap_err()
             .contains("--path"));

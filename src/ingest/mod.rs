@@ -21,10 +21,12 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 
+use crate::before::forward::{Forwarder, Verdict};
 use crate::before::{is_before_callback, Background, BeforeOutcome, BeforePolicy};
 use crate::config::Config;
 use crate::deliver::{Ack, Deliver, DeliveryError};
 use crate::metrics::Metrics;
+use crate::sink::record::header as record_header;
 use crate::sink::RecordBuilder;
 use crate::tencent::callback::{command_label, reply, Callback, Policy, VerifiedQuery};
 use admission::{Admission, Admitted};
@@ -48,6 +50,7 @@ pub struct Handler<D> {
     /// Before-callbacks' own request and memory bounds, and their background publisher.
     before_admission: Admission,
     background: Background<D>,
+    forwarder: Option<Forwarder>,
     report: Report,
     draining: AtomicBool,
 }
@@ -71,6 +74,8 @@ enum Answered {
     Delivered(Delivered),
     /// A before-callback answered without waiting on the broker.
     Before(BeforeOutcome),
+    /// A before-callback answered with the moderation service's answer (`None`: allow).
+    Forwarded(Option<Bytes>, Verdict, BeforeOutcome),
 }
 
 impl Attempt {
@@ -121,6 +126,7 @@ impl<D: Deliver> Handler<D> {
             before: config.before.policy,
             before_admission: Admission::new(config.admission),
             background,
+            forwarder: config.before.forward.clone().map(Forwarder::new),
             report: Report::new(metrics),
             draining: AtomicBool::new(false),
         }
@@ -175,6 +181,11 @@ impl<D: Deliver> Handler<D> {
             Ok(Answered::Before(outcome)) => {
                 self.report.before(&attempt, *outcome, took, peer);
                 respond(StatusCode::OK, reply::ok())
+            }
+            Ok(Answered::Forwarded(answer, verdict, outcome)) => {
+                self.report.before(&attempt, *outcome, took, peer);
+                self.metrics().before_verdict(*verdict);
+                respond(StatusCode::OK, answer.clone().unwrap_or_else(reply::ok))
             }
             Ok(Answered::Delivered(delivered)) => {
                 self.report
@@ -237,6 +248,9 @@ impl<D: Deliver> Handler<D> {
             Err(_) if before => return Attempt::before(command, BeforeOutcome::Dropped, has_body),
             Err(rejection) => return Attempt::refused(command, rejection, has_body),
         };
+        // Tencent's query, passed on as it came to the moderation service.
+        let forward_query = (before && self.forwarder.is_some())
+            .then(|| request.uri().query().unwrap_or("").to_owned());
         let admission = if before {
             &self.before_admission
         } else {
@@ -260,7 +274,15 @@ impl<D: Deliver> Handler<D> {
         };
         let fields = callback.fields();
         let (group_id, msg_seq) = (fields.group_id.clone(), fields.msg_seq);
-        let result = if before {
+        let result = if let (Some(forwarder), Some(query)) = (&self.forwarder, forward_query) {
+            let mut record = self.records.build(callback);
+            let (answer, verdict) = forwarder.relay(&query, record.body.clone()).await;
+            record
+                .headers
+                .push((record_header::BEFORE_VERDICT, verdict.label().to_owned()));
+            let outcome = self.background.offer(record);
+            Ok(Answered::Forwarded(answer, verdict, outcome))
+        } else if before {
             Ok(Answered::Before(match self.before {
                 BeforePolicy::Skip => BeforeOutcome::Skipped,
                 _ => self.background.offer(self.records.build(callback)),

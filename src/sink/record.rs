@@ -22,6 +22,9 @@ pub mod header {
     /// The callback's stable identity, for consumers that drop duplicates; NATS also sends it
     /// as `Nats-Msg-Id`, which JetStream deduplicates on.
     pub const DEDUP_ID: &str = "tim-dedup-id";
+    /// `--before-callbacks forward`: what the moderation service decided (allow, deny, rewrite,
+    /// timeout, error).
+    pub const BEFORE_VERDICT: &str = "tim-before-verdict";
 }
 
 /// One message as every sink publishes it.

@@ -6,6 +6,7 @@
 mod common;
 
 mod binary;
+mod forward;
 mod handler;
 mod kafka_faults;
 mod kafka_sink;

@@ -1,0 +1,207 @@
+//! `--before-callbacks forward`: an app has one callback URL, so an app that moderates in its
+//! own service puts the bridge in front of it. The bridge relays the before-callback (same
+//! query, same body) to `--before-callback-url` over a pooled keep-alive client and answers
+//! Tencent with the service's answer; when the service does not answer within
+//! `--before-callback-timeout`, or fails, the bridge answers allow (what Tencent itself does on
+//! a timeout). The callback is published in the background with the verdict in a header.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::ConfigError;
+
+/// The largest answer read from the moderation service (Tencent's answer carries at most a
+/// changed message body).
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// `http://host:port/path` of the moderation service.
+    pub url: Uri,
+    pub timeout: Duration,
+}
+
+impl ForwardConfig {
+    pub fn parse(url: &str, timeout: Duration) -> Result<ForwardConfig, ConfigError> {
+        let flag = "--before-callback-url";
+        let url: Uri = url
+            .parse()
+            .map_err(|e| ConfigError::new(flag, format!("{url:?}: {e}")))?;
+        if url.scheme_str() != Some("http") || url.authority().is_none() {
+            return Err(ConfigError::new(
+                flag,
+                "must be an http://host[:port]/path URL (the service runs beside the bridge)",
+            ));
+        }
+        if url.query().is_some() {
+            return Err(ConfigError::new(
+                flag,
+                "must have no query: Tencent's query is passed on",
+            ));
+        }
+        if timeout.is_zero() || timeout >= Duration::from_secs(2) {
+            return Err(ConfigError::new(
+                "--before-callback-timeout",
+                "must be more than 0 and less than Tencent's 2 s",
+            ));
+        }
+        Ok(ForwardConfig { url, timeout })
+    }
+}
+
+/// What the moderation service decided; the value of the `tim-before-verdict` header and the
+/// `verdict` label of `timbridge_before_verdicts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// Allowed with a changed `MsgBody`, which replaces the message.
+    Rewrite,
+    /// No answer within the timeout: allowed.
+    Timeout,
+    /// Unreachable, not 200, or not a Tencent-format answer: allowed.
+    Error,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 5] = [
+        Verdict::Allow,
+        Verdict::Deny,
+        Verdict::Rewrite,
+        Verdict::Timeout,
+        Verdict::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::Rewrite => "rewrite",
+            Verdict::Timeout => "timeout",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+pub struct Forwarder {
+    client: Client<HttpConnector, Full<Bytes>>,
+    config: ForwardConfig,
+}
+
+impl Forwarder {
+    pub fn new(config: ForwardConfig) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Forwarder { client, config }
+    }
+
+    /// Relays one before-callback; the answer for Tencent (`None`: allow) and the verdict.
+    pub async fn relay(&self, query: &str, body: Bytes) -> (Option<Bytes>, Verdict) {
+        match tokio::time::timeout(self.config.timeout, self.ask(query, body)).await {
+            Ok(Ok((answer, verdict))) => (Some(answer), verdict),
+            Ok(Err(why)) => {
+                tracing::debug!(error = %why, "the moderation service failed: allowing");
+                (None, Verdict::Error)
+            }
+            Err(_) => (None, Verdict::Timeout),
+        }
+    }
+
+    async fn ask(&self, query: &str, body: Bytes) -> Result<(Bytes, Verdict), String> {
+        let path = self.config.url.path();
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(
+                self.config
+                    .url
+                    .authority()
+                    .map(|a| a.as_str())
+                    .unwrap_or_default(),
+            )
+            .path_and_query(format!("{path}?{query}"))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let request = Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status() != StatusCode::OK {
+            return Err(format!("answered {}", response.status()));
+        }
+        let answer = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let verdict = verdict_of(&answer)?;
+        Ok((answer, verdict))
+    }
+}
+
+/// Reads a Tencent-format answer: `ErrorCode` 0 allows (with a `MsgBody`, rewrites).
+fn verdict_of(answer: &[u8]) -> Result<Verdict, String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(rename = "ErrorCode")]
+        error_code: i64,
+        #[serde(rename = "MsgBody", default)]
+        msg_body: Option<serde::de::IgnoredAny>,
+    }
+    let answer: Answer =
+        serde_json::from_slice(answer).map_err(|e| format!("not a Tencent answer: {e}"))?;
+    Ok(match (answer.error_code, answer.msg_body) {
+        (0, Some(_)) => Verdict::Rewrite,
+        (0, None) => Verdict::Allow,
+        _ => Verdict::Deny,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_are_read_from_tencent_format_answers() {
+        let v = |s: &str| verdict_of(s.as_bytes());
+        assert_eq!(
+            v(r#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#),
+            Ok(Verdict::Allow)
+        );
+        assert_eq!(
+            v(
+                r#"{"ActionStatus":"OK","ErrorCode":0,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"***"}}]}"#
+            ),
+            Ok(Verdict::Rewrite)
+        );
+        assert_eq!(
+            v(r#"{"ActionStatus":"FAIL","ErrorInfo":"no","ErrorCode":1}"#),
+            Ok(Verdict::Deny)
+        );
+        assert!(v("<html>").is_err());
+    }
+
+    #[test]
+    fn the_url_must_be_plain_http_without_a_query() {
+        let t = Duration::from_millis(1500);
+        assert!(ForwardConfig::parse("http://moderation:8080/tim", t).is_ok());
+        assert!(ForwardConfig::parse("https://moderation/tim", t).is_err());
+        assert!(ForwardConfig::parse("http://moderation/tim?x=1", t).is_err());
+        assert!(ForwardConfig::parse("moderation/tim", t).is_err());
+        assert!(ForwardConfig::parse("http://moderation/tim", Duration::from_secs(2)).is_err());
+    }
+}
