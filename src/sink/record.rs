@@ -213,6 +213,97 @@ mod tests {
         assert_eq!(r.dedup_id(), Some("g:1400000000:123:14:@TGS#2J4SZEAEL:0::"));
     }
 
+    /// Every fixture: the record a consumer receives, field by field, from the body alone.
+    #[test]
+    fn every_fixture_becomes_the_record_its_body_describes() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let name = path.display().to_string();
+            let bytes = std::fs::read(&path).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let command = v["CallbackCommand"].as_str().unwrap();
+            let query = format!(
+                "SdkAppid=1400000000&CallbackCommand={command}&contenttype=json&ClientIP=127.0.0.1&OptPlatform=RESTAPI"
+            );
+            let policy = Policy {
+                sdkappids: AppIds::Only(vec![1400000000]),
+                token: None,
+                max_clock_skew: Duration::from_secs(60),
+            };
+            let callback = VerifiedQuery::verify(&query, &policy, 0)
+                .unwrap()
+                .accept(Bytes::from(bytes.clone()), 1234)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let template = Template::parse("--nats-subject", "tim.{command}.{partition}").unwrap();
+            let r = RecordBuilder::new(template, 16).build(callback);
+
+            assert_eq!(
+                r.body.as_ref(),
+                bytes.as_slice(),
+                "{name}: body byte for byte"
+            );
+            let key = v["GroupId"]
+                .as_str()
+                .or(v["From_Account"].as_str())
+                .unwrap_or("1400000000");
+            assert_eq!(r.key, key, "{name}: key");
+            assert_eq!(r.partition, partition(key.as_bytes(), 16), "{name}");
+            assert_eq!(
+                r.destination,
+                format!("tim.{command}.{}", r.partition),
+                "{name}"
+            );
+            let h = |n: &str| {
+                r.headers
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| v.as_str())
+            };
+            assert_eq!(h(header::SDKAPPID), Some("1400000000"), "{name}");
+            assert_eq!(h(header::COMMAND), Some(command), "{name}");
+            assert_eq!(h(header::GROUP_ID), v["GroupId"].as_str(), "{name}");
+            assert_eq!(h(header::TOPIC_ID), v["TopicId"].as_str(), "{name}");
+            assert_eq!(h(header::MSG_ID), v["MsgId"].as_str(), "{name}");
+            let seq = v["MsgSeq"].as_u64().map(|s| s.to_string());
+            assert_eq!(h(header::MSG_SEQ), seq.as_deref(), "{name}");
+            assert_eq!(h(header::CLIENT_IP), Some("127.0.0.1"), "{name}");
+            assert_eq!(h(header::OPT_PLATFORM), Some("RESTAPI"), "{name}");
+            assert_eq!(h(header::RECEIVED_AT), Some("1234"), "{name}");
+            let dedup = match command {
+                body::GROUP_AFTER_SEND_MSG => {
+                    let group = v["GroupId"].as_str().unwrap();
+                    let topic = v["TopicId"].as_str().unwrap_or("");
+                    Some(format!(
+                        "g:1400000000:{}:{}:{group}:{}:{topic}:{}",
+                        v["MsgSeq"],
+                        group.len(),
+                        topic.len(),
+                        v["MsgId"].as_str().unwrap_or("")
+                    ))
+                }
+                body::C2C_AFTER_SEND_MSG => {
+                    let from = v["From_Account"].as_str().unwrap();
+                    let to = v["To_Account"].as_str().unwrap();
+                    Some(format!(
+                        "c:1400000000:{}:{from}:{}:{to}:{}",
+                        from.len(),
+                        to.len(),
+                        v["MsgKey"].as_str().unwrap()
+                    ))
+                }
+                _ => None,
+            };
+            assert_eq!(r.dedup_id(), dedup.as_deref(), "{name}: dedup id");
+            seen += 1;
+        }
+        assert!(seen >= 30, "only {seen} fixtures in {dir}");
+    }
+
     #[test]
     fn the_key_falls_back_to_the_sender_then_the_app() {
         let c2c = build(
