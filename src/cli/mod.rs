@@ -379,75 +379,45 @@ mod tests {
 
     #[test]
     fn errors_name_the_flag() {
-        assert!(serve(&[]).unwrap_err().contains("--sdkappid"));
-        assert!(
-            serve(&["--allow-any-sdkappid", "--publish-timeout", "soon"])
-                .unwrap_err()
-                .contains("--publish-timeout")
-        );
-        assert!(serve(&[
-            "--allow-any-sdkappid",
-            "--sink",
-            "nats",
-            "--nats-subject",
-            "tim.{x}"
-        ])
-        .unwrap_err()
-        .contains("--nats-subject"));
-        assert!(serve(&[
-            "--allow-any-sdkappid",
-            "--sink",
-            "nats",
-            "--nats-subject",
-            "other.{command}"
-        ])
-        .unwrap_err()
-        .contains("--nats-stream-subjects"));
-        assert!(serve(&[
-            "--allow-any-sdkappid",
-            "--sink",
-            "kafka",
-            "--kafka-option",
-            "acks=1"
-        ])
-        .unwrap_err()
-        .contains("--kafka-option"));
-        assert!(serve(&[
-            "--allow-any-sdkappid",
-            "--sink",
-            "kafka",
-            "--kafka-topic",
-            "t.{partition}"
-        ])
-        .unwrap_err()
-        .contains("--kafka-topic"));
-        assert!(serve(&[
-            "--allow-any-sdkappid",
-            "--sink",
-            "kafka",
-            "--kafka-option",
-            "novalue"
-        ])
-        .unwrap_err()
-        .contains("--kafka-option"));
-        assert!(serve(&["--allow-any-sdkappid", "--idle-timeout", "90h"])
-            .unwrap_err()
-            .contains("--idle-timeout"));
-        assert!(
-            serve(&["--allow-any-sdkappid", "--before-callbacks", "forward"])
-                .unwrap_err()
-                .contains("--before-callback-url")
-        );
-        assert!(serve(&[
-            "--allow-any-sdkappid",
-            "--before-callback-url",
-            "http://moderation/tim"
-        ])
-        .unwrap_err()
-        .contains("only used with --before-callbacks forward"));
-        assert!(serve(&["--allow-any-sdkappid", "--path", "callback"])
-            .unwrap_err()
-            .contains("--path"));
+        let any = "--allow-any-sdkappid";
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "--sdkappid"),
+            (&[any, "--publish-timeout", "soon"], "--publish-timeout"),
+            (
+                &[any, "--sink", "nats", "--nats-subject", "tim.{x}"],
+                "--nats-subject",
+            ),
+            (
+                &[any, "--sink", "nats", "--nats-subject", "other.{command}"],
+                "--nats-stream-subjects",
+            ),
+            (
+                &[any, "--sink", "kafka", "--kafka-option", "acks=1"],
+                "--kafka-option",
+            ),
+            (
+                &[any, "--sink", "kafka", "--kafka-topic", "t.{partition}"],
+                "--kafka-topic",
+            ),
+            (
+                &[any, "--sink", "kafka", "--kafka-option", "novalue"],
+                "--kafka-option",
+            ),
+            (&[any, "--idle-timeout", "90h"], "--idle-timeout"),
+            (
+                &[any, "--before-callbacks", "forward"],
+                "--before-callback-url",
+            ),
+            (
+                &[any, "--before-callback-url", "http://moderation/tim"],
+                "only used with --before-callbacks forward",
+            ),
+            (&[any, "--path", "callback"], "--path"),
+        ];
+        for (args, expected) in cases {
+            let err = serve(args).unwrap_err();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
     }
 
     #[test]
