@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::kafka::{consume, start_bridge, Tansu};
+use crate::common::kafka::{consume, consume_topics, start_bridge, Tansu};
 use crate::common::*;
 use timbridge::sink::partition::partition;
 
@@ -26,26 +26,31 @@ fn topics_for_fixtures(broker: &Tansu) -> Vec<String> {
 async fn fixtures_arrive_with_key_partition_headers_and_identical_value() {
     let _serial = serial().await;
     let broker = Tansu::start();
-    topics_for_fixtures(&broker);
+    let topics = topics_for_fixtures(&broker);
     // Every fixture, before-callbacks too, published before its answer.
     let bridge = start_bridge(&broker.bootstrap(), &["--before-callbacks", "publish"]).await;
     let fixtures = send_every_fixture(bridge.addr()).await;
+    // One consumer over every topic: one quiet period instead of one per fixture.
     let bootstrap = broker.bootstrap();
+    let names = topics.clone();
+    let total = fixtures.len();
+    let all = tokio::task::spawn_blocking(move || {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        consume_topics(
+            &bootstrap,
+            &names,
+            PARTITIONS as i32,
+            total,
+            Duration::from_secs(60),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(all.len(), total, "every fixture once");
     for (name, command, body) in &fixtures {
         let topic = format!("tim.{command}");
         let expected = fixtures.iter().filter(|(_, c, _)| c == command).count();
-        let b = bootstrap.clone();
-        let records = tokio::task::spawn_blocking(move || {
-            consume(
-                &b,
-                &topic,
-                PARTITIONS as i32,
-                expected,
-                Duration::from_secs(20),
-            )
-        })
-        .await
-        .unwrap();
+        let records: Vec<_> = all.iter().filter(|r| r.topic == topic).collect();
         assert_eq!(records.len(), expected, "{name}: records of {command}");
         let record = records
             .iter()

@@ -113,6 +113,7 @@ pub async fn start_bridge(bootstrap: &str, extra: &[&str]) -> timbridge::Bridge 
 /// One consumed record.
 #[derive(Debug, Clone)]
 pub struct Record {
+    pub topic: String,
     pub partition: i32,
     pub offset: i64,
     pub key: Vec<u8>,
@@ -138,6 +139,17 @@ pub fn consume(
     expected: usize,
     deadline: Duration,
 ) -> Vec<Record> {
+    consume_topics(bootstrap, &[topic], partitions, expected, deadline)
+}
+
+/// As [`consume`], over several topics at once (one consumer, one quiet period).
+pub fn consume_topics(
+    bootstrap: &str,
+    topics: &[&str],
+    partitions: i32,
+    expected: usize,
+    deadline: Duration,
+) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("timbridge-test-{}", std::process::id()))
@@ -146,10 +158,12 @@ pub fn consume(
         .create()
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
+    for topic in topics {
+        for p in 0..partitions {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .expect("partition");
+        }
     }
     consumer.assign(&assignment).expect("assign");
     // Read until at least `expected` records arrived and then nothing more for 2 s: a count
@@ -179,6 +193,7 @@ pub fn consume(
                     })
                     .unwrap_or_default();
                 out.push(Record {
+                    topic: m.topic().to_owned(),
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().unwrap_or_default().to_vec(),
@@ -190,6 +205,6 @@ pub fn consume(
             None => {}
         }
     }
-    out.sort_by_key(|r| (r.partition, r.offset));
+    out.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
     out
 }
