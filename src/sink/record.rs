@@ -6,7 +6,8 @@ use bytes::Bytes;
 
 use super::partition::partition;
 use super::template::Template;
-use crate::tencent::callback::{body, Callback};
+use crate::tencent::callback::commands::{self, Identity, Key};
+use crate::tencent::callback::Callback;
 
 /// Header names, shared by every sink.
 pub mod header {
@@ -19,6 +20,8 @@ pub mod header {
     pub const CLIENT_IP: &str = "tim-client-ip";
     pub const OPT_PLATFORM: &str = "tim-opt-platform";
     pub const RECEIVED_AT: &str = "tim-received-at";
+    /// The recalled MsgSeqs of a group recall, comma-separated.
+    pub const MSG_SEQ_LIST: &str = "tim-msg-seq-list";
     /// The callback's stable identity, for consumers that drop duplicates; NATS also sends it
     /// as `Nats-Msg-Id`, which JetStream deduplicates on.
     pub const DEDUP_ID: &str = "tim-dedup-id";
@@ -86,15 +89,21 @@ impl RecordBuilder {
     }
 }
 
-/// GroupId for group callbacks (per-group order); otherwise the sender (C2C, profile and friend
-/// callbacks, so one user's events stay in order); otherwise the app id, which puts the
-/// remaining app-wide events in one partition, in order.
+/// The command table's key for this command (see [`commands`]); the app id when the field is
+/// absent or the command is not in the table.
 fn partition_key(callback: &Callback) -> std::borrow::Cow<'_, str> {
     let f = callback.fields();
-    match (&f.group_id, &f.from_account) {
-        (Some(group), _) => group.as_str().into(),
-        (None, Some(from)) => from.as_str().into(),
-        (None, None) => callback.sdkappid().to_string().into(),
+    let key = commands::lookup(callback.command()).map_or(Key::App, |spec| spec.key);
+    let field = match key {
+        Key::GroupId => f.group_id.as_deref(),
+        Key::FromAccount => f.from_account.as_deref(),
+        Key::ReportAccount => f.report_account.as_deref(),
+        Key::StateAccount => f.state_account.as_deref(),
+        Key::App => None,
+    };
+    match field {
+        Some(value) => value.into(),
+        None => callback.sdkappid().to_string().into(),
     }
 }
 
@@ -117,6 +126,10 @@ fn headers(callback: &Callback) -> Vec<(&'static str, String)> {
             .into_iter()
             .filter_map(|(name, value)| value.map(|v| (name, v))),
     );
+    if !f.msg_seq_list.is_empty() {
+        let seqs: Vec<String> = f.msg_seq_list.iter().map(u64::to_string).collect();
+        out.push((header::MSG_SEQ_LIST, seqs.join(",")));
+    }
     out.push((header::RECEIVED_AT, callback.received_at_ms().to_string()));
     if let Some(id) = dedup_id(callback) {
         out.push((header::DEDUP_ID, id));
@@ -124,21 +137,28 @@ fn headers(callback: &Callback) -> Vec<(&'static str, String)> {
     out
 }
 
-/// A stable identity for the callbacks that have one: group messages by (SdkAppid, GroupId,
-/// TopicId, MsgSeq) plus the room `MsgId` when there is one, C2C messages by (SdkAppid,
-/// From_Account, To_Account, MsgKey). Lengths prefix the free-form parts so that no two
-/// identities spell the same id.
+/// A stable identity for the callbacks that have one (the command table's [`Identity`]).
+/// Lengths prefix the free-form parts so that no two identities spell the same id.
 ///
-/// Adding `MsgId` can only make two ids differ, never collide: a retried callback carries the
-/// same `MsgId`, while two room messages that share a MsgSeq are not both dropped.
+/// Adding `MsgId` to a group message's id can only make two ids differ, never collide: a
+/// retried callback carries the same `MsgId`, while two room messages that share a MsgSeq are
+/// not both dropped.
 fn dedup_id(callback: &Callback) -> Option<String> {
     let f = callback.fields();
     let app = callback.sdkappid();
-    match callback.command() {
-        body::GROUP_AFTER_SEND_MSG => {
+    let identity = commands::lookup(callback.command()).map_or(Identity::None, |s| s.identity);
+    let topic = f.topic_id.as_deref().unwrap_or("");
+    let listed = |items: &mut dyn Iterator<Item = String>| {
+        items
+            .map(|item| format!("{}:{item}", item.len()))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    match identity {
+        Identity::None => None,
+        Identity::GroupMessage => {
             let group = f.group_id.as_deref()?;
             let seq = f.msg_seq?;
-            let topic = f.topic_id.as_deref().unwrap_or("");
             let msg_id = f.msg_id.as_deref().unwrap_or("");
             Some(format!(
                 "g:{app}:{seq}:{}:{group}:{}:{topic}:{msg_id}",
@@ -146,17 +166,48 @@ fn dedup_id(callback: &Callback) -> Option<String> {
                 topic.len()
             ))
         }
-        body::C2C_AFTER_SEND_MSG => {
+        Identity::C2cMessage | Identity::C2cRecall => {
             let from = f.from_account.as_deref()?;
             let to = f.to_account.as_deref()?;
             let key = f.msg_key.as_deref()?;
+            let kind = if identity == Identity::C2cMessage {
+                'c'
+            } else {
+                'w'
+            };
             Some(format!(
-                "c:{app}:{}:{from}:{}:{to}:{key}",
+                "{kind}:{app}:{}:{from}:{}:{to}:{key}",
                 from.len(),
                 to.len()
             ))
         }
-        _ => None,
+        Identity::GroupRecall => {
+            let group = f.group_id.as_deref()?;
+            if f.msg_seq_list.is_empty() {
+                return None;
+            }
+            let seqs: Vec<String> = f.msg_seq_list.iter().map(u64::to_string).collect();
+            Some(format!(
+                "r:{app}:{}:{group}:{}:{topic}:{}",
+                group.len(),
+                topic.len(),
+                seqs.join(",")
+            ))
+        }
+        Identity::MemberJoin | Identity::MemberExit => {
+            let group = f.group_id.as_deref()?;
+            let time = f.event_time?;
+            let kind = if identity == Identity::MemberJoin {
+                'j'
+            } else {
+                'x'
+            };
+            let members = listed(&mut f.members.iter().cloned());
+            Some(format!(
+                "{kind}:{app}:{}:{group}:{time}:{members}",
+                group.len()
+            ))
+        }
     }
 }
 
@@ -165,7 +216,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::tencent::callback::{AppIds, Policy, VerifiedQuery};
+    use crate::tencent::callback::{body, AppIds, Policy, VerifiedQuery};
 
     const GROUP: &[u8] = br#"{"CallbackCommand":"Group.CallbackAfterSendMsg","GroupId":"@TGS#2J4SZEAEL","From_Account":"jared","MsgSeq":123,"MsgBody":[]}"#;
 
@@ -247,10 +298,19 @@ mod tests {
                 bytes.as_slice(),
                 "{name}: body byte for byte"
             );
-            let key = v["GroupId"]
-                .as_str()
-                .or(v["From_Account"].as_str())
-                .unwrap_or("1400000000");
+            // The key, by the command's family (the table in `commands` says the same by name).
+            let key = if command.starts_with("Group.") {
+                v["GroupId"].as_str()
+            } else if command == "C2C.CallbackAfterMsgReport" {
+                v["Report_Account"].as_str()
+            } else if command.starts_with("C2C.") || command.starts_with("Profile.") {
+                v["From_Account"].as_str()
+            } else if command.starts_with("State.") {
+                v["Info"]["To_Account"].as_str()
+            } else {
+                None
+            }
+            .unwrap_or("1400000000");
             assert_eq!(r.key, key, "{name}: key");
             assert_eq!(r.partition, partition(key.as_bytes(), 16), "{name}");
             assert_eq!(
@@ -296,16 +356,30 @@ mod tests {
                         v["MsgKey"].as_str().unwrap()
                     ))
                 }
+                "Group.CallbackAfterRecallMsg" => {
+                    Some("r:1400000000:14:@TGS#2J4SZEAEL:0::123,124".into())
+                }
+                "C2C.CallbackAfterMsgWithDraw" => {
+                    Some("w:1400000000:5:jared:6:leckie:48374_2837546_1557481126".into())
+                }
+                "Group.CallbackAfterNewMemberJoin" => {
+                    Some("j:1400000000:14:@TGS#2J4SZEAEL:1670574414123:5:jared:5:tommy".into())
+                }
+                "Group.CallbackAfterMemberExit" => {
+                    Some("x:1400000000:14:@TGS#2J4SZEAEL:1670574414123:5:jared:5:tommy".into())
+                }
                 _ => None,
             };
             assert_eq!(r.dedup_id(), dedup.as_deref(), "{name}: dedup id");
+            let seq_list = (command == "Group.CallbackAfterRecallMsg").then_some("123,124");
+            assert_eq!(h(header::MSG_SEQ_LIST), seq_list, "{name}");
             seen += 1;
         }
         assert!(seen >= 30, "only {seen} fixtures in {dir}");
     }
 
     #[test]
-    fn the_key_falls_back_to_the_sender_then_the_app() {
+    fn the_key_follows_the_command_table() {
         let c2c = build(
             "SdkAppid=1400000000&CallbackCommand=C2C.CallbackAfterSendMsg",
             br#"{"CallbackCommand":"C2C.CallbackAfterSendMsg","From_Account":"jared","To_Account":"Jonh","MsgKey":"1_2_3"}"#,
@@ -316,7 +390,20 @@ mod tests {
             "SdkAppid=1400000000&CallbackCommand=State.StateChange",
             br#"{"CallbackCommand":"State.StateChange","Info":{"To_Account":"x"}}"#,
         );
-        assert_eq!(state.key, "1400000000");
+        let alert = build(
+            "SdkAppid=1400000000&CallbackCommand=Alert.RequestOverLimit",
+            br#"{"CallbackCommand":"Alert.RequestOverLimit","From_Account":"y"}"#,
+        );
+        assert_eq!(alert.key, "1400000000", "app-wide");
+        // Not in the table: the app-level key, whatever the body holds.
+        let unknown = build(
+            "SdkAppid=1400000000&CallbackCommand=Live.CallbackAfterCreateRoom",
+            br#"{"CallbackCommand":"Live.CallbackAfterCreateRoom","GroupId":"room1"}"#,
+        );
+        assert_eq!(unknown.key, "1400000000");
+        assert_eq!(unknown.dedup_id(), None);
+        // A login state change is keyed by whose state changed.
+        assert_eq!(state.key, "x");
         assert_eq!(state.dedup_id(), None);
         assert!(state.headers.iter().all(|(k, _)| *k != header::DEDUP_ID));
     }

@@ -245,3 +245,42 @@ async fn before_callbacks_are_allowed_at_once_with_nats_up_or_down() {
     );
     bridge.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_recalls_member_joins_and_c2c_recalls_are_stored_once() {
+    let nats = NatsServer::start();
+    let bridge = start_bridge(&nats, &[]).await;
+    let http = Http::default();
+    let fixtures = fixtures();
+    let redelivered = [
+        "Group.CallbackAfterRecallMsg",
+        "Group.CallbackAfterNewMemberJoin",
+        "Group.CallbackAfterMemberExit",
+        "C2C.CallbackAfterMsgWithDraw",
+    ];
+    for command in redelivered {
+        let (_, _, body) = fixtures
+            .iter()
+            .find(|(_, c, _)| c == command)
+            .unwrap_or_else(|| panic!("a fixture of {command}"));
+        for _ in 0..2 {
+            assert_ok(
+                &http
+                    .callback(bridge.addr(), &query(command), body.clone())
+                    .await,
+            );
+        }
+    }
+    let stored = nats.reader().await.all("TIM").await;
+    assert_eq!(stored.len(), redelivered.len(), "each stored once");
+    for (msg, command) in stored.iter().zip(redelivered) {
+        assert_eq!(msg.header("tim-callback-command"), Some(command));
+        assert!(msg.header("Nats-Msg-Id").is_some(), "{command}");
+    }
+    let (_, metrics) = http.admin(bridge.admin_addr(), "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "timbridge_broker_duplicates_total{sink=\"nats\"}"),
+        4.0
+    );
+    bridge.shutdown().await;
+}

@@ -28,6 +28,16 @@ pub struct Fields {
     pub from_account: Option<String>,
     pub to_account: Option<String>,
     pub msg_key: Option<String>,
+    /// `Report_Account` (C2C read reports).
+    pub report_account: Option<String>,
+    /// `Info.To_Account` (login state changes).
+    pub state_account: Option<String>,
+    /// `MsgSeqList[].MsgSeq` (group recalls).
+    pub msg_seq_list: Vec<u64>,
+    /// `EventTime` in ms, number or string of digits.
+    pub event_time: Option<u64>,
+    /// `NewMemberList[].Member_Account` or `ExitMemberList[].Member_Account`.
+    pub members: Vec<String>,
 }
 
 /// Parses `body` as the callback named `url_command` in the URL.
@@ -81,6 +91,8 @@ impl Fields {
             ("From_Account", &self.from_account),
             ("To_Account", &self.to_account),
             ("MsgKey", &self.msg_key),
+            ("Report_Account", &self.report_account),
+            ("Info.To_Account", &self.state_account),
         ] {
             let Some(value) = value.as_deref() else {
                 continue;
@@ -95,6 +107,13 @@ impl Fields {
                     "{name} is {} bytes long, more than {MAX_ID_BYTES}",
                     value.len()
                 )));
+            }
+        }
+        for member in &self.members {
+            if member.len() > MAX_ID_BYTES || member.chars().any(|c| c.is_control()) {
+                return Err(Rejection::InvalidBody(
+                    "a member account has a control character or is over the length bound".into(),
+                ));
             }
         }
         Ok(())
@@ -191,8 +210,7 @@ impl GroupMsg<'_> {
             msg_id: self.msg_id.map(Cow::into_owned),
             msg_seq: Some(self.msg_seq),
             from_account: Some(self.from_account.into_owned()),
-            to_account: None,
-            msg_key: None,
+            ..Fields::default()
         })
     }
 }
@@ -217,6 +235,20 @@ struct Envelope<'a> {
     to_account: LooseStr<'a>,
     #[serde(rename = "MsgKey", borrow, default)]
     msg_key: LooseStr<'a>,
+    #[serde(rename = "Report_Account", borrow, default)]
+    report_account: LooseStr<'a>,
+    // The fields below are read only for the commands that carry them, and leniently: they
+    // identify an event, they never decide whether it is accepted.
+    #[serde(rename = "Info", default)]
+    info: Option<serde_json::Value>,
+    #[serde(rename = "MsgSeqList", default)]
+    msg_seq_list: Option<serde_json::Value>,
+    #[serde(rename = "EventTime", default)]
+    event_time: Option<serde_json::Value>,
+    #[serde(rename = "NewMemberList", default)]
+    new_members: Option<serde_json::Value>,
+    #[serde(rename = "ExitMemberList", default)]
+    exit_members: Option<serde_json::Value>,
 }
 
 impl Envelope<'_> {
@@ -231,6 +263,35 @@ impl Envelope<'_> {
             from_account: owned(self.from_account),
             to_account: owned(self.to_account),
             msg_key: owned(self.msg_key),
+            report_account: owned(self.report_account),
+            state_account: self
+                .info
+                .as_ref()
+                .and_then(|info| info["To_Account"].as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+            msg_seq_list: self
+                .msg_seq_list
+                .as_ref()
+                .and_then(|v| v.as_array())
+                .map(|items| items.iter().filter_map(|i| i["MsgSeq"].as_u64()).collect())
+                .unwrap_or_default(),
+            event_time: self.event_time.as_ref().and_then(|t| {
+                t.as_u64()
+                    .or_else(|| t.as_str().and_then(|s| s.parse().ok()))
+            }),
+            members: self
+                .new_members
+                .as_ref()
+                .or(self.exit_members.as_ref())
+                .and_then(|v| v.as_array())
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|i| i["Member_Account"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }
@@ -413,8 +474,12 @@ mod tests {
             }
         }
         assert!(!commands.is_empty(), "no fixtures in {dir}");
-        for known in super::super::KNOWN_COMMANDS {
-            assert!(commands.contains(*known), "no fixture of {known} in {dir}");
+        for known in super::super::commands::COMMANDS {
+            assert!(
+                commands.contains(known.name),
+                "no fixture of {} in {dir}",
+                known.name
+            );
         }
     }
 

@@ -6,6 +6,7 @@
 //! [`crate::sink::RecordBuilder`] turns into a record) exists only once its body was validated against that query.
 
 pub mod body;
+pub mod commands;
 pub mod query;
 pub mod reply;
 pub mod signature;
@@ -120,46 +121,8 @@ impl Callback {
 /// The metric label for a command: the command itself when it is one Tencent documents,
 /// `other` otherwise, so that callers cannot grow the label set.
 pub fn command_label(command: &str) -> &'static str {
-    KNOWN_COMMANDS
-        .iter()
-        .find(|known| **known == command)
-        .copied()
-        .unwrap_or("other")
+    commands::lookup(command).map_or("other", |spec| spec.name)
 }
-
-pub const KNOWN_COMMANDS: &[&str] = &[
-    "Group.CallbackAfterSendMsg",
-    "Group.CallbackBeforeSendMsg",
-    "Group.CallbackAfterRecallMsg",
-    "Group.CallbackSendMsgException",
-    "Group.CallbackAfterReadReceipt",
-    "Group.CallbackAfterGroupMsgExtension",
-    "Group.CallbackBeforeCreateGroup",
-    "Group.CallbackAfterCreateGroup",
-    "Group.CallbackBeforeApplyJoinGroup",
-    "Group.CallbackBeforeInviteJoinGroup",
-    "Group.CallbackAfterNewMemberJoin",
-    "Group.CallbackAfterMemberExit",
-    "Group.CallbackAfterGroupDestroyed",
-    "Group.CallbackAfterGroupInfoChanged",
-    "Group.CallbackOnMemberStateChange",
-    "Group.CallbackAfterCreateTopic",
-    "Group.CallbackAfterTopicDestroyed",
-    "Group.CallbackAfterTopicInfoChanged",
-    "C2C.CallbackBeforeSendMsg",
-    "C2C.CallbackAfterSendMsg",
-    "C2C.CallbackAfterMsgReport",
-    "C2C.CallbackAfterMsgWithDraw",
-    "State.StateChange",
-    "Profile.CallbackPortraitSet",
-    "Sns.CallbackFriendAdd",
-    "Sns.CallbackFriendDelete",
-    "Sns.CallbackBlackListAdd",
-    "Sns.CallbackBlackListDelete",
-    "Sns.CallbackPrevFriendAdd",
-    "Sns.CallbackPrevFriendResponse",
-    "Alert.RequestOverLimit",
-];
 
 #[cfg(test)]
 mod tests {

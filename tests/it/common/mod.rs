@@ -211,14 +211,24 @@ pub fn assert_groups_complete_in_order(
     assert!(last.values().all(|s| *s == per_group));
 }
 
-/// The partition key a fixture's record must have: the GroupId, else the sender, else the app.
+/// The partition key a fixture's record must have, by its command's family: a group's
+/// GroupId, a read report's reader, a state change's account, a user's account, else the app.
 pub fn fixture_key(body: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-    v["GroupId"]
-        .as_str()
-        .or(v["From_Account"].as_str())
-        .unwrap_or("1400000000")
-        .to_owned()
+    let command = v["CallbackCommand"].as_str().unwrap();
+    if command.starts_with("Group.") {
+        v["GroupId"].as_str()
+    } else if command == "C2C.CallbackAfterMsgReport" {
+        v["Report_Account"].as_str()
+    } else if command.starts_with("C2C.") || command.starts_with("Profile.") {
+        v["From_Account"].as_str()
+    } else if command.starts_with("State.") {
+        v["Info"]["To_Account"].as_str()
+    } else {
+        None
+    }
+    .unwrap_or("1400000000")
+    .to_owned()
 }
 
 /// The metadata headers every sink must give a fixture sent with [`query`]; `header` looks
@@ -255,7 +265,11 @@ pub fn assert_fixture_headers<'a>(
         );
         assert_eq!(header("tim-dedup-id"), Some(id.as_str()), "{name}");
     }
-    if command == "Group.CallbackAfterNewMemberJoin" || command == "Group.CallbackBeforeSendMsg" {
+    if command == "Group.CallbackAfterNewMemberJoin" {
+        let id = header("tim-dedup-id").unwrap_or_default();
+        assert!(id.starts_with("j:1400000000:"), "{name}: {id}");
+    }
+    if command == "Group.CallbackBeforeSendMsg" {
         assert_eq!(header("tim-dedup-id"), None, "{name}: no stable identity");
     }
 }
