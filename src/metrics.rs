@@ -24,6 +24,7 @@ pub struct Metrics {
     callbacks: IntCounterVec,
     rejections: IntCounterVec,
     request_duration: Histogram,
+    request_time_skew: Histogram,
     publish_duration: HistogramVec,
     broker_duplicates: IntCounterVec,
     before_callbacks: IntCounterVec,
@@ -110,6 +111,13 @@ impl Metrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
+        let request_time_skew = Histogram::with_opts(
+            HistogramOpts::new(
+                "timbridge_request_time_skew_seconds",
+                "Distance of a signed callback's RequestTime from this server's clock (accepted and stale ones): a drifting clock on either side shows here before requests are refused.",
+            )
+            .buckets(vec![1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0]),
+        )?;
         let publish_duration = HistogramVec::new(
             HistogramOpts::new(
                 "timbridge_publish_duration_seconds",
@@ -179,6 +187,7 @@ impl Metrics {
         registry.register(Box::new(callbacks.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(request_time_skew.clone()))?;
         registry.register(Box::new(publish_duration.clone()))?;
         registry.register(Box::new(broker_duplicates.clone()))?;
         registry.register(Box::new(before_callbacks.clone()))?;
@@ -220,6 +229,7 @@ impl Metrics {
             callbacks,
             rejections,
             request_duration,
+            request_time_skew,
             publish_duration,
             broker_duplicates,
             before_callbacks,
@@ -258,6 +268,11 @@ impl Metrics {
         if duplicate {
             self.broker_duplicates.with_label_values(&[sink]).inc();
         }
+    }
+
+    /// A signed callback's `RequestTime` was this far from our clock.
+    pub fn request_time_skew(&self, skew_secs: u64) {
+        self.request_time_skew.observe(skew_secs as f64);
     }
 
     /// A before-callback was answered OK without waiting on the broker (`allow`, `skip`).

@@ -310,11 +310,20 @@ impl<D: Deliver> Handler<D> {
             return Err(Rejection::MethodNotAllowed);
         }
         check_http(request)?;
-        VerifiedQuery::verify(
+        let verified = VerifiedQuery::verify(
             request.uri().query().unwrap_or(""),
             &self.policy,
             now.as_secs(),
-        )
+        );
+        let skew = match &verified {
+            Ok(query) => query.clock_skew_secs(now.as_secs()),
+            Err(Rejection::StaleRequestTime { skew_secs, .. }) => Some(*skew_secs),
+            Err(_) => None,
+        };
+        if let Some(skew) = skew {
+            self.metrics().request_time_skew(skew);
+        }
+        verified
     }
 
     /// The body, within its memory budget, size and time, validated against the query.

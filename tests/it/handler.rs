@@ -149,6 +149,35 @@ async fn a_delivered_callback_is_answered_ok_with_its_record_and_metrics() {
 }
 
 #[tokio::test]
+async fn the_clock_skew_of_signed_requests_is_measured() {
+    let h = handler(Outcome::Ok, &[]);
+    let path = |t: u64| format!("/callback?{}", signed(CMD, t));
+    let body = || Full::new(group_message("@TGS#skew", 1));
+    assert_eq!(
+        call(&h, "POST", &path(now() - 20), body()).await.status,
+        200
+    );
+    assert_refused(
+        &call(&h, "POST", &path(now() + 500), body()).await,
+        401,
+        4012,
+    );
+    let count = "timbridge_request_time_skew_seconds_count";
+    assert_eq!(counter(&h, count), 2.0);
+    // 20 s lands in the bucket up to 30 s; 500 s only in the one up to 900 s.
+    let bucket = |le: &str| {
+        counter(
+            &h,
+            &format!("timbridge_request_time_skew_seconds_bucket{{le=\"{le}\"}}"),
+        )
+    };
+    assert_eq!(bucket("10"), 0.0);
+    assert_eq!(bucket("30"), 1.0);
+    assert_eq!(bucket("300"), 1.0);
+    assert_eq!(bucket("900"), 2.0);
+}
+
+#[tokio::test]
 async fn a_duplicate_is_answered_ok_and_counted() {
     let h = handler(Outcome::Duplicate, &[]);
     assert_eq!(post(&h, group_message("@TGS#dup", 1)).await.status, 200);

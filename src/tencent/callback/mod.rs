@@ -65,6 +65,12 @@ impl VerifiedQuery {
         &self.query.command
     }
 
+    /// How far the signed `RequestTime` is from `now_unix`, when the URL was signed.
+    pub fn clock_skew_secs(&self, now_unix: u64) -> Option<u64> {
+        let time: u64 = self.query.request_time.as_deref()?.parse().ok()?;
+        Some(now_unix.abs_diff(time))
+    }
+
     /// Validates `body` against this query; `received_at_ms` is when the request arrived.
     pub fn accept(self, body: Bytes, received_at_ms: u64) -> Result<Callback, Rejection> {
         let fields = body::parse(&self.query.command, &body)?;
