@@ -23,6 +23,7 @@ pub struct Metrics {
     registry: Registry,
     callbacks: IntCounterVec,
     rejections: IntCounterVec,
+    signature_failures: IntCounterVec,
     request_duration: Histogram,
     request_time_skew: Histogram,
     publish_duration: HistogramVec,
@@ -103,6 +104,13 @@ impl Metrics {
                 "Requests not answered OK, by reason.",
             ),
             &["reason"],
+        )?;
+        let signature_failures = IntCounterVec::new(
+            Opts::new(
+                "timbridge_signature_failures_total",
+                "Callbacks refused for their signature (missing, wrong or stale), by the app they claimed: a configured SdkAppid, or other.",
+            ),
+            &["sdkappid"],
         )?;
         let request_duration = Histogram::with_opts(
             HistogramOpts::new(
@@ -186,6 +194,7 @@ impl Metrics {
 
         registry.register(Box::new(callbacks.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(signature_failures.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(request_time_skew.clone()))?;
         registry.register(Box::new(publish_duration.clone()))?;
@@ -211,6 +220,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         // Series that alerts and dashboards rate() over exist from the first scrape.
+        signature_failures.with_label_values(&["other"]);
         for rejection in Rejection::examples() {
             rejections.with_label_values(&[rejection.reason()]);
         }
@@ -228,6 +238,7 @@ impl Metrics {
             registry,
             callbacks,
             rejections,
+            signature_failures,
             request_duration,
             request_time_skew,
             publish_duration,
@@ -268,6 +279,19 @@ impl Metrics {
         if duplicate {
             self.broker_duplicates.with_label_values(&[sink]).inc();
         }
+    }
+
+    /// Creates the per-app series up front for the configured apps (`other` always exists):
+    /// the label's values are bounded by the configuration.
+    pub fn for_apps(&self, labels: &[String]) {
+        for label in labels {
+            self.signature_failures.with_label_values(&[label]);
+        }
+    }
+
+    /// A callback claiming the app `label` was refused for its signature.
+    pub fn signature_failure(&self, label: &str) {
+        self.signature_failures.with_label_values(&[label]).inc();
     }
 
     /// A signed callback's `RequestTime` was this far from our clock.

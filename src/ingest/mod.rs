@@ -28,7 +28,9 @@ use crate::deliver::{Ack, Deliver, DeliveryError};
 use crate::metrics::Metrics;
 use crate::sink::record::header as record_header;
 use crate::sink::RecordBuilder;
-use crate::tencent::callback::{command_label, reply, Callback, Policy, VerifiedQuery};
+use crate::tencent::callback::{
+    command_label, reply, AppIds, Callback, Policy, Query, VerifiedQuery,
+};
 use admission::{Admission, Admitted};
 pub use rejection::{Outcome, Rejection};
 use report::Report;
@@ -47,6 +49,8 @@ pub struct Handler<D> {
     records: RecordBuilder,
     delivery: Arc<D>,
     before: BeforePolicy,
+    /// The `sdkappid` label of each configured app (metrics of other apps say `other`).
+    app_labels: Vec<(u64, String)>,
     /// Before-callbacks' own request and memory bounds, and their background publisher.
     before_admission: Admission,
     background: Background<D>,
@@ -108,6 +112,16 @@ struct Delivered {
 impl<D: Deliver> Handler<D> {
     pub fn new(config: &Config, delivery: D, metrics: Metrics) -> Handler<D> {
         let delivery = Arc::new(delivery);
+        let app_labels: Vec<(u64, String)> = match &config.policy.sdkappids {
+            AppIds::Only(ids) => ids.iter().map(|id| (*id, id.to_string())).collect(),
+            AppIds::Any => Vec::new(),
+        };
+        metrics.for_apps(
+            &app_labels
+                .iter()
+                .map(|(_, l)| l.clone())
+                .collect::<Vec<_>>(),
+        );
         let background = Background::new(
             delivery.clone(),
             config.before.queue,
@@ -124,6 +138,7 @@ impl<D: Deliver> Handler<D> {
             records: RecordBuilder::new(config.sink.destination(), config.partitions),
             delivery,
             before: config.before.policy,
+            app_labels,
             before_admission: Admission::new(config.admission),
             background,
             forwarder: config.before.forward.clone().map(Forwarder::new),
@@ -322,6 +337,20 @@ impl<D: Deliver> Handler<D> {
         };
         if let Some(skew) = skew {
             self.metrics().request_time_skew(skew);
+        }
+        if let Err(
+            Rejection::MissingSignature
+            | Rejection::BadSignature
+            | Rejection::StaleRequestTime { .. },
+        ) = &verified
+        {
+            let claimed = Query::claimed_sdkappid(request.uri().query().unwrap_or(""));
+            let label = self
+                .app_labels
+                .iter()
+                .find(|(id, _)| Some(*id) == claimed)
+                .map_or("other", |(_, label)| label.as_str());
+            self.metrics().signature_failure(label);
         }
         verified
     }

@@ -178,6 +178,27 @@ async fn the_clock_skew_of_signed_requests_is_measured() {
 }
 
 #[tokio::test]
+async fn signature_failures_are_counted_by_the_app_they_claim() {
+    let h = handler(Outcome::Ok, &[]);
+    let body = || Full::new(group_message("@TGS#sig", 1));
+    // Unsigned, for the configured app.
+    let unsigned = format!("/callback?{}", query(CMD));
+    assert_refused(&call(&h, "POST", &unsigned, body()).await, 401, 4010);
+    // A wrong signature claiming another app is refused for the app first (403), not counted.
+    let other = unsigned.replace("SdkAppid=1400000000", "SdkAppid=1400000009");
+    assert_refused(&call(&h, "POST", &other, body()).await, 403, 4030);
+    let configured = "timbridge_signature_failures_total{sdkappid=\"1400000000\"}";
+    assert_eq!(counter(&h, configured), 1.0);
+    assert_eq!(
+        counter(&h, "timbridge_signature_failures_total{sdkappid=\"other\"}"),
+        0.0
+    );
+    // Series exist from the first scrape, for the configured app and other.
+    let text = String::from_utf8(h.metrics().encode()).unwrap();
+    assert!(text.contains("timbridge_signature_failures_total{sdkappid=\"other\"} 0"));
+}
+
+#[tokio::test]
 async fn a_duplicate_is_answered_ok_and_counted() {
     let h = handler(Outcome::Duplicate, &[]);
     assert_eq!(post(&h, group_message("@TGS#dup", 1)).await.status, 200);

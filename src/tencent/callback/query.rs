@@ -16,6 +16,14 @@ pub struct Query {
 }
 
 impl Query {
+    /// The app id a query claims, in either spelling, without checking anything else (for
+    /// labelling a refusal).
+    pub fn claimed_sdkappid(raw: &str) -> Option<u64> {
+        form_urlencoded::parse(raw.as_bytes())
+            .find(|(name, _)| name == "SdkAppid" || name == "SdkAppId")
+            .and_then(|(_, value)| value.parse().ok())
+    }
+
     /// Parses a raw (still percent-encoded) query string.
     pub fn parse(raw: &str) -> Result<Query, Rejection> {
         let mut sdkappid = None;
