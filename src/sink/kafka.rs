@@ -53,9 +53,7 @@ impl KafkaConfig {
                 "{partition} is not allowed: Kafka picks the partition from the GroupId key",
             ));
         }
-        let sample = self
-            .topic
-            .render("Group.CallbackAfterSendMsg", 0, 1400000000);
+        let sample = self.topic.sample();
         if sample.len() > 249
             || !sample
                 .bytes()

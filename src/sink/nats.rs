@@ -57,9 +57,7 @@ impl NatsConfig {
         }
         // The subject of a typical callback must fall in the stream, or every publish would be
         // refused with "no responders".
-        let sample = self
-            .subject
-            .render("Group.CallbackAfterSendMsg", 0, 1400000000);
+        let sample = self.subject.sample();
         if !self
             .stream_subjects
             .iter()

@@ -66,6 +66,12 @@ impl Template {
         }
     }
 
+    /// The rendering for a typical callback (a group message of app 1400000000, partition 0),
+    /// for checking a configured template once at start-up.
+    pub fn sample(&self) -> String {
+        self.render("Group.CallbackAfterSendMsg", 0, 1400000000)
+    }
+
     pub fn uses_partition(&self) -> bool {
         self.parts.contains(&Part::Partition)
     }
