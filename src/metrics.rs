@@ -23,6 +23,7 @@ pub struct Metrics {
     registry: Registry,
     callbacks: IntCounterVec,
     rejections: IntCounterVec,
+    app_callbacks: IntCounterVec,
     signature_failures: IntCounterVec,
     request_duration: Histogram,
     request_time_skew: Histogram,
@@ -104,6 +105,13 @@ impl Metrics {
                 "Requests not answered OK, by reason.",
             ),
             &["reason"],
+        )?;
+        let app_callbacks = IntCounterVec::new(
+            Opts::new(
+                "timbridge_app_callbacks_total",
+                "Callbacks answered, by the app they claim (a configured SdkAppid, or other) and outcome (ok, rejected, failed).",
+            ),
+            &["sdkappid", "outcome"],
         )?;
         let signature_failures = IntCounterVec::new(
             Opts::new(
@@ -194,6 +202,7 @@ impl Metrics {
 
         registry.register(Box::new(callbacks.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(app_callbacks.clone()))?;
         registry.register(Box::new(signature_failures.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(request_time_skew.clone()))?;
@@ -221,6 +230,9 @@ impl Metrics {
             .set(1);
         // Series that alerts and dashboards rate() over exist from the first scrape.
         signature_failures.with_label_values(&["other"]);
+        for outcome in Outcome::ALL {
+            app_callbacks.with_label_values(&["other", outcome.label()]);
+        }
         for rejection in Rejection::examples() {
             rejections.with_label_values(&[rejection.reason()]);
         }
@@ -230,7 +242,7 @@ impl Metrics {
         for verdict in crate::before::forward::Verdict::ALL {
             before_verdicts.with_label_values(&[verdict.label()]);
         }
-        for outcome in [Outcome::Ok, Outcome::Rejected, Outcome::Failed] {
+        for outcome in Outcome::ALL {
             callbacks.with_label_values(&["Group.CallbackAfterSendMsg", outcome.label()]);
         }
 
@@ -238,6 +250,7 @@ impl Metrics {
             registry,
             callbacks,
             rejections,
+            app_callbacks,
             signature_failures,
             request_duration,
             request_time_skew,
@@ -286,7 +299,18 @@ impl Metrics {
     pub fn for_apps(&self, labels: &[String]) {
         for label in labels {
             self.signature_failures.with_label_values(&[label]);
+            for outcome in Outcome::ALL {
+                self.app_callbacks
+                    .with_label_values(&[label, outcome.label()]);
+            }
         }
+    }
+
+    /// A request claiming the app `label` was answered.
+    pub fn app_callback(&self, label: &str, outcome: Outcome) {
+        self.app_callbacks
+            .with_label_values(&[label, outcome.label()])
+            .inc();
     }
 
     /// A callback claiming the app `label` was refused for its signature.

@@ -10,9 +10,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::before::forward::ForwardConfig;
 use crate::before::{BeforeConfig, BeforePolicy};
+use crate::config::apps::{App, Apps};
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::secret::Secret;
-use crate::tencent::callback::{AppIds, Policy, Token};
+use crate::tencent::callback::{Policy, Token};
 
 mod kafka;
 mod nats;
@@ -68,6 +69,15 @@ pub struct ServeArgs {
     /// Path of the callback URL configured in Tencent's console.
     #[arg(long, env = "TIMBRIDGE_PATH", default_value = "/callback")]
     pub path: String,
+
+    /// The apps served, each with its own token, destination and REST credentials (YAML or
+    /// TOML, see the README); instead of --sdkappid and --token.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_CONFIG",
+        conflicts_with_all = ["sdkappids", "allow_any_sdkappid", "token", "token_file"]
+    )]
+    pub config: Option<PathBuf>,
 
     /// An SdkAppid this bridge serves (repeat the flag, or comma-separate in the env variable).
     #[arg(long = "sdkappid", env = "TIMBRIDGE_SDKAPPID", value_delimiter = ',')]
@@ -203,31 +213,6 @@ impl ServeArgs {
         if !self.path.starts_with('/') {
             return Err(ConfigError::new("--path", "must start with '/'"));
         }
-        let sdkappids = match (self.allow_any_sdkappid, self.sdkappids.is_empty()) {
-            (true, _) => AppIds::Any,
-            (false, false) => AppIds::Only(self.sdkappids),
-            (false, true) => {
-                return Err(ConfigError::new(
-                    "--sdkappid",
-                    "give the SdkAppid(s) to serve, or --allow-any-sdkappid",
-                ))
-            }
-        };
-        let token = match (self.token, self.token_file) {
-            (Some(token), _) => Some(token.expose().to_owned()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| {
-                        ConfigError::new("--token-file", format!("{}: {e}", path.display()))
-                    })?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
-            ),
-            (None, None) => None,
-        };
-        if token.as_deref() == Some("") {
-            return Err(ConfigError::new("--token", "is empty"));
-        }
         if self.publish_timeout.is_zero() {
             return Err(ConfigError::new("--publish-timeout", "must be more than 0"));
         }
@@ -316,13 +301,21 @@ impl ServeArgs {
             SinkKind::Nats => SinkConfig::Nats(self.nats.into_config()?),
             SinkKind::Kafka => SinkConfig::Kafka(self.kafka.into_config(self.publish_timeout)?),
         };
+        let apps = match &self.config {
+            Some(file) => Apps::Listed(crate::config::file::read_apps(file, &sink)?),
+            None => apps_from_flags(
+                self.allow_any_sdkappid,
+                self.sdkappids,
+                self.token,
+                self.token_file,
+            )?,
+        };
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
             path: self.path,
             policy: Policy {
-                sdkappids,
-                token: token.map(Token::new),
+                apps,
                 max_clock_skew: self.max_clock_skew,
             },
             sink,
@@ -351,6 +344,42 @@ impl ServeArgs {
     }
 }
 
+/// The one-app (or one-token) case: every `--sdkappid` with the same token.
+fn apps_from_flags(
+    allow_any: bool,
+    sdkappids: Vec<u64>,
+    token: Option<Secret>,
+    token_file: Option<PathBuf>,
+) -> Result<Apps, ConfigError> {
+    let token = match (token, token_file) {
+        (Some(token), _) => Some(token.expose().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::new("--token-file", format!("{}: {e}", path.display())))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if token.as_deref() == Some("") {
+        return Err(ConfigError::new("--token", "is empty"));
+    }
+    let token = token.map(Token::new);
+    match (allow_any, sdkappids.is_empty()) {
+        (true, _) => Ok(Apps::Any { token }),
+        (false, false) => Ok(Apps::Listed(
+            sdkappids
+                .into_iter()
+                .map(|id| App::new(id, token.clone()))
+                .collect(),
+        )),
+        (false, true) => Err(ConfigError::new(
+            "--sdkappid",
+            "give the SdkAppid(s) to serve (or --config FILE, or --allow-any-sdkappid)",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,8 +402,10 @@ mod tests {
         assert_eq!(c.max_body_bytes, 256 * 1024);
         assert_eq!(c.partitions, 16);
         assert!(matches!(c.sink, SinkConfig::Stdout));
-        assert_eq!(c.policy.sdkappids, AppIds::Only(vec![1400000000]));
-        assert!(c.policy.token.is_none());
+        assert_eq!(
+            c.policy.apps,
+            Apps::Listed(vec![App::new(1400000000, None)])
+        );
     }
 
     #[test]
@@ -562,6 +593,31 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_lists_the_apps_the_flags_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apps.yaml");
+        std::fs::write(
+            &path,
+            "apps:\n  - {sdkappid: 1, token: one}\n  - {sdkappid: 2, token: one}\n",
+        )
+        .unwrap();
+        let file = serve(&["--config", path.to_str().unwrap()]).unwrap();
+        let flags = serve(&["--sdkappid", "1", "--sdkappid", "2", "--token", "one"]).unwrap();
+        assert_eq!(file.policy.apps, flags.policy.apps);
+        assert_eq!(file.policy.apps.listed().len(), 2);
+        for clash in [
+            &["--sdkappid", "1"][..],
+            &["--token", "t"],
+            &["--allow-any-sdkappid"],
+        ] {
+            let mut args = vec!["--config", path.to_str().unwrap()];
+            args.extend_from_slice(clash);
+            let err = serve(&args).unwrap_err();
+            assert!(err.contains("cannot be used with"), "{clash:?}: {err}");
+        }
+    }
+
+    #[test]
     fn token_file_is_read_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
@@ -572,6 +628,11 @@ mod tests {
             path.to_str().unwrap(),
         ])
         .unwrap();
-        assert_eq!(c.policy.token, Some(Token::new("xxxxyyyy".into())));
+        assert_eq!(
+            c.policy.apps,
+            Apps::Any {
+                token: Some(Token::new("xxxxyyyy".into()))
+            }
+        );
     }
 }

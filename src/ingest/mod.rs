@@ -28,9 +28,7 @@ use crate::deliver::{Ack, Deliver, DeliveryError};
 use crate::metrics::Metrics;
 use crate::sink::record::header as record_header;
 use crate::sink::RecordBuilder;
-use crate::tencent::callback::{
-    command_label, reply, AppIds, Callback, Policy, Query, VerifiedQuery,
-};
+use crate::tencent::callback::{command_label, reply, Callback, Policy, Query, VerifiedQuery};
 use admission::{Admission, Admitted};
 pub use rejection::{Outcome, Rejection};
 use report::Report;
@@ -63,6 +61,8 @@ pub struct Handler<D> {
 struct Attempt {
     /// The metric label of the URL's command, once the query was verified.
     command: &'static str,
+    /// The SdkAppid the query claims, verified or not (for the per-app counter).
+    sdkappid: Option<u64>,
     /// The request's body was not read to its end: the connection cannot carry another
     /// request, so the answer says `Connection: close`.
     body_unread: bool,
@@ -86,6 +86,7 @@ impl Attempt {
     fn before(command: &'static str, outcome: BeforeOutcome, body_unread: bool) -> Attempt {
         Attempt {
             command,
+            sdkappid: None,
             body_unread,
             group_id: None,
             msg_seq: None,
@@ -96,11 +97,18 @@ impl Attempt {
     fn refused(command: &'static str, rejection: Rejection, body_unread: bool) -> Attempt {
         Attempt {
             command,
+            sdkappid: None,
             body_unread,
             group_id: None,
             msg_seq: None,
             result: Err(rejection),
         }
+    }
+}
+
+impl Attempt {
+    fn of_app(self, sdkappid: Option<u64>) -> Attempt {
+        Attempt { sdkappid, ..self }
     }
 }
 
@@ -112,10 +120,11 @@ struct Delivered {
 impl<D: Deliver> Handler<D> {
     pub fn new(config: &Config, delivery: D, metrics: Metrics) -> Handler<D> {
         let delivery = Arc::new(delivery);
-        let app_labels: Vec<(u64, String)> = match &config.policy.sdkappids {
-            AppIds::Only(ids) => ids.iter().map(|id| (*id, id.to_string())).collect(),
-            AppIds::Any => Vec::new(),
-        };
+        let apps = config.policy.apps.listed();
+        let app_labels: Vec<(u64, String)> = apps
+            .iter()
+            .map(|app| (app.sdkappid, app.sdkappid.to_string()))
+            .collect();
         metrics.for_apps(
             &app_labels
                 .iter()
@@ -135,7 +144,8 @@ impl<D: Deliver> Handler<D> {
             body_read_timeout: config.body_read_timeout,
             publish_timeout: config.publish_timeout,
             admission: Admission::new(config.admission),
-            records: RecordBuilder::new(config.sink.destination(), config.partitions),
+            records: RecordBuilder::new(config.sink.destination(), config.partitions)
+                .with_apps(apps),
             delivery,
             before: config.before.policy,
             app_labels,
@@ -192,6 +202,12 @@ impl<D: Deliver> Handler<D> {
         let _inflight = self.metrics().inflight();
         let attempt = self.process(request).await;
         let took = started.elapsed();
+        let outcome = match &attempt.result {
+            Ok(_) => Outcome::Ok,
+            Err(rejection) => rejection.outcome(),
+        };
+        self.metrics()
+            .app_callback(self.app_label(attempt.sdkappid), outcome);
         let mut response = match &attempt.result {
             Ok(Answered::Before(outcome)) => {
                 self.report.before(&attempt, *outcome, took, peer);
@@ -242,8 +258,12 @@ impl<D: Deliver> Handler<D> {
         let has_body = has_body(&request);
         let query = match self.verify(&request, now) {
             Ok(query) => query,
-            Err(rejection) => return Attempt::refused("other", rejection, has_body),
+            Err(rejection) => {
+                let claimed = Query::claimed_sdkappid(request.uri().query().unwrap_or(""));
+                return Attempt::refused("other", rejection, has_body).of_app(claimed);
+            }
         };
+        let sdkappid = Some(query.sdkappid());
         let command = command_label(query.command());
         let before = is_before_callback(query.command()) && self.before != BeforePolicy::Publish;
         let admitted = if before {
@@ -260,8 +280,12 @@ impl<D: Deliver> Handler<D> {
             Ok(admitted) => admitted,
             // A before-callback's answer is a verdict on the user's action: past its bounds
             // the event is dropped, the action still allowed.
-            Err(_) if before => return Attempt::before(command, BeforeOutcome::Dropped, has_body),
-            Err(rejection) => return Attempt::refused(command, rejection, has_body),
+            Err(_) if before => {
+                return Attempt::before(command, BeforeOutcome::Dropped, has_body).of_app(sdkappid)
+            }
+            Err(rejection) => {
+                return Attempt::refused(command, rejection, has_body).of_app(sdkappid)
+            }
         };
         // Tencent's query, passed on as it came to the moderation service.
         let forward_query = (before && self.forwarder.is_some())
@@ -277,15 +301,17 @@ impl<D: Deliver> Handler<D> {
         {
             Ok(callback) => callback,
             Err(Rejection::Overloaded(_)) if before => {
-                return Attempt::before(command, BeforeOutcome::Dropped, has_body)
+                return Attempt::before(command, BeforeOutcome::Dropped, has_body).of_app(sdkappid)
             }
             // Refused on the body itself (invalid JSON...): it was read whole.
             Err(
                 rejection @ (Rejection::BadJson(_)
                 | Rejection::CommandMismatch { .. }
                 | Rejection::InvalidBody(_)),
-            ) => return Attempt::refused(command, rejection, false),
-            Err(rejection) => return Attempt::refused(command, rejection, has_body),
+            ) => return Attempt::refused(command, rejection, false).of_app(sdkappid),
+            Err(rejection) => {
+                return Attempt::refused(command, rejection, has_body).of_app(sdkappid)
+            }
         };
         let fields = callback.fields();
         let (group_id, msg_seq) = (fields.group_id.clone(), fields.msg_seq);
@@ -308,6 +334,7 @@ impl<D: Deliver> Handler<D> {
         drop(admitted);
         Attempt {
             command,
+            sdkappid,
             body_unread: false,
             group_id,
             msg_seq,
@@ -345,14 +372,17 @@ impl<D: Deliver> Handler<D> {
         ) = &verified
         {
             let claimed = Query::claimed_sdkappid(request.uri().query().unwrap_or(""));
-            let label = self
-                .app_labels
-                .iter()
-                .find(|(id, _)| Some(*id) == claimed)
-                .map_or("other", |(_, label)| label.as_str());
-            self.metrics().signature_failure(label);
+            self.metrics().signature_failure(self.app_label(claimed));
         }
         verified
+    }
+
+    /// The `sdkappid` label: the app's id when it is configured, `other` otherwise.
+    fn app_label(&self, sdkappid: Option<u64>) -> &str {
+        self.app_labels
+            .iter()
+            .find(|(id, _)| Some(*id) == sdkappid)
+            .map_or("other", |(_, label)| label.as_str())
     }
 
     /// The body, within its memory budget, size and time, validated against the query.

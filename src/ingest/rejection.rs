@@ -62,7 +62,7 @@ pub enum Rejection {
     SinkBackpressure(String),
 }
 
-/// The outcome label of `timbridge_callbacks_total`.
+/// The outcome label of `timbridge_callbacks_total` and `timbridge_app_callbacks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Published and acknowledged by the broker: answered 200.
@@ -74,6 +74,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Rejected, Outcome::Failed];
+
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",

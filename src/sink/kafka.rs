@@ -47,23 +47,7 @@ impl KafkaConfig {
 
     /// The rules a Kafka configuration must follow, checked once at start-up.
     pub fn check(&self, publish_timeout: Duration) -> Result<(), ConfigError> {
-        if self.topic.uses_partition() {
-            return Err(ConfigError::new(
-                "--kafka-topic",
-                "{partition} is not allowed: Kafka picks the partition from the GroupId key",
-            ));
-        }
-        let sample = self.topic.sample();
-        if sample.len() > 249
-            || !sample
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(ConfigError::new(
-                "--kafka-topic",
-                format!("{sample:?} is not a valid Kafka topic name (letters, digits, . _ -)"),
-            ));
-        }
+        self.check_topic("--kafka-topic", &self.topic)?;
         if self.linger >= publish_timeout {
             return Err(ConfigError::new(
                 "--kafka-linger",
@@ -72,6 +56,29 @@ impl KafkaConfig {
         }
         for (key, value) in self.all_options() {
             check_option(key, value, publish_timeout)?;
+        }
+        Ok(())
+    }
+
+    /// A topic template (`--kafka-topic` or an app's own, named by `key`): no `{partition}`,
+    /// and a valid topic name.
+    pub fn check_topic(&self, key: &str, topic: &Template) -> Result<(), ConfigError> {
+        if topic.uses_partition() {
+            return Err(ConfigError::new(
+                key.to_owned(),
+                "{partition} is not allowed: Kafka picks the partition from the GroupId key",
+            ));
+        }
+        let sample = topic.sample();
+        if sample.len() > 249
+            || !sample
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(ConfigError::new(
+                key.to_owned(),
+                format!("{sample:?} is not a valid Kafka topic name (letters, digits, . _ -)"),
+            ));
         }
         Ok(())
     }

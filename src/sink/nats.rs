@@ -55,18 +55,26 @@ impl NatsConfig {
                 "must be a name without spaces, '.', '*', '>', '/' or '\\'",
             ));
         }
-        // The subject of a typical callback must fall in the stream, or every publish would be
-        // refused with "no responders".
-        let sample = self.subject.sample();
+        self.check_subject("--nats-subject", &self.subject)
+    }
+
+    /// A subject template (`--nats-subject` or an app's own, named by `key`) must put a
+    /// typical callback in the stream, or every publish would be refused with "no responders".
+    pub fn check_subject(&self, key: &str, subject: &Template) -> Result<(), ConfigError> {
+        let sample = subject.sample();
         if !self
             .stream_subjects
             .iter()
             .any(|pattern| subject_matches(pattern, &sample))
         {
             return Err(ConfigError::new(
-                "--nats-stream-subjects",
+                if key == "--nats-subject" {
+                    "--nats-stream-subjects".to_owned()
+                } else {
+                    key.to_owned()
+                },
                 format!(
-                    "{:?} do not cover the subject {sample:?} of --nats-subject",
+                    "the stream's subjects {:?} (--nats-stream-subjects) do not cover the subject {sample:?} of {key}",
                     self.stream_subjects
                 ),
             ));
@@ -287,8 +295,29 @@ async fn keep_stream(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A NATS configuration as the flags' defaults make it.
+    pub(crate) fn config() -> NatsConfig {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            stream: "TIM".into(),
+            stream_subjects: vec!["tim.>".into()],
+            stream_replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            subject: Template::parse("--nats-subject", "tim.{command}.{partition}").unwrap(),
+            creds_file: None,
+            token: None,
+            user_password: None,
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_required: false,
+            connect_timeout: Duration::from_secs(2),
+            max_pending_acks: 8192,
+            client_capacity: 8192,
+        }
+    }
 
     #[test]
     fn subject_patterns() {

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::partition::partition;
 use super::template::Template;
+use crate::config::apps::App;
 use crate::tencent::callback::commands::{self, Identity, Key};
 use crate::tencent::callback::Callback;
 
@@ -57,10 +58,13 @@ impl Record {
     }
 }
 
-/// Turns callbacks into records for one destination template and partition count.
+/// Turns callbacks into records for a destination template (and the apps' own ones) and a
+/// partition count.
 #[derive(Debug, Clone)]
 pub struct RecordBuilder {
     destination: Template,
+    /// Apps with a destination of their own (a handful: a scan beats a hash).
+    app_destinations: Vec<(u64, Template)>,
     partitions: u32,
 }
 
@@ -68,16 +72,30 @@ impl RecordBuilder {
     pub fn new(destination: Template, partitions: u32) -> RecordBuilder {
         RecordBuilder {
             destination,
+            app_destinations: Vec::new(),
             partitions: partitions.max(1),
         }
+    }
+
+    /// Routes each app that has a destination of its own there.
+    pub fn with_apps(mut self, apps: &[App]) -> RecordBuilder {
+        self.app_destinations = apps
+            .iter()
+            .filter_map(|app| Some((app.sdkappid, app.destination.clone()?)))
+            .collect();
+        self
     }
 
     pub fn build(&self, callback: Callback) -> Record {
         let key = partition_key(&callback).into_owned();
         let partition = partition(key.as_bytes(), self.partitions);
-        let destination =
-            self.destination
-                .render(callback.command(), partition, callback.sdkappid());
+        let sdkappid = callback.sdkappid();
+        let template = self
+            .app_destinations
+            .iter()
+            .find(|(id, _)| *id == sdkappid)
+            .map_or(&self.destination, |(_, template)| template);
+        let destination = template.render(callback.command(), partition, sdkappid);
         let headers = headers(&callback);
         Record {
             destination,
@@ -216,22 +234,47 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::tencent::callback::{body, AppIds, Policy, VerifiedQuery};
+    use crate::config::apps::Apps;
+    use crate::tencent::callback::{body, Policy, VerifiedQuery};
+
+    fn policy() -> Policy {
+        Policy {
+            apps: Apps::Listed(vec![App::new(1400000000, None)]),
+            max_clock_skew: Duration::from_secs(60),
+        }
+    }
 
     const GROUP: &[u8] = br#"{"CallbackCommand":"Group.CallbackAfterSendMsg","GroupId":"@TGS#2J4SZEAEL","From_Account":"jared","MsgSeq":123,"MsgBody":[]}"#;
 
     fn build(query: &str, body: &'static [u8]) -> Record {
-        let policy = Policy {
-            sdkappids: AppIds::Only(vec![1400000000]),
-            token: None,
-            max_clock_skew: Duration::from_secs(60),
-        };
-        let callback = VerifiedQuery::verify(query, &policy, 0)
+        let callback = VerifiedQuery::verify(query, &policy(), 0)
             .unwrap()
             .accept(Bytes::from_static(body), 1234)
             .unwrap();
         let template = Template::parse("--nats-subject", "tim.{command}.{partition}").unwrap();
         RecordBuilder::new(template, 16).build(callback)
+    }
+
+    #[test]
+    fn an_app_with_its_own_destination_goes_there() {
+        let mut staging = App::new(1400000001, None);
+        staging.destination = Some(Template::parse("k", "staging.{command}").unwrap());
+        let policy = Policy {
+            apps: Apps::Listed(vec![App::new(1400000000, None), staging.clone()]),
+            max_clock_skew: Duration::from_secs(60),
+        };
+        let builder = RecordBuilder::new(Template::parse("k", "tim.{sdkappid}").unwrap(), 16)
+            .with_apps(&[App::new(1400000000, None), staging]);
+        let record = |app: u64| {
+            let query = format!("SdkAppid={app}&CallbackCommand=Group.CallbackAfterSendMsg");
+            let callback = VerifiedQuery::verify(&query, &policy, 0)
+                .unwrap()
+                .accept(Bytes::from_static(GROUP), 0)
+                .unwrap();
+            builder.build(callback).destination
+        };
+        assert_eq!(record(1400000000), "tim.1400000000");
+        assert_eq!(record(1400000001), "staging.Group.CallbackAfterSendMsg");
     }
 
     #[test]
@@ -281,12 +324,7 @@ mod tests {
             let query = format!(
                 "SdkAppid=1400000000&CallbackCommand={command}&contenttype=json&ClientIP=127.0.0.1&OptPlatform=RESTAPI"
             );
-            let policy = Policy {
-                sdkappids: AppIds::Only(vec![1400000000]),
-                token: None,
-                max_clock_skew: Duration::from_secs(60),
-            };
-            let callback = VerifiedQuery::verify(&query, &policy, 0)
+            let callback = VerifiedQuery::verify(&query, &policy(), 0)
                 .unwrap()
                 .accept(Bytes::from(bytes.clone()), 1234)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));

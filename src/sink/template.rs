@@ -20,23 +20,23 @@ enum Part {
 }
 
 impl Template {
-    pub fn parse(flag: &'static str, text: &str) -> Result<Template, ConfigError> {
+    pub fn parse(flag: &str, text: &str) -> Result<Template, ConfigError> {
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
             if open > 0 {
                 parts.push(Part::Literal(rest[..open].to_owned()));
             }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| ConfigError::new(flag, format!("unclosed '{{' in {text:?}")))?;
+            let close = rest[open..].find('}').ok_or_else(|| {
+                ConfigError::new(flag.to_owned(), format!("unclosed '{{' in {text:?}"))
+            })?;
             parts.push(match &rest[open + 1..open + close] {
                 "command" => Part::Command,
                 "partition" => Part::Partition,
                 "sdkappid" => Part::SdkAppid,
                 other => {
                     return Err(ConfigError::new(
-                        flag,
+                        flag.to_owned(),
                         format!(
                             "unknown placeholder {{{other}}} (use {{command}}, {{partition}}, {{sdkappid}})"
                         ),
@@ -49,7 +49,7 @@ impl Template {
             parts.push(Part::Literal(rest.to_owned()));
         }
         if parts.is_empty() {
-            return Err(ConfigError::new(flag, "must not be empty"));
+            return Err(ConfigError::new(flag.to_owned(), "must not be empty"));
         }
         Ok(Template { parts })
     }

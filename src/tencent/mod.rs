@@ -1,4 +1,5 @@
 //! Tencent's side of the wire. [`callback`]: the webhook protocol (query, signature, body,
-//! answer), pure functions; later issues add the REST client the auditor uses.
+//! answer), pure functions; [`rest`]: the REST API the auditor calls.
 
 pub mod callback;
+pub mod rest;

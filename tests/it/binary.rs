@@ -66,7 +66,19 @@ fn configuration_errors_exit_64_with_one_line_naming_the_flag() {
             "--sink",
         ),
     ];
-    for (args, flag) in cases {
+    // A configuration file's mistake names the file and the key path.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("apps.yaml");
+    std::fs::write(
+        &file,
+        "apps:\n  - sdkappid: 1400000000\n    token: a\n  - sdkappid: 1400000001\n    tokn: b\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let apps_error = format!("{file}: apps[1].tokn: unknown field `tokn`");
+    let apps_args = ["serve", "--config", file];
+    let cases = [cases, &[(&apps_args[..], apps_error.as_str())]].concat();
+    for (args, flag) in &cases {
         let out = Command::new(BIN).args(*args).output().unwrap();
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod apps;
 mod binary;
 mod forward;
 mod handler;

@@ -15,23 +15,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::config::apps::Apps;
 use crate::ingest::Rejection;
 pub use body::Fields;
 pub use query::Query;
 pub use signature::Token;
 
-/// Which callbacks the bridge accepts: the app ids it serves and, when set, the token.
+/// Which callbacks the bridge accepts: the apps it serves, each with its token (or none).
 #[derive(Debug, Clone)]
 pub struct Policy {
-    pub sdkappids: AppIds,
-    pub token: Option<Token>,
+    pub apps: Apps,
     pub max_clock_skew: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AppIds {
-    Any,
-    Only(Vec<u64>),
 }
 
 /// A callback URL that passed the app id and signature checks; its body is not read yet.
@@ -44,12 +38,13 @@ impl VerifiedQuery {
     /// Checks the query string. `now_unix` is this server's clock, for `RequestTime`.
     pub fn verify(raw: &str, policy: &Policy, now_unix: u64) -> Result<VerifiedQuery, Rejection> {
         let query = Query::parse(raw)?;
-        if let AppIds::Only(ids) = &policy.sdkappids {
-            if !ids.contains(&query.sdkappid) {
-                return Err(Rejection::ForbiddenAppId(query.sdkappid));
-            }
-        }
-        if let Some(token) = &policy.token {
+        let token = policy
+            .apps
+            .token_for(query.sdkappid)
+            .ok_or(Rejection::ForbiddenAppId(query.sdkappid))?;
+        // Each app's callbacks are signed with its own token: another app's valid signature
+        // is a bad signature here.
+        if let Some(token) = token {
             signature::verify(
                 token,
                 query.sign.as_deref(),
@@ -63,6 +58,10 @@ impl VerifiedQuery {
 
     pub fn command(&self) -> &str {
         &self.query.command
+    }
+
+    pub fn sdkappid(&self) -> u64 {
+        self.query.sdkappid
     }
 
     /// How far the signed `RequestTime` is from `now_unix`, when the URL was signed.
@@ -134,37 +133,57 @@ pub fn command_label(command: &str) -> &'static str {
 mod tests {
     use super::*;
 
-    fn policy() -> Policy {
+    use crate::config::apps::App;
+
+    fn policy(apps: Vec<App>) -> Policy {
         Policy {
-            sdkappids: AppIds::Only(vec![1400000000]),
-            token: None,
+            apps: Apps::Listed(apps),
             max_clock_skew: Duration::from_secs(60),
         }
     }
 
     #[test]
     fn refuses_other_apps() {
-        let err = VerifiedQuery::verify("SdkAppid=1400000001&CallbackCommand=A.B", &policy(), 0)
-            .unwrap_err();
+        let one = policy(vec![App::new(1400000000, None)]);
+        let err =
+            VerifiedQuery::verify("SdkAppid=1400000001&CallbackCommand=A.B", &one, 0).unwrap_err();
         assert_eq!(err.reason(), "forbidden_sdkappid");
         let any = Policy {
-            sdkappids: AppIds::Any,
-            ..policy()
+            apps: Apps::Any { token: None },
+            ..one
         };
         VerifiedQuery::verify("SdkAppid=1400000001&CallbackCommand=A.B", &any, 0).unwrap();
     }
 
+    /// Tencent's worked example: token xxxxyyyy, RequestTime 1669872112.
+    const SIGNED: &str = "RequestTime=1669872112&Sign=17773bc39a671d7b9aa835458704d2a6db81360a5940292b587d6d760d484061";
+
     #[test]
     fn requires_the_signature_when_a_token_is_set() {
-        let signed = Policy {
-            token: Some(Token::new("xxxxyyyy".into())),
-            ..policy()
-        };
+        let signed = policy(vec![App::new(
+            1400000000,
+            Some(Token::new("xxxxyyyy".into())),
+        )]);
         let base = "SdkAppid=1400000000&CallbackCommand=A.B";
         let err = VerifiedQuery::verify(base, &signed, 1669872112).unwrap_err();
         assert_eq!(err.reason(), "missing_signature");
-        let ok = format!("{base}&RequestTime=1669872112&Sign=17773bc39a671d7b9aa835458704d2a6db81360a5940292b587d6d760d484061");
-        VerifiedQuery::verify(&ok, &signed, 1669872112).unwrap();
+        VerifiedQuery::verify(&format!("{base}&{SIGNED}"), &signed, 1669872112).unwrap();
+    }
+
+    #[test]
+    fn each_app_is_verified_with_its_own_token() {
+        let two = policy(vec![
+            App::new(1400000000, Some(Token::new("xxxxyyyy".into()))),
+            App::new(1400000001, Some(Token::new("other-token".into()))),
+            App::new(1400000002, None),
+        ]);
+        let query = |app: u64| format!("SdkAppid={app}&CallbackCommand=A.B&{SIGNED}");
+        VerifiedQuery::verify(&query(1400000000), &two, 1669872112).unwrap();
+        // The first app's valid signature does not pass for the second.
+        let err = VerifiedQuery::verify(&query(1400000001), &two, 1669872112).unwrap_err();
+        assert_eq!(err.reason(), "bad_signature");
+        // An unsigned app needs none (and ignores one).
+        VerifiedQuery::verify("SdkAppid=1400000002&CallbackCommand=A.B", &two, 0).unwrap();
     }
 
     #[test]

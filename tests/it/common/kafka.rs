@@ -96,14 +96,10 @@ impl Drop for Tansu {
 
 /// The bridge in-process with the Kafka sink on `bootstrap` (plus `extra` flags), ready.
 pub async fn start_bridge(bootstrap: &str, extra: &[&str]) -> timbridge::Bridge {
-    let mut flags = vec![
-        "--sink",
-        "kafka",
-        "--kafka-brokers",
-        bootstrap,
-        "--sdkappid",
-        "1400000000",
-    ];
+    let mut flags = vec!["--sink", "kafka", "--kafka-brokers", bootstrap];
+    if !extra.contains(&"--config") {
+        flags.extend_from_slice(&["--sdkappid", "1400000000"]);
+    }
     flags.extend_from_slice(extra);
     let bridge = super::start(&flags).await;
     super::wait_readyz(bridge.admin_addr(), 200, Duration::from_secs(20)).await;

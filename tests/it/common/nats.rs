@@ -162,7 +162,7 @@ pub async fn start_bridge_unready(nats: &NatsServer, extra: &[&str]) -> timbridg
     let mut flags = vec!["--sink", "nats", "--nats-url", &url];
     if !extra
         .iter()
-        .any(|f| *f == "--sdkappid" || *f == "--allow-any-sdkappid")
+        .any(|f| ["--sdkappid", "--allow-any-sdkappid", "--config"].contains(f))
     {
         flags.extend_from_slice(&["--sdkappid", "1400000000"]);
     }

@@ -1,7 +1,12 @@
 //! The validated configuration: plain data, no I/O. Built from the command line by
 //! [`crate::cli`] (each sink's rules live with the sink: [`crate::sink::nats`],
-//! [`crate::sink::kafka`]); tests build it the same way.
+//! [`crate::sink::kafka`]) and, for the apps, from `--config FILE` ([`file`]); tests build it
+//! the same way.
 
+pub mod apps;
+pub mod file;
+
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -59,20 +64,38 @@ impl SinkConfig {
             SinkConfig::Stdout => Template::stdout(),
         }
     }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkConfig::Stdout => "stdout",
+            SinkConfig::Nats(_) => "nats",
+            SinkConfig::Kafka(_) => "kafka",
+        }
+    }
+
+    /// Checks an app's own destination template (named by `key`) with the sink's rules.
+    pub fn check_destination(&self, key: &str, template: &Template) -> Result<(), ConfigError> {
+        match self {
+            SinkConfig::Nats(nats) => nats.check_subject(key, template),
+            SinkConfig::Kafka(kafka) => kafka.check_topic(key, template),
+            SinkConfig::Stdout => Ok(()),
+        }
+    }
 }
 
 /// A configuration that cannot work; `main` prints it on one line and exits with 64.
 #[derive(Debug, thiserror::Error)]
 #[error("{flag}: {message}")]
 pub struct ConfigError {
-    pub flag: &'static str,
+    /// The flag, or the configuration file and the key path in it (`apps.yaml: apps[1].token`).
+    pub flag: Cow<'static, str>,
     pub message: String,
 }
 
 impl ConfigError {
-    pub fn new(flag: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(flag: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         ConfigError {
-            flag,
+            flag: flag.into(),
             message: message.into(),
         }
     }

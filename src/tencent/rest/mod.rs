@@ -1,0 +1,67 @@
+//! Tencent's server-side REST API, which the auditor calls on an app's behalf. So far: where
+//! each app's calls go ([`Region`]).
+
+use serde::Deserialize;
+
+/// Where an app lives, which decides the domain of its REST calls (Tencent's "REST API
+/// Overview" lists one domain per data centre).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Region {
+    China,
+    Singapore,
+    Seoul,
+    Tokyo,
+    Frankfurt,
+    Mumbai,
+    SiliconValley,
+    Jakarta,
+}
+
+impl Region {
+    /// Every region, in the order of Tencent's table.
+    pub const ALL: [Region; 8] = [
+        Region::China,
+        Region::Singapore,
+        Region::Seoul,
+        Region::Tokyo,
+        Region::Frankfurt,
+        Region::Mumbai,
+        Region::SiliconValley,
+        Region::Jakarta,
+    ];
+
+    /// The domain of the region's REST endpoint.
+    pub fn domain(self) -> &'static str {
+        match self {
+            Region::China => "console.tim.qq.com",
+            Region::Singapore => "adminapisgp.im.qcloud.com",
+            Region::Seoul => "adminapikr.im.qcloud.com",
+            Region::Tokyo => "adminapijpn.im.qcloud.com",
+            Region::Frankfurt => "adminapiger.im.qcloud.com",
+            Region::Mumbai => "adminapiind.im.qcloud.com",
+            Region::SiliconValley => "adminapiusa.im.qcloud.com",
+            Region::Jakarta => "adminapiidn.im.qcloud.com",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The domains of docs/protocol.md's region table, in its order.
+    #[test]
+    fn domains_match_the_protocol_notes() {
+        let notes = include_str!("../../../docs/protocol.md");
+        let table: Vec<&str> = notes
+            .lines()
+            .skip_while(|l| !l.starts_with("| region | domain |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| l.split('`').nth(1).expect("a domain in backticks"))
+            .collect();
+        let ours: Vec<&str> = Region::ALL.iter().map(|r| r.domain()).collect();
+        assert_eq!(table, ours);
+    }
+}
