@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 import helmrender
-from conftest import bridge_binary
+from conftest import Process, bridge_binary, free_port, http, wait_for
 from helmrender import CHART, REPO, SCENARIOS
 
 K8S_VERSION = "1.30.0"
@@ -55,7 +56,7 @@ def case(request):
 def test_scenarios_exist():
     assert {p.stem for p in SCENARIOS} >= {
         "kafka-values", "nats-values", "ingress-values", "autoscaling-values",
-        "existing-secret-values"}
+        "existing-secret-values", "apps-values"}
 
 
 # --- Kubernetes schemas --------------------------------------------------------------------
@@ -144,8 +145,11 @@ def test_config_names_only_real_flags(case):
     assert len(known) > 40
     names = set(bridge_config(objs))
     container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    names |= {e["name"] for e in container.get("env", [])}
+    env = {e["name"] for e in container.get("env", [])}
+    names |= {n for n in env if n.startswith("TIMBRIDGE_")}
     assert names - known == set()
+    # The other variables are the apps' credentials, each named by the --config file.
+    assert env - names == set(app_credential_variables(objs))
 
 
 def test_service_exposes_callback_and_metrics(case):
@@ -159,7 +163,9 @@ def test_secret_or_existing_secret(case):
     values, objs = case
     existing = ((values or {}).get("secret") or {}).get("existingSecret")
     container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    apps = set(app_credential_variables(objs))
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
+            if "valueFrom" in e and e["name"] not in apps}
     if existing:
         assert by_kind(objs, "Secret") == []
         assert refs == {existing}
@@ -168,6 +174,79 @@ def test_secret_or_existing_secret(case):
     config = bridge_config(objs)
     assert not any(k in config for k in ("TIMBRIDGE_TOKEN", "TIMBRIDGE_NATS_PASSWORD",
                                           "TIMBRIDGE_KAFKA_SASL_PASSWORD"))
+
+
+def apps_file(objs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The bridge's --config file, when the values list apps."""
+    found = [o for o in by_kind(objs, "ConfigMap") if "apps.yaml" in o.get("data", {})]
+    return yaml.safe_load(found[0]["data"]["apps.yaml"]) if found else None
+
+
+def app_credential_variables(objs: list[dict[str, Any]]) -> list[str]:
+    """The environment variables the --config file reads credentials from."""
+    names = []
+    for app in (apps_file(objs) or {"apps": []})["apps"]:
+        names.append(app["token_env"])
+        if "rest" in app:
+            names.append(app["rest"]["secret_key_env"])
+    return names
+
+
+def test_apps_scenario_renders_both_apps_with_secrets_from_their_secrets():
+    values = helmrender.load_values(CHART / "ci" / "apps-values.yaml")
+    objs = render_objects(values)
+    assert apps_file(objs) == {"apps": [
+        {"sdkappid": 1400000001, "token_env": "TIM_APP_1400000001_TOKEN",
+         "rest": {"region": "singapore", "identifier": "administrator",
+                  "secret_key_env": "TIM_APP_1400000001_REST_SECRET_KEY"}},
+        {"sdkappid": 1400000002, "token_env": "TIM_APP_1400000002_TOKEN",
+         "nats_subject": "staging.{command}.{partition}"},
+    ]}
+    config = bridge_config(objs)
+    assert config["TIMBRIDGE_CONFIG"] == "/etc/timbridge/config/apps.yaml"
+    assert "TIMBRIDGE_SDKAPPID" not in config
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs["TIM_APP_1400000001_TOKEN"] == {"name": "tim-production", "key": "callback-token"}
+    assert refs["TIM_APP_1400000001_REST_SECRET_KEY"] == {"name": "tim-production", "key": "secret-key"}
+    assert refs["TIM_APP_1400000002_TOKEN"] == {"name": "tim-staging", "key": "token"}
+    assert "TIMBRIDGE_TOKEN" not in refs, "one token per app, not one for all"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "apps"]
+    assert mount["mountPath"] == "/etc/timbridge/config"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "apps"]
+    apps_map = [o for o in by_kind(objs, "ConfigMap") if "apps.yaml" in o.get("data", {})][0]
+    assert volume["configMap"]["name"] == apps_map["metadata"]["name"]
+    assert "checksum/apps" in one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    notes = next(v for k, v in helmrender.render(values).items() if k.endswith("NOTES.txt"))
+    assert "1400000002: token from Secret tim-staging" in notes
+    assert "bridge.sdkappids is empty" not in notes and "NONE" not in notes
+
+
+def test_the_bridge_accepts_the_pod_environment_the_apps_scenario_renders(tmp_path):
+    """The rendered ConfigMap and --config file, with the Secrets' values in their variables,
+    as the pod gets them: the real binary starts with them (and refuses a missing token)."""
+    objs = render_objects(helmrender.load_values(CHART / "ci" / "apps-values.yaml"))
+    config_file = tmp_path / "apps.yaml"
+    apps_map = [o for o in by_kind(objs, "ConfigMap") if "apps.yaml" in o.get("data", {})][0]
+    config_file.write_text(apps_map["data"]["apps.yaml"])
+    admin = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMBRIDGE_")}
+    env.update(bridge_config(objs))
+    env.update({"TIMBRIDGE_CONFIG": str(config_file), "TIMBRIDGE_LISTEN": "127.0.0.1:0",
+                "TIMBRIDGE_ADMIN_LISTEN": f"127.0.0.1:{admin}"})
+    credentials = {name: f"value-of-{name}" for name in app_credential_variables(objs)}
+    proc = Process([str(bridge_binary()), "serve"], "timbridge-apps", env={**env, **credentials})
+    try:
+        wait_for("the bridge's /healthz",
+                 lambda: not proc.alive() or http("GET", f"http://127.0.0.1:{admin}/healthz")[0] == 200)
+        assert proc.alive(), proc.output()
+    finally:
+        proc.stop()
+    missing = subprocess.run([str(bridge_binary()), "serve"], env=env, capture_output=True,
+                             text=True, timeout=30)
+    assert missing.returncode == 64
+    assert "apps[0].token_env: TIM_APP_1400000001_TOKEN" in missing.stderr
 
 
 def test_pdb_on_by_default_with_two_replicas():
@@ -324,6 +403,14 @@ BAD_VALUES = [
     {"metrics": {"serviceMonitor": {"interval": "often"}}},
     {"unknownTopLevelKey": True},
     {"bridge": {"maxInfligt": 10}},
+    # An app without a token source, or with one that names no key.
+    {"apps": [{"sdkappid": 1400000001}]},
+    {"apps": [{"sdkappid": 1400000001, "tokenSecret": {"name": "tim"}}]},
+    {"apps": [{"sdkappid": 1400000001, "token": "inline"}]},
+    {"apps": [{"sdkappid": "14000abc", "tokenSecret": {"name": "tim", "key": "token"}}]},
+    {"apps": [{"sdkappid": 1, "tokenSecret": {"name": "t", "key": "k"},
+               "rest": {"region": "mars", "identifier": "admin",
+                        "secretKeySecret": {"name": "t", "key": "s"}}}]},
 ]
 
 
@@ -341,6 +428,21 @@ def test_schema_rejects_bad_values(bad):
 def test_schema_accepts_defaults_and_scenarios(path):
     with helm.Chart.load(str(CHART)) as chart:
         chart.validate_schema(chart.merge_values(helmrender.load_values(path)))
+
+
+APP = {"sdkappid": 1400000001, "tokenSecret": {"name": "tim", "key": "token"}}
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"apps": [APP], "bridge": {"sdkappids": ["1400000000"]}}, "apps replaces"),
+    ({"apps": [APP], "secret": {"token": "t"}}, "apps replaces"),
+    ({"apps": [APP, APP]}, "listed twice"),
+    ({"apps": [{**APP, "kafkaTopic": "t"}]}, "sets kafkaTopic, but bridge.sink is nats"),
+    ({"apps": [{**APP, "natsSubject": "s"}], "bridge": {"sink": "kafka"}}, "sets natsSubject"),
+], ids=["sdkappids", "token", "twice", "kafka-topic-on-nats", "nats-subject-on-kafka"])
+def test_template_refuses_inconsistent_apps(values, message):
+    with pytest.raises(helm.HelmError, match=message):
+        helmrender.render(values)
 
 
 def test_template_refuses_inconsistent_shutdown():

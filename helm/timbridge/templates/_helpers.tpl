@@ -75,3 +75,32 @@ included); the kubelet's SIGKILL must come later, so the grace period adds a mar
 {{- $cfg := index . 0 }}{{- $kind := index . 1 }}{{- $root := index . 2 }}
 {{- if or $cfg.enabled (and $cfg.autoDetect ($root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind))) }}true{{ end }}
 {{- end }}
+
+{{/* The environment variable holding an app's credential: (list sdkappid "TOKEN"). */}}
+{{- define "timbridge.appEnv" -}}
+{{- printf "TIM_APP_%d_%s" (int64 (index . 0)) (index . 1) }}
+{{- end }}
+
+{{/*
+apps replaces bridge.sdkappids, bridge.allowAnySdkappid and secret.token (the bridge refuses
+--config together with them); each app once, with the destination key of the sink in use.
+*/}}
+{{- define "timbridge.checkApps" -}}
+{{- if and .Values.apps (or .Values.bridge.sdkappids .Values.bridge.allowAnySdkappid .Values.secret.token) }}
+{{- fail "apps replaces bridge.sdkappids, bridge.allowAnySdkappid and secret.token: set one or the other" }}
+{{- end }}
+{{- $seen := dict }}
+{{- range .Values.apps }}
+{{- $id := toString (int64 .sdkappid) }}
+{{- if hasKey $seen $id }}
+{{- fail (printf "apps: sdkappid %s is listed twice" $id) }}
+{{- end }}
+{{- $_ := set $seen $id true }}
+{{- if and .kafkaTopic (ne $.Values.bridge.sink "kafka") }}
+{{- fail (printf "apps: sdkappid %s sets kafkaTopic, but bridge.sink is %s (set natsSubject)" $id $.Values.bridge.sink) }}
+{{- end }}
+{{- if and .natsSubject (eq $.Values.bridge.sink "kafka") }}
+{{- fail (printf "apps: sdkappid %s sets natsSubject, but bridge.sink is kafka (set kafkaTopic)" $id) }}
+{{- end }}
+{{- end }}
+{{- end }}
