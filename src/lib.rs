@@ -20,11 +20,13 @@
 //! ```
 //!
 //! Module map:
-//! - [`cli`] (flags, each with a `TIMBRIDGE_*` env fallback) → [`config`] (plain data).
+//! - [`cli`] (flags, each with a `TIMBRIDGE_*` env fallback) → [`config`] (plain data; the
+//!   apps from the flags or from `--config FILE`).
 //! - [`bridge`]: the composition root; [`shutdown`]: signals and the ordered stop.
 //! - [`http`]: the callback listener, the slow-loris guard, the admin listener.
 //! - [`ingest`]: the handler, admission control, every rejection with its status and code.
-//! - [`tencent`]: Tencent's callback protocol (query, signature, body, reply), pure functions.
+//! - [`tencent`]: Tencent's callback protocol (query, signature, body, reply), pure functions;
+//!   the REST API's regions.
 //! - [`before`]: before-callbacks, answered OK at once and published in the background.
 //! - [`deliver`]: the seam between the handler and where records go.
 //! - [`sink`]: the wire record and partitioner, and the stdout, NATS JetStream and Kafka sinks.
