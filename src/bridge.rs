@@ -9,11 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::deliver::Deliver;
+use crate::deliver::{Ack, DeliveryError};
 use crate::http::{self, admin, ConnectionLimits};
 use crate::ingest::Handler;
 use crate::metrics::Metrics;
 use crate::shutdown::{self, Budget, Task};
-use crate::sink::Sink;
+use crate::sink::{Record, Sink};
+use crate::spool::{OpenError, Spool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -24,10 +26,58 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Spool(#[from] OpenError),
+}
+
+/// What the handler delivers to: the sink itself (direct mode: 200 after the broker's ack), or
+/// the spool in front of it (spooled mode: 200 once fsynced).
+// One per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Delivery {
+    Direct(Sink),
+    Spooled(Spool<Sink>),
+}
+
+impl Deliver for Delivery {
+    fn name(&self) -> &'static str {
+        match self {
+            Delivery::Direct(sink) => sink.name(),
+            Delivery::Spooled(spool) => spool.name(),
+        }
+    }
+
+    async fn deliver(&self, record: &Record) -> Result<Ack, DeliveryError> {
+        match self {
+            Delivery::Direct(sink) => sink.deliver(record).await,
+            Delivery::Spooled(spool) => spool.deliver(record).await,
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Delivery::Direct(sink) => sink.is_ready(),
+            Delivery::Spooled(spool) => spool.is_ready(),
+        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        match self {
+            Delivery::Direct(sink) => sink.is_healthy(),
+            Delivery::Spooled(spool) => spool.is_healthy() && spool.sink().is_healthy(),
+        }
+    }
+
+    async fn close(&self, timeout: std::time::Duration) {
+        match self {
+            Delivery::Direct(sink) => sink.close(timeout).await,
+            Delivery::Spooled(spool) => spool.close(timeout).await,
+        }
+    }
 }
 
 /// A running bridge: both listeners bound and serving.
-pub struct Bridge<D: Deliver = Sink> {
+pub struct Bridge<D: Deliver = Delivery> {
     handler: Arc<Handler<D>>,
     addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -36,13 +86,27 @@ pub struct Bridge<D: Deliver = Sink> {
     budget: Budget,
 }
 
-impl Bridge<Sink> {
-    /// Connects the configured sink (in the background for brokers), binds both listeners and
-    /// starts serving.
-    pub async fn start(config: Config) -> Result<Bridge<Sink>, StartError> {
+impl Bridge<Delivery> {
+    /// Connects the configured sink (in the background for brokers), opens the spool in
+    /// spooled mode (recovering it in the background), binds both listeners and starts
+    /// serving.
+    pub async fn start(config: Config) -> Result<Bridge<Delivery>, StartError> {
         let metrics = new_metrics()?;
         let sink = Sink::connect(&config.sink, config.publish_timeout, &metrics).await?;
-        Bridge::serve(config, sink, metrics).await
+        let delivery = match &config.spool {
+            None => Delivery::Direct(sink),
+            Some(spool) => Delivery::Spooled(Spool::open(spool.clone(), sink, &metrics)?),
+        };
+        Bridge::serve(config, delivery, metrics).await
+    }
+
+    /// Resolves when the bridge can no longer keep its promise (the spool's fsync failed): the
+    /// process must exit non-zero. Never resolves in direct mode.
+    pub async fn failed(&self) {
+        match self.handler.delivery() {
+            Delivery::Spooled(spool) => spool.fatal().cancelled_owned().await,
+            Delivery::Direct(_) => std::future::pending().await,
+        }
     }
 }
 

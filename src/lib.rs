@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod secret;
 pub mod shutdown;
 pub mod sink;
+pub mod spool;
 pub mod tencent;
 
 pub use bridge::{Bridge, StartError};

@@ -3,12 +3,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use timbridge::cli::{Cli, Command, LogFormat};
+use timbridge::cli::{Cli, Command, DrainArgs, LogFormat, SpoolCommand};
 use timbridge::{shutdown, Bridge, StartError};
 use tracing_subscriber::EnvFilter;
 
 /// BSD's EX_USAGE: the configuration is wrong.
 const EXIT_CONFIG: u8 = 64;
+/// BSD's EX_IOERR: the spool's disk failed; what it holds is kept for the next start.
+const EXIT_IO: u8 = 74;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -26,7 +28,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Spool(SpoolCommand::Inspect { dir }) => return inspect(&dir),
+        Command::Spool(SpoolCommand::Drain(args)) => return drain(*args),
+    };
 
     let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -68,11 +74,70 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        shutdown::signal().await;
+        tokio::select! {
+            _ = shutdown::signal() => {}
+            _ = bridge.failed() => {
+                eprintln!("timbridge: the spool's disk failed; exiting (what was answered 200 stays in the spool)");
+                return ExitCode::from(EXIT_IO);
+            }
+        }
         tokio::select! {
             _ = bridge.shutdown() => ExitCode::SUCCESS,
             _ = shutdown::signal() => {
                 eprintln!("timbridge: second signal: exiting without finishing the drain");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// `timbridge spool inspect DIR`: the report on stdout; 1 when a record is corrupt.
+fn inspect(dir: &std::path::Path) -> ExitCode {
+    match timbridge::spool::inspect::inspect(dir) {
+        Ok(report) => {
+            print!("{report}");
+            if report.is_corrupt() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(err) => {
+            eprintln!("timbridge: {}: {err}", dir.display());
+            ExitCode::from(EXIT_IO)
+        }
+    }
+}
+
+/// `timbridge spool drain DIR`: forwards the spool's records and exits once it is empty.
+fn drain(args: DrainArgs) -> ExitCode {
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let (sink, spool) = match args.into_config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("timbridge: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("timbridge: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match timbridge::spool::drain(sink, spool).await {
+            Ok(forwarded) => {
+                eprintln!("timbridge: spool drained ({forwarded} records forwarded)");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("timbridge: {err}");
                 ExitCode::FAILURE
             }
         }

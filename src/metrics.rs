@@ -40,6 +40,98 @@ pub struct Metrics {
     sink_backpressure: IntGauge,
     draining: IntGauge,
     kafka: KafkaGauges,
+    spool: SpoolMetrics,
+}
+
+/// Spooled mode (`--spool-dir`): the log, its fsyncs and the forwarder.
+#[derive(Clone)]
+pub struct SpoolMetrics {
+    pub bytes: IntGauge,
+    pub unforwarded: IntGauge,
+    pub oldest_age: Gauge,
+    pub fsync_duration: Histogram,
+    pub batch_records: Histogram,
+    pub forwarded: IntCounter,
+    pub retries: IntCounter,
+    pub replayed: IntCounter,
+    pub corrupt_records: IntCounter,
+    pub corrupt_segments: IntGauge,
+    pub dead_letters: IntCounter,
+}
+
+impl SpoolMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<SpoolMetrics> {
+        let m = SpoolMetrics {
+            bytes: IntGauge::new(
+                "timbridge_spool_bytes",
+                "Bytes of the spool's segments on disk (bounded by --spool-max-bytes).",
+            )?,
+            unforwarded: IntGauge::new(
+                "timbridge_spool_unforwarded_records",
+                "Records answered 200 and not yet acknowledged by the broker: the forwarder's lag.",
+            )?,
+            oldest_age: Gauge::new(
+                "timbridge_spool_oldest_unforwarded_age_seconds",
+                "Age of the oldest record the forwarder has not had acknowledged (0 when caught up).",
+            )?,
+            fsync_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "timbridge_spool_fsync_duration_seconds",
+                    "Time of each group commit's fdatasync.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            batch_records: Histogram::with_opts(
+                HistogramOpts::new(
+                    "timbridge_spool_batch_records",
+                    "Callbacks made durable by one fdatasync (group commit).",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0]),
+            )?,
+            forwarded: IntCounter::new(
+                "timbridge_spool_forwarded_records_total",
+                "Records the forwarder had acknowledged by the broker.",
+            )?,
+            retries: IntCounter::new(
+                "timbridge_spool_forward_retries_total",
+                "Publishes the forwarder retried after a transient error (broker down, timeout).",
+            )?,
+            replayed: IntCounter::new(
+                "timbridge_spool_replayed_records_total",
+                "Records forwarded after a restart from what an earlier process had spooled.",
+            )?,
+            corrupt_records: IntCounter::new(
+                "timbridge_spool_corrupt_records_total",
+                "Records that failed their CRC check and were skipped.",
+            )?,
+            corrupt_segments: IntGauge::new(
+                "timbridge_spool_corrupt_segments",
+                "Segments set aside (renamed .corrupt) because they held a corrupt record.",
+            )?,
+            dead_letters: IntCounter::new(
+                "timbridge_spool_dead_letters_total",
+                "Records the broker refused for good, written to DIR/dead-letters.log.",
+            )?,
+        };
+        registry.register(Box::new(m.bytes.clone()))?;
+        registry.register(Box::new(m.unforwarded.clone()))?;
+        registry.register(Box::new(m.oldest_age.clone()))?;
+        registry.register(Box::new(m.fsync_duration.clone()))?;
+        registry.register(Box::new(m.batch_records.clone()))?;
+        registry.register(Box::new(m.forwarded.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.replayed.clone()))?;
+        registry.register(Box::new(m.corrupt_records.clone()))?;
+        registry.register(Box::new(m.corrupt_segments.clone()))?;
+        registry.register(Box::new(m.dead_letters.clone()))?;
+        Ok(m)
+    }
+
+    /// A group commit made `records` callbacks (`bytes` bytes) durable.
+    pub fn committed(&self, fsync: Duration, records: usize, _bytes: usize) {
+        self.fsync_duration.observe(fsync.as_secs_f64());
+        self.batch_records.observe(records as f64);
+    }
 }
 
 /// librdkafka's statistics that operators watch, updated by the Kafka sink every few seconds.
@@ -225,6 +317,7 @@ impl Metrics {
         ))?;
 
         let kafka = KafkaGauges::new(&registry)?;
+        let spool = SpoolMetrics::new(&registry)?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -267,12 +360,17 @@ impl Metrics {
             sink_backpressure,
             draining,
             kafka,
+            spool,
         })
     }
 
     /// The gauges the Kafka sink feeds from librdkafka's statistics.
     pub fn kafka_gauges(&self) -> KafkaGauges {
         self.kafka.clone()
+    }
+
+    pub fn spool(&self) -> SpoolMetrics {
+        self.spool.clone()
     }
 
     /// A callback was delivered and answered 200. `command` must come from

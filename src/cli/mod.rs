@@ -18,10 +18,12 @@ use crate::tencent::callback::{Policy, Token};
 mod kafka;
 mod nats;
 pub mod parse;
+mod spool;
 
 pub use kafka::{Compression, KafkaArgs};
 pub use nats::NatsArgs;
 use parse::{parse_duration, parse_secret, parse_size};
+pub use spool::{ForwardArgs, SpoolArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +40,64 @@ pub struct Cli {
 pub enum Command {
     /// Serve the callback endpoint and the admin endpoints until SIGTERM/SIGINT.
     Serve(Box<ServeArgs>),
+    /// Look into a spool directory, or forward what it holds.
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// Segments, record counts, acknowledged position, oldest record's age and damage found;
+    /// read-only. Exits 1 when a record is corrupt.
+    Inspect {
+        /// The spool directory (--spool-dir).
+        dir: PathBuf,
+    },
+    /// Forwards everything a spool holds to the broker and exits when it is empty (for the
+    /// volume of a pod that will not come back). Takes the spool's lock: stop its bridge first.
+    Drain(Box<DrainArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The spool directory.
+    pub dir: PathBuf,
+
+    /// Where the records go.
+    #[arg(long, env = "TIMBRIDGE_SINK", value_enum, default_value = "nats")]
+    pub sink: SinkKind,
+
+    /// Longest wait for one acknowledgement before that record is retried.
+    #[arg(long, env = "TIMBRIDGE_PUBLISH_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// Log filter (RUST_LOG syntax).
+    #[arg(long, env = "TIMBRIDGE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    #[command(flatten)]
+    pub forward: ForwardArgs,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+impl DrainArgs {
+    /// The sink and the spool configuration (its storage bounds do not matter: nothing is
+    /// appended).
+    pub fn into_config(self) -> Result<(SinkConfig, crate::spool::SpoolConfig), ConfigError> {
+        let sink = match self.sink {
+            SinkKind::Stdout => SinkConfig::Stdout,
+            SinkKind::Nats => SinkConfig::Nats(self.nats.into_config()?),
+            SinkKind::Kafka => SinkConfig::Kafka(self.kafka.into_config(self.publish_timeout)?),
+        };
+        let mut spool = crate::spool::SpoolConfig::for_drain(self.dir, self.publish_timeout);
+        self.forward.apply(&mut spool)?;
+        Ok((sink, spool))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -205,6 +265,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub spool: SpoolArgs,
 }
 
 impl ServeArgs {
@@ -301,6 +364,10 @@ impl ServeArgs {
             SinkKind::Nats => SinkConfig::Nats(self.nats.into_config()?),
             SinkKind::Kafka => SinkConfig::Kafka(self.kafka.into_config(self.publish_timeout)?),
         };
+        let spool = self.spool.into_config(
+            self.max_inflight + self.before_callback_queue,
+            self.publish_timeout,
+        )?;
         let apps = match &self.config {
             Some(file) => Apps::Listed(crate::config::file::read_apps(file, &sink)?),
             None => apps_from_flags(
@@ -340,6 +407,7 @@ impl ServeArgs {
             },
             partitions: self.partitions,
             worker_threads: self.worker_threads,
+            spool,
         })
     }
 }
@@ -388,7 +456,9 @@ mod tests {
         let mut argv = vec!["timbridge", "serve"];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        let Command::Serve(serve) = cli.command;
+        let Command::Serve(serve) = cli.command else {
+            panic!("serve")
+        };
         serve.into_config().map_err(|e| e.to_string())
     }
 

@@ -43,6 +43,8 @@ pub struct Config {
     pub partitions: u32,
     /// Threads of the async runtime; `None`: one per core.
     pub worker_threads: Option<usize>,
+    /// Spooled mode (`--spool-dir`); `None`: direct mode, 200 only after the broker's ack.
+    pub spool: Option<crate::spool::SpoolConfig>,
 }
 
 // One per process: the size difference between variants costs nothing.

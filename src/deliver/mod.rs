@@ -1,5 +1,5 @@
 //! The delivery seam: the handler hands a [`Record`] to a [`Deliver`] and answers once it
-//! resolves. The sinks (stdout, NATS, Kafka) implement it; so will the spool. An
+//! resolves. The sinks (stdout, NATS, Kafka) implement it, and so does the spool. An
 //! implementation resolves `Ok` only when the record is safe (the broker's ack, the line
 //! written), so the HTTP answer can wait on it.
 //!
@@ -36,6 +36,9 @@ pub enum DeliveryError {
     /// No acknowledgement in time (the client's own timeout, or the publish deadline).
     #[error("no acknowledgement in time")]
     TimedOut,
+    /// The spool has no room (its byte bound, or the disk itself).
+    #[error("{0}")]
+    Full(String),
 }
 
 /// Where accepted callbacks go.

@@ -60,6 +60,8 @@ pub enum Rejection {
     Overloaded(&'static str),
     #[error("the broker cannot keep up: {0}")]
     SinkBackpressure(String),
+    #[error("the spool is full: {0}")]
+    SpoolFull(String),
 }
 
 /// The outcome label of `timbridge_callbacks_total` and `timbridge_app_callbacks_total`.
@@ -138,6 +140,9 @@ impl Rejection {
             Rejection::SinkBackpressure(_) => {
                 meta(S::SERVICE_UNAVAILABLE, 5034, "sink_backpressure")
             }
+            // Spooled mode: --spool-max-bytes reached or the disk is full. Never the oldest
+            // data dropped to make room.
+            Rejection::SpoolFull(_) => meta(S::SERVICE_UNAVAILABLE, 5035, "spool_full"),
         }
     }
 
@@ -176,6 +181,7 @@ impl Rejection {
             DeliveryError::Rejected(why) => Rejection::SinkRejected(why),
             DeliveryError::Backpressure(why) => Rejection::SinkBackpressure(why),
             DeliveryError::TimedOut => Rejection::PublishTimeout(publish_timeout),
+            DeliveryError::Full(why) => Rejection::SpoolFull(why),
         }
     }
 
@@ -211,6 +217,7 @@ impl Rejection {
             Rejection::PublishTimeout(Duration::ZERO),
             Rejection::Overloaded(""),
             Rejection::SinkBackpressure(String::new()),
+            Rejection::SpoolFull(String::new()),
         ]
     }
 }

@@ -26,9 +26,33 @@ pub mod header {
     /// The callback's stable identity, for consumers that drop duplicates; NATS also sends it
     /// as `Nats-Msg-Id`, which JetStream deduplicates on.
     pub const DEDUP_ID: &str = "tim-dedup-id";
+    /// Where a record came from when it is not a live callback (`backfill`, from the auditor).
+    pub const SOURCE: &str = "tim-source";
     /// `--before-callbacks forward`: what the moderation service decided (allow, deny, rewrite,
     /// timeout, error).
     pub const BEFORE_VERDICT: &str = "tim-before-verdict";
+
+    /// Every header name, for turning a stored name back into its constant (the spool).
+    pub const ALL: [&str; 13] = [
+        SDKAPPID,
+        COMMAND,
+        GROUP_ID,
+        MSG_SEQ,
+        TOPIC_ID,
+        MSG_ID,
+        CLIENT_IP,
+        OPT_PLATFORM,
+        RECEIVED_AT,
+        MSG_SEQ_LIST,
+        DEDUP_ID,
+        BEFORE_VERDICT,
+        SOURCE,
+    ];
+
+    /// The constant spelled `name`, if it is one of ours.
+    pub fn lookup(name: &str) -> Option<&'static str> {
+        ALL.into_iter().find(|known| *known == name)
+    }
 }
 
 /// One message as every sink publishes it.

@@ -226,6 +226,12 @@ async fn every_delivery_failure_has_its_status_code_and_counter() {
             "sink_backpressure",
         ),
         (DeliveryError::TimedOut, 503, 5031, "publish_timeout"),
+        (
+            DeliveryError::Full("--spool-max-bytes reached".into()),
+            503,
+            5035,
+            "spool_full",
+        ),
     ];
     for (err, status, code, reason) in cases {
         let h = handler(Outcome::Fail(err), &[]);
@@ -549,6 +555,7 @@ fn every_rejection_reason_is_covered_here() {
         "sink_rejected",
         "sink_backpressure",
         "publish_timeout",
+        "spool_full",
         "body_timeout",
         "body_read",
         "overloaded",

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::common::*;
 
 /// A bridge with a 2 s header deadline, a 1 s body deadline and a 3 s idle timeout.
-async fn start_http_bridge() -> timbridge::Bridge {
+async fn start_http_bridge() -> timbridge::Bridge<timbridge::sink::Sink> {
     let config = config(&[
         "--allow-any-sdkappid",
         "--header-read-timeout",

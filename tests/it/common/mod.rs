@@ -39,7 +39,9 @@ pub fn config(extra: &[&str]) -> Config {
         argv.extend_from_slice(&["--shutdown-delay", "0s"]);
     }
     argv.extend_from_slice(extra);
-    let Command::Serve(args) = Cli::try_parse_from(argv).expect("flags parse").command;
+    let Command::Serve(args) = Cli::try_parse_from(argv).expect("flags parse").command else {
+        panic!("serve")
+    };
     args.into_config().expect("valid configuration")
 }
 

@@ -1,0 +1,403 @@
+//! The forwarder: reads the log in order (the recent tail from memory, older records from
+//! disk when it is behind), publishes through the sink, and advances the acknowledged position
+//! only over contiguously acknowledged records.
+//!
+//! Per-key order under retries: a key (the GroupId, else the account, else the app) has at
+//! most one record in flight; the records behind it wait in its queue, while other keys go on
+//! in parallel. Transient errors retry the same record with backoff, without limit; a
+//! permanent refusal goes to the dead-letter file and the key moves on.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fs::OpenOptions;
+use std::future::Future;
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{decode_payload, encode_payload, put_frame};
+use super::segment::{self, Reader, Step};
+use super::{position, Shared};
+use crate::deliver::{Deliver, DeliveryError};
+use crate::sink::record::header;
+use crate::sink::Record;
+
+/// A record on its way to the broker.
+struct Item {
+    seq: u64,
+    record: Arc<Record>,
+    attempt: u32,
+}
+
+struct Done {
+    item: Item,
+    result: Result<(), DeliveryError>,
+}
+
+type Publish = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+pub struct Forwarder<S> {
+    shared: Arc<Shared>,
+    sink: Arc<S>,
+    /// The next sequence number to read.
+    next_read: u64,
+    /// Sequence numbers up to this one were on disk at start-up: forwarding them is a replay.
+    replay_until: u64,
+    /// The position last made durable.
+    durable_position: u64,
+    /// Read and not yet acknowledged.
+    outstanding: BTreeSet<u64>,
+    /// Keys with a record in flight, and the records queued behind it.
+    waiting: HashMap<String, VecDeque<Item>>,
+    inflight: FuturesUnordered<Publish>,
+    disk: Option<Cursor>,
+    pacer: Pacer,
+    /// Received-at (unix ms) of outstanding records, for the oldest record's age.
+    received: HashMap<u64, u64>,
+    /// Nothing more could be read although the durable sequence is ahead (records skipped as
+    /// corrupt at the end): caught up all the same.
+    dry: bool,
+}
+
+/// Where the disk reader is.
+struct Cursor {
+    first_seq: u64,
+    path: std::path::PathBuf,
+    reader: Reader,
+}
+
+impl<S: Deliver> Forwarder<S> {
+    /// Starts after `position` (acknowledged); records up to `last_seq` were spooled by an
+    /// earlier process.
+    pub fn new(shared: Arc<Shared>, sink: Arc<S>, position: u64, last_seq: u64) -> Forwarder<S> {
+        Forwarder {
+            pacer: Pacer::new(shared.config.forward_max_rate),
+            next_read: position + 1,
+            replay_until: last_seq,
+            durable_position: position,
+            outstanding: BTreeSet::new(),
+            waiting: HashMap::new(),
+            inflight: FuturesUnordered::new(),
+            disk: None,
+            received: HashMap::new(),
+            dry: false,
+            sink,
+            shared,
+        }
+    }
+
+    /// Forwards until `stop`; after `drain`, stops by itself once everything durable is
+    /// acknowledged.
+    pub async fn run(mut self, drain: CancellationToken, stop: CancellationToken) {
+        let mut durable = self.shared.durable.subscribe();
+        let mut tick = tokio::time::interval(self.shared.config.position_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.fill();
+            if drain.is_cancelled() && self.caught_up() {
+                break;
+            }
+            tokio::select! {
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => self.finish(done),
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = tick.tick() => self.checkpoint(),
+                _ = drain.cancelled(), if !drain.is_cancelled() => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        self.checkpoint();
+        let left = self.shared.durable_seq().saturating_sub(self.position());
+        if left > 0 {
+            tracing::info!(
+                records = left,
+                "spool: forwarder stopped; the rest is forwarded at the next start"
+            );
+        }
+    }
+
+    fn caught_up(&self) -> bool {
+        self.outstanding.is_empty() && (self.dry || self.next_read > self.shared.durable_seq())
+    }
+
+    /// Everything up to here is acknowledged.
+    fn position(&self) -> u64 {
+        match self.outstanding.first() {
+            Some(first) => first - 1,
+            None => self.next_read - 1,
+        }
+    }
+
+    /// Reads records while the window has room and durable records are left.
+    fn fill(&mut self) {
+        let max = self.shared.config.forward_max_inflight;
+        self.dry = false;
+        while self.outstanding.len() < max && self.next_read <= self.shared.durable_seq() {
+            let Some((seq, record)) = self.read_next() else {
+                self.dry = true;
+                break;
+            };
+            self.next_read = seq + 1;
+            self.outstanding.insert(seq);
+            if let Some(at) = received_at(&record) {
+                self.received.insert(seq, at);
+            }
+            if seq <= self.replay_until {
+                self.shared.metrics.replayed.inc();
+            }
+            let item = Item {
+                seq,
+                record,
+                attempt: 0,
+            };
+            match self.waiting.get_mut(&item.record.key) {
+                Some(queue) => queue.push_back(item),
+                None => {
+                    self.waiting
+                        .insert(item.record.key.clone(), VecDeque::new());
+                    self.publish(item);
+                }
+            }
+        }
+        self.report();
+    }
+
+    /// The first record at or after `next_read`: from memory when the tail holds it.
+    fn read_next(&mut self) -> Option<(u64, Arc<Record>)> {
+        if let Some(found) = self.shared.lock_tail().get(self.next_read) {
+            return Some(found);
+        }
+        tokio::task::block_in_place(|| self.read_disk())
+    }
+
+    fn read_disk(&mut self) -> Option<(u64, Arc<Record>)> {
+        let want = self.next_read;
+        for _ in 0..2 {
+            if self.disk.is_none() {
+                self.disk = self.open_cursor(want);
+            }
+            let cursor = self.disk.as_mut()?;
+            loop {
+                match cursor.reader.next_step() {
+                    Ok(Step::Record { seq, payload }) if seq >= want => {
+                        match decode_payload(&payload) {
+                            Some(record) => return Some((seq, Arc::new(record))),
+                            None => {
+                                tracing::error!(
+                                    seq,
+                                    "spool: a record of an unknown format is skipped"
+                                );
+                                self.shared.metrics.corrupt_records.inc();
+                            }
+                        }
+                    }
+                    Ok(Step::Record { .. } | Step::Skipped { .. }) => {}
+                    Ok(Step::End { .. }) | Err(_) => break,
+                }
+            }
+            // The end of this segment: the next one, or (the active segment) a fresh look at
+            // what was appended since it was opened.
+            let (first_seq, offset, path) = (
+                cursor.first_seq,
+                cursor.reader.offset(),
+                cursor.path.clone(),
+            );
+            self.disk = match self.next_segment_after(first_seq) {
+                Some(next) => self.open_cursor(next.max(want)),
+                None => Reader::open_at(&path, offset).ok().map(|reader| Cursor {
+                    first_seq,
+                    path,
+                    reader,
+                }),
+            };
+        }
+        None
+    }
+
+    fn open_cursor(&self, seq: u64) -> Option<Cursor> {
+        let segments = self.shared.lock_segments();
+        let segment = segments
+            .iter()
+            .rev()
+            .find(|s| s.first_seq <= seq)
+            .or_else(|| segments.first())?;
+        let reader = Reader::open(&segment.path).ok()?;
+        Some(Cursor {
+            first_seq: segment.first_seq,
+            path: segment.path.clone(),
+            reader,
+        })
+    }
+
+    fn next_segment_after(&self, first_seq: u64) -> Option<u64> {
+        self.shared
+            .lock_segments()
+            .iter()
+            .map(|s| s.first_seq)
+            .find(|f| *f > first_seq)
+    }
+
+    fn publish(&mut self, item: Item) {
+        let sink = self.sink.clone();
+        let timeout = self.shared.config.publish_timeout;
+        let backoff = backoff(item.attempt, self.shared.config.forward_retry_max);
+        let start = self.pacer.slot(backoff);
+        self.inflight.push(Box::pin(async move {
+            tokio::time::sleep_until(start.into()).await;
+            let result = match tokio::time::timeout(timeout, sink.deliver(&item.record)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(DeliveryError::TimedOut),
+            };
+            Done { item, result }
+        }));
+    }
+
+    fn finish(&mut self, done: Done) {
+        let Done { mut item, result } = done;
+        match result {
+            Ok(()) => self.shared.metrics.forwarded.inc(),
+            Err(DeliveryError::Rejected(why)) => self.dead_letter(&item, &why),
+            Err(err) => {
+                if item.attempt == 0 {
+                    tracing::warn!(seq = item.seq, error = %err, "spool: publish failed; retrying with backoff (the key's later records wait)");
+                }
+                self.shared.metrics.retries.inc();
+                item.attempt += 1;
+                return self.publish(item);
+            }
+        }
+        self.outstanding.remove(&item.seq);
+        self.received.remove(&item.seq);
+        let key = item.record.key.clone();
+        let next = self.waiting.get_mut(&key).and_then(VecDeque::pop_front);
+        match next {
+            Some(next) => self.publish(next),
+            None => {
+                self.waiting.remove(&key);
+            }
+        }
+    }
+
+    /// A record the broker refuses for good: kept in `DIR/dead-letters.log` (frames, like the
+    /// segments) and counted; the key goes on.
+    fn dead_letter(&mut self, item: &Item, why: &str) {
+        self.shared.metrics.dead_letters.inc();
+        tracing::error!(seq = item.seq, destination = %item.record.destination, key = %item.record.key, error = %why, "spool: the broker refuses this record for good; written to dead-letters.log");
+        let mut frame = Vec::new();
+        put_frame(&mut frame, item.seq, &encode_payload(&item.record));
+        let path = self.shared.config.dir.join("dead-letters.log");
+        let written = tokio::task::block_in_place(|| {
+            let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+            file.write_all(&frame)?;
+            file.sync_data()
+        });
+        if let Err(err) = written {
+            tracing::error!(error = %err, seq = item.seq, "spool: cannot write the dead letter");
+        }
+    }
+
+    /// Makes the position durable and deletes the segments wholly behind it.
+    fn checkpoint(&mut self) {
+        self.report();
+        let position = self.position();
+        if position <= self.durable_position {
+            return;
+        }
+        let dir = self.shared.config.dir.clone();
+        if let Err(err) = tokio::task::block_in_place(|| position::write(&dir, position)) {
+            tracing::error!(error = %err, "spool: cannot write the position (segments are kept until it can)");
+            return;
+        }
+        self.durable_position = position;
+        let removable: Vec<segment::Segment> = {
+            let mut segments = self.shared.lock_segments();
+            let mut removable = Vec::new();
+            // Never the last (active) segment; a segment ends where the next one starts.
+            while segments.len() > 1 && segments[1].first_seq <= position + 1 {
+                removable.push(segments.remove(0));
+            }
+            removable
+        };
+        for segment in removable {
+            let bytes = segment.bytes();
+            if segment.corrupt {
+                tracing::warn!(segment = %segment.path.display(), "spool: a set-aside segment is forwarded; kept for inspection (delete it by hand)");
+            } else if let Err(err) = std::fs::remove_file(&segment.path) {
+                tracing::error!(error = %err, segment = %segment.path.display(), "spool: cannot delete a forwarded segment");
+                continue;
+            }
+            self.shared.sub_bytes(bytes);
+        }
+    }
+
+    fn report(&self) {
+        let m = &self.shared.metrics;
+        m.unforwarded
+            .set(self.shared.durable_seq().saturating_sub(self.position()) as i64);
+        let oldest = self.outstanding.first().and_then(|s| self.received.get(s));
+        let age = oldest.map_or(0.0, |at| now_ms().saturating_sub(*at) as f64 / 1000.0);
+        m.oldest_age.set(age);
+        m.bytes.set(self.shared.bytes() as i64);
+    }
+}
+
+fn received_at(record: &Record) -> Option<u64> {
+    record
+        .headers
+        .iter()
+        .find(|(n, _)| *n == header::RECEIVED_AT)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 0 for a first attempt, then 100 ms doubling up to `max`.
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    if attempt == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(100)
+        .saturating_mul(1 << attempt.min(16))
+        .min(max)
+}
+
+/// `--forward-max-rate`: publishes start at most this often (a returning broker is not hit by
+/// the whole backlog at once).
+struct Pacer {
+    interval: Option<Duration>,
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(per_second: Option<u32>) -> Pacer {
+        Pacer {
+            interval: per_second
+                .filter(|r| *r > 0)
+                .map(|r| Duration::from_secs(1) / r),
+            next: Instant::now(),
+        }
+    }
+
+    /// When a publish that waits `delay` first may start. A retry (a delay) does not take a
+    /// slot from the records behind it.
+    fn slot(&mut self, delay: Duration) -> Instant {
+        let now = Instant::now();
+        let Some(interval) = self.interval.filter(|_| delay.is_zero()) else {
+            return now + delay;
+        };
+        let at = self.next.max(now);
+        self.next = at + interval;
+        at
+    }
+}

@@ -1,0 +1,428 @@
+//! Spooled mode (`--spool-dir DIR`): a callback is answered 200 once it is on stable storage,
+//! and forwarded to the broker from there, in per-key order, whatever the broker does
+//! meanwhile. The data flow, one file each:
+//!
+//! ```text
+//!  Handler ──deliver(&Record)──▶ Spool (this file): encode the record (frame.rs), bounds
+//!     └─ writer.rs: one thread, group commit: write a batch, fdatasync, answer the batch
+//!           └─ segment.rs: DIR/<first seq>.seg files, created durable with their directory
+//!     └─ forwarder.rs: memory tail or disk → Sink, one record in flight per key, retries,
+//!           dead letters; position.rs: the acknowledged position, made durable every
+//!           --spool-position-interval; then forwarded segments are deleted
+//!  start-up: recovery.rs scans the segments (torn tail cut, corrupt records set aside)
+//! ```
+//!
+//! The invariants and the tests that show them are in `docs/spool.md`.
+
+pub mod drain;
+pub mod forwarder;
+pub mod frame;
+pub mod inspect;
+pub mod position;
+pub mod recovery;
+pub mod segment;
+pub mod writer;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::deliver::{Ack, Deliver, DeliveryError};
+use crate::metrics::{Metrics, SpoolMetrics};
+use crate::sink::Record;
+use forwarder::Forwarder;
+use frame::{encode_payload, HEADER_BYTES};
+use segment::Segment;
+use writer::{Append, Msg, Writer};
+
+pub use drain::drain;
+
+/// The spool's bounds and pace, from the `--spool-*` and `--forward-*` flags.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// Segments on disk at most; past it new callbacks get 503 at once.
+    pub max_bytes: u64,
+    /// One group commit covers at most this many records and bytes.
+    pub batch_records: usize,
+    pub batch_bytes: usize,
+    /// Appends waiting for the writer at most (past it, 503 at once).
+    pub queue: usize,
+    /// The newest records kept in memory for the forwarder; older ones are read from disk.
+    pub memory_bytes: usize,
+    /// Records the forwarder has read and not yet had acknowledged, at most.
+    pub forward_max_inflight: usize,
+    /// Publishes per second the forwarder starts at most (`None`: no limit).
+    pub forward_max_rate: Option<u32>,
+    /// The longest wait between two attempts of one record.
+    pub forward_retry_max: Duration,
+    /// How often the acknowledged position is made durable.
+    pub position_interval: Duration,
+    /// The bound on one publish's acknowledgement (`--publish-timeout`).
+    pub publish_timeout: Duration,
+}
+
+impl SpoolConfig {
+    /// For `spool drain`: forwarding only, nothing appended.
+    pub fn for_drain(dir: PathBuf, publish_timeout: Duration) -> SpoolConfig {
+        SpoolConfig {
+            dir,
+            segment_bytes: 64 << 20,
+            max_bytes: u64::MAX,
+            batch_records: 1,
+            batch_bytes: 1,
+            queue: 1,
+            memory_bytes: 0,
+            forward_max_inflight: 1024,
+            forward_max_rate: None,
+            forward_retry_max: Duration::from_secs(5),
+            position_interval: Duration::from_millis(200),
+            publish_timeout,
+        }
+    }
+}
+
+/// What the request path, the writer and the forwarder share.
+pub struct Shared {
+    pub config: SpoolConfig,
+    pub metrics: SpoolMetrics,
+    /// Bytes of the live segments.
+    bytes: AtomicU64,
+    /// After a full disk, appends are refused at once until this instant (ms since `epoch`).
+    full_until_ms: AtomicU64,
+    epoch: Instant,
+    recovered: AtomicBool,
+    /// Cancelled when a write or fsync failed: the process must exit.
+    pub fatal: CancellationToken,
+    /// The highest durable sequence number.
+    pub durable: watch::Sender<u64>,
+    segments: Mutex<Vec<Segment>>,
+    tail: Mutex<Tail>,
+}
+
+impl Shared {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn add_bytes(&self, n: u64) {
+        let now = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
+        self.metrics.bytes.set(now as i64);
+    }
+
+    fn sub_bytes(&self, n: u64) {
+        let now =
+            self.bytes.fetch_sub(n.min(self.bytes()), Ordering::Relaxed) - n.min(self.bytes());
+        self.metrics.bytes.set(now as i64);
+    }
+
+    pub fn durable_seq(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    fn disk_full(&self) {
+        let until = self.epoch.elapsed().as_millis() as u64 + DISK_FULL_PAUSE.as_millis() as u64;
+        self.full_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    fn is_disk_full(&self) -> bool {
+        self.epoch.elapsed().as_millis() as u64 <= self.full_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn lock_segments(&self) -> MutexGuard<'_, Vec<Segment>> {
+        self.segments.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_tail(&self) -> MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// After a full disk, how long appends are refused at once before the writer tries again.
+const DISK_FULL_PAUSE: Duration = Duration::from_millis(250);
+
+/// The newest durable records, for the forwarder to take without reading the disk; bounded in
+/// bytes (the oldest leave first: they are on disk).
+struct Tail {
+    records: VecDeque<(u64, Arc<Record>, usize)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Tail {
+    fn push(&mut self, seq: u64, record: Arc<Record>, bytes: usize) {
+        self.records.push_back((seq, record, bytes));
+        self.bytes += bytes;
+        while self.bytes > self.max_bytes {
+            let Some((_, _, b)) = self.records.pop_front() else {
+                break;
+            };
+            self.bytes -= b;
+        }
+    }
+
+    /// The record `seq`, when it is in memory (the writer's sequence numbers are contiguous).
+    fn get(&self, seq: u64) -> Option<(u64, Arc<Record>)> {
+        let (first, _, _) = self.records.front()?;
+        let (found, record, _) = self
+            .records
+            .get(usize::try_from(seq.checked_sub(*first)?).ok()?)?;
+        Some((*found, record.clone()))
+    }
+}
+
+/// Why the spool could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("spool directory {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("spool directory {0} is in use by another process (its lock file is held)")]
+    Locked(PathBuf),
+}
+
+/// The spooled delivery: `deliver` returns once the record is fsynced; the forwarder takes it
+/// from there to `S`.
+pub struct Spool<S> {
+    shared: Arc<Shared>,
+    appends: mpsc::Sender<Msg>,
+    sink: Arc<S>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+    /// Resolves when the forwarder has stopped.
+    forwarder_done: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Held for the process's life: a second process cannot take the directory.
+    _lock: File,
+}
+
+impl<S: Deliver> Spool<S> {
+    /// Locks `config.dir` (created when missing), then recovers it in the background: until
+    /// recovery finished, deliveries are refused and the spool is not ready.
+    pub fn open(config: SpoolConfig, sink: S, metrics: &Metrics) -> Result<Spool<S>, OpenError> {
+        let io = |source| OpenError::Io {
+            dir: config.dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.dir).map_err(io)?;
+        let lock = File::create(config.dir.join("lock")).map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked(config.dir.clone()))
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(io(err)),
+        }
+        let (appends, rx) = mpsc::channel(config.queue.max(1));
+        let shared = Arc::new(Shared {
+            metrics: metrics.spool(),
+            bytes: AtomicU64::new(0),
+            full_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            recovered: AtomicBool::new(false),
+            fatal: CancellationToken::new(),
+            durable: watch::Sender::new(0),
+            segments: Mutex::new(Vec::new()),
+            tail: Mutex::new(Tail {
+                records: VecDeque::new(),
+                bytes: 0,
+                max_bytes: config.memory_bytes,
+            }),
+            config,
+        });
+        let sink = Arc::new(sink);
+        let spool = Spool {
+            shared: shared.clone(),
+            appends,
+            sink: sink.clone(),
+            drain: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            forwarder_done: Mutex::new(None),
+            _lock: lock,
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        *spool
+            .forwarder_done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(done_rx);
+        let (drain, stop) = (spool.drain.clone(), spool.stop.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let recovered = {
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || start(shared, rx)).await
+            };
+            let (position, last_seq) = match recovered {
+                Ok(Ok(resume)) => resume,
+                Ok(Err(err)) => {
+                    tracing::error!(error = %err, "spool recovery failed: the spool cannot be used");
+                    shared.fatal.cancel();
+                    return;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "spool recovery panicked");
+                    shared.fatal.cancel();
+                    return;
+                }
+            };
+            tracing::info!(took = ?started.elapsed(), backlog = last_seq - position, "spool recovered: accepting callbacks");
+            shared.recovered.store(true, Ordering::Release);
+            Forwarder::new(shared, sink, position, last_seq)
+                .run(drain, stop)
+                .await;
+            let _ = done_tx.send(());
+        });
+        Ok(spool)
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Cancelled when the spool failed for good (the process should exit non-zero).
+    pub fn fatal(&self) -> CancellationToken {
+        self.shared.fatal.clone()
+    }
+
+    pub fn is_recovered(&self) -> bool {
+        self.shared.recovered.load(Ordering::Acquire)
+    }
+
+    /// The sink the forwarder publishes to.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+}
+
+/// Recovery, then the writer's thread; returns the acknowledged position and the last
+/// sequence number on disk, where the forwarder starts.
+fn start(shared: Arc<Shared>, rx: mpsc::Receiver<Msg>) -> std::io::Result<(u64, u64)> {
+    let dir = shared.config.dir.clone();
+    let position = position::read(&dir);
+    let found = recovery::recover(&dir, position)?;
+    let bytes: u64 = found
+        .segments
+        .iter()
+        .filter(|s| !s.corrupt)
+        .map(Segment::bytes)
+        .sum();
+    shared.add_bytes(bytes);
+    shared
+        .metrics
+        .corrupt_segments
+        .set(found.corrupt_segments.len() as i64);
+    shared.metrics.corrupt_records.inc_by(found.corrupt_records);
+    let last_seq = found.last_seq.max(position);
+    tracing::info!(
+        dir = %dir.display(),
+        segments = found.segments.len(),
+        position,
+        last_seq,
+        unforwarded = found.unforwarded,
+        torn_bytes = found.torn_bytes,
+        corrupt_records = found.corrupt_records,
+        "spool recovery scanned the log"
+    );
+    *shared.lock_segments() = found.segments;
+    shared.durable.send_replace(last_seq);
+    let writer = Writer {
+        shared: shared.clone(),
+        file: None,
+        segment_len: 0,
+        next_seq: last_seq + 1,
+    };
+    std::thread::Builder::new()
+        .name("spool-writer".into())
+        .spawn(move || writer.run(rx))?;
+    Ok((position, last_seq))
+}
+
+impl<S: Deliver> Deliver for Spool<S> {
+    fn name(&self) -> &'static str {
+        "spool"
+    }
+
+    async fn deliver(&self, record: &Record) -> Result<Ack, DeliveryError> {
+        if !self.is_recovered() {
+            return Err(DeliveryError::Unavailable(
+                "the spool is still recovering".into(),
+            ));
+        }
+        if self.shared.fatal.is_cancelled() {
+            return Err(DeliveryError::Unavailable("the spool failed".into()));
+        }
+        if self.shared.is_disk_full() {
+            return Err(DeliveryError::Full("the disk is full".into()));
+        }
+        let payload = encode_payload(record);
+        if self.shared.bytes() + (payload.len() + HEADER_BYTES) as u64
+            > self.shared.config.max_bytes
+        {
+            return Err(DeliveryError::Full("--spool-max-bytes reached".into()));
+        }
+        let (reply, answer) = oneshot::channel();
+        let append = Append {
+            payload,
+            record: Arc::new(record.clone()),
+            reply,
+        };
+        self.appends
+            .try_send(Msg::Append(append))
+            .map_err(|_| DeliveryError::Backpressure("the spool's writer queue is full".into()))?;
+        match answer.await {
+            Ok(Ok(_seq)) => Ok(Ack { duplicate: false }),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(DeliveryError::Unavailable("the spool is closed".into())),
+        }
+    }
+
+    /// Ready while there is room: a broker outage does not matter (that is the point).
+    fn is_ready(&self) -> bool {
+        self.is_recovered()
+            && !self.shared.fatal.is_cancelled()
+            && !self.shared.is_disk_full()
+            && self.shared.bytes() < self.shared.config.max_bytes
+    }
+
+    fn is_healthy(&self) -> bool {
+        !self.shared.fatal.is_cancelled()
+    }
+
+    /// Commits what is queued, lets the forwarder drain for at most `timeout`, and leaves the
+    /// rest in the log for the next start.
+    async fn close(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (done, closed) = oneshot::channel();
+        if self.appends.send(Msg::Close(done)).await.is_ok() {
+            let _ = tokio::time::timeout_at(deadline, closed).await;
+        }
+        self.drain.cancel();
+        let forwarder = self
+            .forwarder_done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut forwarder) = forwarder {
+            if tokio::time::timeout_at(deadline, &mut forwarder)
+                .await
+                .is_err()
+            {
+                // Out of time: stop now; the forwarder still makes its position durable.
+                self.stop.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(1), forwarder).await;
+            }
+        }
+        self.sink
+            .close(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
+    }
+}

@@ -1,0 +1,189 @@
+//! The one writer: group commit on its own thread. Every append that arrived while the previous
+//! `fdatasync` ran goes into the next batch (bounded in records and bytes), so one fsync covers
+//! many callbacks with no artificial delay. A request is answered only after its batch's
+//! fsync returned.
+//!
+//! A failed fsync is fatal: on Linux it may have dropped the dirty pages (PostgreSQL's
+//! "fsyncgate"), so retrying could report success for data that is gone. Every waiter gets an
+//! error, the spool turns unhealthy and the process exits non-zero. A full disk is not fatal:
+//! the partial write is cut off again, the batch is refused, and appends are refused at once
+//! for a moment before the next try.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::frame::{put_frame, HEADER_BYTES};
+use super::segment;
+use super::Shared;
+use crate::deliver::DeliveryError;
+use crate::sink::Record;
+
+/// What the request path sends the writer.
+pub enum Msg {
+    Append(Append),
+    /// Commit what is queued and stop (shutdown).
+    Close(oneshot::Sender<()>),
+}
+
+pub struct Append {
+    pub payload: Vec<u8>,
+    pub record: Arc<Record>,
+    pub reply: oneshot::Sender<Result<u64, DeliveryError>>,
+}
+
+pub struct Writer {
+    pub shared: Arc<Shared>,
+    /// The segment being appended to and its length.
+    pub file: Option<File>,
+    pub segment_len: u64,
+    pub next_seq: u64,
+}
+
+impl Writer {
+    /// Runs until `Close` (or every sender is gone).
+    pub fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let limits = self.shared.config.clone();
+        let mut closing = None;
+        while closing.is_none() {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Append(append) => {
+                        bytes += append.payload.len() + HEADER_BYTES;
+                        batch.push(append);
+                    }
+                    Msg::Close(done) => {
+                        closing = Some(done);
+                        break;
+                    }
+                }
+                if batch.len() < limits.batch_records && bytes < limits.batch_bytes {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(batch);
+            }
+        }
+        // Anything sent after Close is refused (its sender sees the reply dropped).
+        rx.close();
+        if let Some(done) = closing {
+            let _ = done.send(());
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Append>) {
+        if self.shared.fatal.is_cancelled() {
+            return refuse(batch, DeliveryError::Unavailable("the spool failed".into()));
+        }
+        let bytes: u64 = batch
+            .iter()
+            .map(|a| (a.payload.len() + HEADER_BYTES) as u64)
+            .sum();
+        if self.shared.bytes() + bytes > self.shared.config.max_bytes {
+            return refuse(
+                batch,
+                DeliveryError::Full("--spool-max-bytes reached".into()),
+            );
+        }
+        if let Err(err) = self.rotate_if_needed(bytes) {
+            return self.failed_write(batch, err, "creating a segment");
+        }
+        let mut buf = Vec::with_capacity(bytes as usize);
+        let first_seq = self.next_seq;
+        for (i, append) in batch.iter().enumerate() {
+            put_frame(&mut buf, first_seq + i as u64, &append.payload);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return refuse(batch, DeliveryError::Unavailable("no segment".into()));
+        };
+        if let Err(err) = file.write_all(&buf) {
+            // Cut the partial write off again: nothing of this batch was answered 200.
+            if let Err(cut) = file.set_len(self.segment_len) {
+                return self.fatal(batch, cut, "cutting off a failed write");
+            }
+            return self.failed_write(batch, err, "writing");
+        }
+        let started = Instant::now();
+        if let Err(err) = file.sync_data() {
+            return self.fatal(batch, err, "fdatasync");
+        }
+        self.shared
+            .metrics
+            .committed(started.elapsed(), batch.len(), buf.len());
+        self.segment_len += buf.len() as u64;
+        self.next_seq += batch.len() as u64;
+        self.shared.add_bytes(buf.len() as u64);
+        let last_seq = self.next_seq - 1;
+        {
+            let mut tail = self.shared.lock_tail();
+            for (i, append) in batch.iter().enumerate() {
+                tail.push(
+                    first_seq + i as u64,
+                    append.record.clone(),
+                    append.payload.len(),
+                );
+            }
+        }
+        self.shared.durable.send_replace(last_seq);
+        for (i, append) in batch.into_iter().enumerate() {
+            let _ = append.reply.send(Ok(first_seq + i as u64));
+        }
+    }
+
+    /// A new segment when the current one would pass its size (never for an empty one).
+    fn rotate_if_needed(&mut self, bytes: u64) -> io::Result<()> {
+        let full =
+            self.segment_len > 0 && self.segment_len + bytes > self.shared.config.segment_bytes;
+        if self.file.is_some() && !full {
+            return Ok(());
+        }
+        let (segment, file) = segment::create(&self.shared.config.dir, self.next_seq)?;
+        self.shared.lock_segments().push(segment);
+        self.file = Some(file);
+        self.segment_len = 0;
+        Ok(())
+    }
+
+    /// A write that failed: a full disk refuses this batch and, for a moment, new appends;
+    /// anything else is fatal.
+    fn failed_write(&mut self, batch: Vec<Append>, err: io::Error, what: &str) {
+        if is_disk_full(&err) {
+            tracing::warn!(error = %err, "spool: disk full while {what}; refusing callbacks (503) until there is room");
+            self.shared.disk_full();
+            return refuse(batch, DeliveryError::Full(format!("disk full: {err}")));
+        }
+        self.fatal(batch, err, what)
+    }
+
+    fn fatal(&mut self, batch: Vec<Append>, err: io::Error, what: &str) {
+        tracing::error!(error = %err, "spool: {what} failed; the spool cannot be trusted any more and the process exits (it never retries an fsync)");
+        self.shared.fatal.cancel();
+        refuse(
+            batch,
+            DeliveryError::Unavailable(format!("spool {what} failed: {err}")),
+        );
+    }
+}
+
+fn refuse(batch: Vec<Append>, err: DeliveryError) {
+    for append in batch {
+        let _ = append.reply.send(Err(err.clone()));
+    }
+}
+
+fn is_disk_full(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
