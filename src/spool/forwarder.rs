@@ -143,6 +143,12 @@ impl<S: Deliver> Forwarder<S> {
                 self.dry = true;
                 break;
             };
+            tracing::trace!(
+                seq,
+                want = self.next_read,
+                dedup_id = record.dedup_id(),
+                "spool: read"
+            );
             self.next_read = seq + 1;
             self.outstanding.insert(seq);
             if let Some(at) = received_at(&record) {
@@ -178,11 +184,12 @@ impl<S: Deliver> Forwarder<S> {
 
     fn read_disk(&mut self) -> Option<(u64, Arc<Record>)> {
         let want = self.next_read;
-        for _ in 0..2 {
+        for _ in 0..3 {
             if self.disk.is_none() {
                 self.disk = self.open_cursor(want);
             }
             let cursor = self.disk.as_mut()?;
+            let mut damaged_end = false;
             loop {
                 match cursor.reader.next_step() {
                     Ok(Step::Record { seq, payload }) if seq >= want => {
@@ -198,23 +205,43 @@ impl<S: Deliver> Forwarder<S> {
                         }
                     }
                     Ok(Step::Record { .. } | Step::Skipped { .. }) => {}
-                    Ok(Step::End { .. }) | Err(_) => break,
+                    Ok(Step::End { trailing }) => {
+                        damaged_end = trailing > 0;
+                        break;
+                    }
+                    Err(_) => break,
                 }
             }
-            // The end of this segment: the next one, or (the active segment) a fresh look at
-            // what was appended since it was opened.
+            // The end of what could be read: more of this segment when it grew since (it was
+            // being appended to), else the next segment.
             let (first_seq, offset, path) = (
                 cursor.first_seq,
                 cursor.reader.offset(),
                 cursor.path.clone(),
             );
-            self.disk = match self.next_segment_after(first_seq) {
-                Some(next) => self.open_cursor(next.max(want)),
-                None => Reader::open_at(&path, offset).ok().map(|reader| Cursor {
-                    first_seq,
-                    path,
-                    reader,
-                }),
+            // A later segment means this one is sealed and its length final: look for it first.
+            let next = self.next_segment_after(first_seq);
+            let limit = match next {
+                Some(_) => None,
+                None => self.shared.read_limit(first_seq),
+            };
+            let readable = std::fs::metadata(&path)
+                .map_or(0, |m| m.len())
+                .min(limit.unwrap_or(u64::MAX));
+            // (Damage at a sealed segment's end was reported by recovery: step over it.)
+            self.disk = if readable > offset && !(damaged_end && limit.is_none()) {
+                Reader::open_at(&path, offset, limit)
+                    .ok()
+                    .map(|reader| Cursor {
+                        first_seq,
+                        path,
+                        reader,
+                    })
+            } else {
+                match next {
+                    Some(next) => self.open_cursor(next.max(want)),
+                    None => return None,
+                }
             };
         }
         None
@@ -227,7 +254,8 @@ impl<S: Deliver> Forwarder<S> {
             .rev()
             .find(|s| s.first_seq <= seq)
             .or_else(|| segments.first())?;
-        let reader = Reader::open(&segment.path).ok()?;
+        let reader =
+            Reader::open_at(&segment.path, 0, self.shared.read_limit(segment.first_seq)).ok()?;
         Some(Cursor {
             first_seq: segment.first_seq,
             path: segment.path.clone(),
@@ -262,7 +290,14 @@ impl<S: Deliver> Forwarder<S> {
     fn finish(&mut self, done: Done) {
         let Done { mut item, result } = done;
         match result {
-            Ok(()) => self.shared.metrics.forwarded.inc(),
+            Ok(()) => {
+                self.shared.metrics.forwarded.inc();
+                tracing::trace!(
+                    seq = item.seq,
+                    dedup_id = item.record.dedup_id(),
+                    "spool: forwarded"
+                );
+            }
             Err(DeliveryError::Rejected(why)) => self.dead_letter(&item, &why),
             Err(err) => {
                 if item.attempt == 0 {

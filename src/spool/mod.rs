@@ -105,6 +105,9 @@ pub struct Shared {
     /// The highest durable sequence number.
     pub durable: watch::Sender<u64>,
     segments: Mutex<Vec<Segment>>,
+    /// The segment being appended to (its first seq) and its durable length: readers never
+    /// read past it.
+    active: Mutex<(u64, u64)>,
     tail: Mutex<Tail>,
 }
 
@@ -139,6 +142,17 @@ impl Shared {
 
     fn lock_segments(&self) -> MutexGuard<'_, Vec<Segment>> {
         self.segments.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How far a reader may read `segment`: its durable length when it is being appended to,
+    /// all of it otherwise.
+    fn read_limit(&self, first_seq: u64) -> Option<u64> {
+        let (active, len) = *self.active.lock().unwrap_or_else(|e| e.into_inner());
+        (active == first_seq).then_some(len)
+    }
+
+    fn set_active(&self, first_seq: u64, durable_len: u64) {
+        *self.active.lock().unwrap_or_else(|e| e.into_inner()) = (first_seq, durable_len);
     }
 
     fn lock_tail(&self) -> MutexGuard<'_, Tail> {
@@ -232,6 +246,7 @@ impl<S: Deliver> Spool<S> {
             fatal: CancellationToken::new(),
             durable: watch::Sender::new(0),
             segments: Mutex::new(Vec::new()),
+            active: Mutex::new((0, 0)),
             tail: Mutex::new(Tail {
                 records: VecDeque::new(),
                 bytes: 0,
@@ -334,9 +349,14 @@ fn start(shared: Arc<Shared>, rx: mpsc::Receiver<Msg>) -> std::io::Result<(u64, 
     );
     *shared.lock_segments() = found.segments;
     shared.durable.send_replace(last_seq);
+    shared
+        .metrics
+        .unforwarded
+        .set(last_seq.saturating_sub(position) as i64);
     let writer = Writer {
         shared: shared.clone(),
         file: None,
+        segment_first: 0,
         segment_len: 0,
         next_seq: last_seq + 1,
     };

@@ -111,9 +111,11 @@ pub enum Step {
     },
 }
 
-/// Reads a segment's frames in order.
+/// Reads a segment's frames in order, never past a limit: the segment being appended to is
+/// read only up to its durable length (what a reader buffered beyond it could be a write in
+/// progress).
 pub struct Reader {
-    file: BufReader<File>,
+    file: BufReader<io::Take<File>>,
     /// Where the next frame starts.
     offset: u64,
     len: u64,
@@ -122,17 +124,18 @@ pub struct Reader {
 
 impl Reader {
     pub fn open(path: &Path) -> io::Result<Reader> {
-        Reader::open_at(path, 0)
+        Reader::open_at(path, 0, None)
     }
 
-    /// Opens `path` with the next frame at `offset` (where an earlier reader stopped).
-    pub fn open_at(path: &Path, offset: u64) -> io::Result<Reader> {
-        let mut file = File::open(path)?;
-        let len = file.metadata()?.len();
-        io::Seek::seek(&mut file, io::SeekFrom::Start(offset.min(len)))?;
+    /// Opens `path` with the next frame at `offset` (where an earlier reader stopped), reading
+    /// no further than `limit` bytes into the file.
+    pub fn open_at(path: &Path, offset: u64, limit: Option<u64>) -> io::Result<Reader> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len().min(limit.unwrap_or(u64::MAX));
+        let offset = offset.min(len);
         Ok(Reader {
-            file: BufReader::with_capacity(256 << 10, file),
-            offset: offset.min(len),
+            file: bounded(file, offset, len)?,
+            offset,
             len,
             done: false,
         })
@@ -180,16 +183,17 @@ impl Reader {
     /// segment whose rest is lost). Reads the rest of the segment: only ever on damage.
     fn resync(&mut self, at: u64) -> io::Result<Step> {
         let mut rest = Vec::new();
-        let mut file = self.file.get_ref().try_clone()?;
-        io::Seek::seek(&mut file, io::SeekFrom::Start(at + 1))?;
-        file.take(self.len - at - 1).read_to_end(&mut rest)?;
+        bounded(self.file.get_ref().get_ref().try_clone()?, at + 1, self.len)?
+            .read_to_end(&mut rest)?;
         let rest = Bytes::from(rest);
         for i in 0..rest.len() {
             if let Read::Frame { .. } = frame::read_frame(&rest.slice(i..)) {
                 self.offset = at + 1 + i as u64;
-                let mut file = self.file.get_ref().try_clone()?;
-                io::Seek::seek(&mut file, io::SeekFrom::Start(self.offset))?;
-                self.file = BufReader::with_capacity(256 << 10, file);
+                self.file = bounded(
+                    self.file.get_ref().get_ref().try_clone()?,
+                    self.offset,
+                    self.len,
+                )?;
                 return Ok(Step::Skipped { offset: at });
             }
         }
@@ -197,8 +201,22 @@ impl Reader {
         Ok(self.end(self.len - at))
     }
 
+    /// The limit this reader reads to.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
     fn end(&mut self, trailing: u64) -> Step {
         self.done = true;
         Step::End { trailing }
     }
+}
+
+/// `file` from `offset` up to `len`, buffered.
+fn bounded(mut file: File, offset: u64, len: u64) -> io::Result<BufReader<io::Take<File>>> {
+    io::Seek::seek(&mut file, io::SeekFrom::Start(offset))?;
+    Ok(BufReader::with_capacity(
+        256 << 10,
+        file.take(len.saturating_sub(offset)),
+    ))
 }

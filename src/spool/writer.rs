@@ -37,8 +37,9 @@ pub struct Append {
 
 pub struct Writer {
     pub shared: Arc<Shared>,
-    /// The segment being appended to and its length.
+    /// The segment being appended to, its first sequence number and its length.
     pub file: Option<File>,
+    pub segment_first: u64,
     pub segment_len: u64,
     pub next_seq: u64,
 }
@@ -121,6 +122,7 @@ impl Writer {
             .metrics
             .committed(started.elapsed(), batch.len(), buf.len());
         self.segment_len += buf.len() as u64;
+        self.shared.set_active(self.segment_first, self.segment_len);
         self.next_seq += batch.len() as u64;
         self.shared.add_bytes(buf.len() as u64);
         let last_seq = self.next_seq - 1;
@@ -135,6 +137,12 @@ impl Writer {
             }
         }
         self.shared.durable.send_replace(last_seq);
+        tracing::trace!(
+            first_seq,
+            last_seq,
+            segment = self.segment_first,
+            "spool: batch durable"
+        );
         for (i, append) in batch.into_iter().enumerate() {
             let _ = append.reply.send(Ok(first_seq + i as u64));
         }
@@ -148,8 +156,10 @@ impl Writer {
             return Ok(());
         }
         let (segment, file) = segment::create(&self.shared.config.dir, self.next_seq)?;
+        self.shared.set_active(self.next_seq, 0);
         self.shared.lock_segments().push(segment);
         self.file = Some(file);
+        self.segment_first = self.next_seq;
         self.segment_len = 0;
         Ok(())
     }

@@ -15,3 +15,4 @@ mod nats_sink;
 mod overload;
 mod rejections;
 mod slow_clients;
+mod spool;
