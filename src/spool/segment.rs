@@ -201,11 +201,6 @@ impl Reader {
         Ok(self.end(self.len - at))
     }
 
-    /// The limit this reader reads to.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
     fn end(&mut self, trailing: u64) -> Step {
         self.done = true;
         Step::End { trailing }
