@@ -115,7 +115,7 @@ impl Writer {
             return self.failed_write(batch, err, "writing");
         }
         let started = Instant::now();
-        if let Err(err) = file.sync_data() {
+        if let Err(err) = sync_data(file, &self.shared.config.dir) {
             return self.fatal(batch, err, "fdatasync");
         }
         self.shared
@@ -182,6 +182,40 @@ impl Writer {
             batch,
             DeliveryError::Unavailable(format!("spool {what} failed: {err}")),
         );
+    }
+}
+
+/// `fdatasync`, or (in tests, `test-util`) the failure injected for this directory.
+fn sync_data(file: &File, dir: &std::path::Path) -> io::Result<()> {
+    #[cfg(feature = "test-util")]
+    if faults::take(dir) {
+        return Err(io::Error::other("injected fdatasync failure"));
+    }
+    let _ = dir;
+    file.sync_data()
+}
+
+/// Fault injection for the tests: the next fdatasync of a spool directory fails (a real one
+/// cannot be made to fail on demand without a device-mapper target).
+#[cfg(feature = "test-util")]
+pub mod faults {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static FAIL_NEXT_FSYNC: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub fn fail_next_fsync(dir: &Path) {
+        FAIL_NEXT_FSYNC
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dir.to_owned());
+    }
+
+    pub(super) fn take(dir: &Path) -> bool {
+        let mut dirs = FAIL_NEXT_FSYNC.lock().unwrap_or_else(|e| e.into_inner());
+        let before = dirs.len();
+        dirs.retain(|d| d != dir);
+        dirs.len() != before
     }
 }
 

@@ -467,3 +467,152 @@ async fn a_second_process_cannot_take_the_spool_and_drain_empties_it() {
     assert!(inspect.status.success(), "{report}");
     assert!(report.contains("unforwarded records: 0"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_answers_503_and_the_bridge_gives_up_for_good() {
+    let _serial = serial().await;
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = start_bridge(&nats, &["--spool-dir", dir.path().to_str().unwrap()]).await;
+    let http = Http::default();
+    assert_ok(&http.group_message(bridge.addr(), "@TGS#fsync", 1).await);
+    timbridge::spool::writer::faults::fail_next_fsync(dir.path());
+    let failed = http.group_message(bridge.addr(), "@TGS#fsync", 2).await;
+    assert_fail(&failed, 503, 5030);
+    // Never retried: every later callback is refused too, and the bridge says it must go.
+    assert_fail(
+        &http.group_message(bridge.addr(), "@TGS#fsync", 3).await,
+        503,
+        5030,
+    );
+    assert_eq!(http.admin(bridge.admin_addr(), "/healthz").await.0, 503);
+    assert_eq!(http.admin(bridge.admin_addr(), "/readyz").await.0, 503);
+    tokio::time::timeout(Duration::from_secs(1), bridge.failed())
+        .await
+        .expect("the bridge reports the failure (main exits 74 on it)");
+}
+
+/// A tmpfs of a few MiB: a real ENOSPC. Needs root (CI runs as root); set
+/// TIMBRIDGE_TEST_NO_TMPFS=1 where mounting is impossible, and the test says it was skipped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        if std::env::var_os("TIMBRIDGE_TEST_NO_TMPFS").is_some() {
+            eprintln!("SKIPPED: TIMBRIDGE_TEST_NO_TMPFS is set");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (needs root); set TIMBRIDGE_TEST_NO_TMPFS=1 to skip"
+        );
+        Some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_503_at_once_and_service_returns_when_there_is_room() {
+    let _serial = serial().await;
+    let Some(disk) = Tmpfs::mount("8m") else {
+        return;
+    };
+    let mut nats = NatsServer::start();
+    nats.stop();
+    let spool = disk.0.path().join("spool");
+    let bridge = start_bridge_unready(
+        &nats,
+        &[
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            "--spool-segment-bytes",
+            "512KiB",
+        ],
+    )
+    .await;
+    let http = Http::default();
+    eventually(Duration::from_secs(10), "the spool to recover", || {
+        let http = http.clone();
+        let admin = bridge.admin_addr();
+        async move { (http.admin(admin, "/readyz").await.0 == 200).then_some(()) }
+    })
+    .await;
+    // 16 KiB messages until the disk is full.
+    let text = "x".repeat(16 << 10);
+    let body = |seq: u64| {
+        bytes::Bytes::from(
+            String::from_utf8(group_message("@TGS#full", seq).to_vec())
+                .unwrap()
+                .replace("你好", &text),
+        )
+    };
+    let cmd = query("Group.CallbackAfterSendMsg");
+    let mut answered = Vec::new();
+    let mut seq = 0;
+    let full = loop {
+        seq += 1;
+        assert!(seq < 2000, "8 MiB never filled");
+        let answer = http.callback(bridge.addr(), &cmd, body(seq)).await;
+        if answer.status == 200 {
+            answered.push(seq);
+        } else {
+            break answer;
+        }
+    };
+    assert_fail(&full, 503, 5035);
+    assert!(
+        answered.len() > 100,
+        "{} before the disk was full",
+        answered.len()
+    );
+    // While full: refused at once, not ready.
+    let started = Instant::now();
+    let again = http.callback(bridge.addr(), &cmd, body(seq + 1)).await;
+    assert_fail(&again, 503, 5035);
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(http.admin(bridge.admin_addr(), "/readyz").await.0, 503);
+
+    // The broker returns: forwarded segments are deleted, and there is room again.
+    nats.restart();
+    let mut seq = seq + 1;
+    eventually(Duration::from_secs(30), "a 200 once there is room", || {
+        seq += 1;
+        let (http, addr, body, cmd) = (http.clone(), bridge.addr(), body(seq), cmd.clone());
+        let this = seq;
+        async move { (http.callback(addr, &cmd, body).await.status == 200).then_some(this) }
+    })
+    .await;
+    forwarded_all(bridge.admin_addr(), Duration::from_secs(30)).await;
+    let stored = nats.reader().await.all("TIM").await;
+    let got: HashSet<u64> = stored
+        .iter()
+        .map(|m| m.header("tim-msg-seq").unwrap().parse().unwrap())
+        .collect();
+    let lost: Vec<u64> = answered
+        .iter()
+        .filter(|s| !got.contains(s))
+        .copied()
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "answered 200 before the disk was full, not stored: {lost:?}"
+    );
+    bridge.shutdown().await;
+}
