@@ -126,10 +126,20 @@ fn total(answered: &Answered) -> usize {
 }
 
 /// The outage's length: TIMBRIDGE_TEST_OUTAGE_SECS (the 10-minute run of the note),
-/// 5 s by default.
+/// 5 s by default; TIMBRIDGE_TEST_OUTAGE_PACE_MS sets each group's pause between messages
+/// (5 ms by default).
 fn outage() -> Duration {
     Duration::from_secs(
         std::env::var("TIMBRIDGE_TEST_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5),
+    )
+}
+
+fn outage_pace() -> Duration {
+    Duration::from_millis(
+        std::env::var("TIMBRIDGE_TEST_OUTAGE_PACE_MS")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(5),
@@ -154,7 +164,7 @@ async fn a_nats_outage_is_answered_200_and_everything_arrives_in_order_afterward
         move || addr,
         "@TGS#outage",
         20,
-        Duration::from_millis(5),
+        outage_pace(),
         stop.clone(),
         answered.clone(),
     ));
@@ -613,6 +623,92 @@ async fn a_full_disk_is_503_at_once_and_service_returns_when_there_is_room() {
     assert!(
         lost.is_empty(),
         "answered 200 before the disk was full, not stored: {lost:?}"
+    );
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_outage_is_answered_200_and_everything_arrives_in_order_afterwards() {
+    use rdkafka::mocking::MockCluster;
+    const TOPIC: &str = "tim.Group.CallbackAfterSendMsg";
+    let _serial = serial().await;
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(TOPIC, 8, 1).expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = crate::common::kafka::start_bridge(
+        &bootstrap,
+        &[
+            "--spool-dir",
+            dir.path().to_str().unwrap(),
+            "--publish-timeout",
+            "600ms",
+        ],
+    )
+    .await;
+    let addr = bridge.addr();
+    let answered: Answered = Default::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = tokio::spawn(send_until(
+        move || addr,
+        "@TGS#kdown",
+        8,
+        Duration::from_millis(5),
+        stop.clone(),
+        answered.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    mock.broker_down(1).expect("down");
+    let http = Http::default();
+    let started = Instant::now();
+    while started.elapsed() < outage() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(http.admin(bridge.admin_addr(), "/readyz").await.0, 200);
+    }
+    mock.broker_up(1).expect("up");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    assert_eq!(load.await.unwrap(), 0, "every callback answered 200");
+    forwarded_all(bridge.admin_addr(), Duration::from_secs(60)).await;
+    let answered = answered.lock().unwrap().clone();
+    let expected: usize = answered.values().map(Vec::len).sum();
+    let records = tokio::task::spawn_blocking(move || {
+        crate::common::kafka::consume(&bootstrap, TOPIC, 8, expected, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    // Kafka keeps a record the forwarder sent again after a timeout: consumers drop repeated
+    // dedup ids. After that, each group in order, every 200 present.
+    let mut seen = HashSet::new();
+    let mut by_group: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in &records {
+        if !seen.insert(r.header("tim-dedup-id").unwrap().to_owned()) {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        by_group
+            .entry(v["GroupId"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v["MsgSeq"].as_u64().unwrap());
+    }
+    for (group, seqs) in &answered {
+        let got = by_group.get(group).cloned().unwrap_or_default();
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "{group} out of order: {got:?}"
+        );
+        let got: HashSet<u64> = got.into_iter().collect();
+        let missing: Vec<&u64> = seqs.iter().filter(|s| !got.contains(s)).collect();
+        assert!(
+            missing.is_empty(),
+            "{group}: answered 200, not in Kafka: {missing:?}"
+        );
+    }
+    eprintln!(
+        "kafka outage {:?}: {expected} answered 200; {} records in the topic ({} repeats dropped by dedup id)",
+        outage(),
+        records.len(),
+        records.len() - seen.len()
     );
     bridge.shutdown().await;
 }
