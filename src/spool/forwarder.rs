@@ -278,6 +278,12 @@ impl<S: Deliver> Forwarder<S> {
         let start = self.pacer.slot(backoff);
         self.inflight.push(Box::pin(async move {
             tokio::time::sleep_until(start.into()).await;
+            // A disconnected client would queue the record and send it whenever it reconnects,
+            // long after this attempt timed out and the next was made: wait for the broker.
+            if !sink.is_ready() {
+                let result = Err(DeliveryError::Unavailable("the sink is not ready".into()));
+                return Done { item, result };
+            }
             let result = match tokio::time::timeout(timeout, sink.deliver(&item.record)).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(err)) => Err(err),

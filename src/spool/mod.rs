@@ -215,8 +215,8 @@ pub struct Spool<S> {
     stop: CancellationToken,
     /// Resolves when the forwarder has stopped.
     forwarder_done: Mutex<Option<oneshot::Receiver<()>>>,
-    /// Held for the process's life: a second process cannot take the directory.
-    _lock: File,
+    /// Held until `close`: a second process cannot take the directory.
+    lock: File,
 }
 
 impl<S: Deliver> Spool<S> {
@@ -262,7 +262,7 @@ impl<S: Deliver> Spool<S> {
             drain: CancellationToken::new(),
             stop: CancellationToken::new(),
             forwarder_done: Mutex::new(None),
-            _lock: lock,
+            lock,
         };
         let (done_tx, done_rx) = oneshot::channel();
         *spool
@@ -444,5 +444,9 @@ impl<S: Deliver> Deliver for Spool<S> {
         self.sink
             .close(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
+        // Nothing is written any more: the next process (or `spool drain`) may take it.
+        if let Err(err) = self.lock.unlock() {
+            tracing::warn!(error = %err, "spool: cannot release the lock file");
+        }
     }
 }
