@@ -750,7 +750,7 @@ async fn spooled_fixtures_arrive_as_direct_mode_publishes_them() {
     for (name, command, body) in &fixtures {
         let msg = stored
             .iter()
-            .find(|m| &m.payload == body)
+            .find(|m| m.payload == *body)
             .unwrap_or_else(|| panic!("{name}: payload byte for byte in the stream"));
         let p = timbridge::sink::partition::partition(fixture_key(body).as_bytes(), 16);
         assert_eq!(msg.subject, format!("tim.{command}.{p}"), "{name}");
