@@ -124,7 +124,11 @@ impl<D: Deliver> Bridge<D> {
         let admin_addr = local_addr(&admin_listener, config.admin_listen);
 
         let handler = Arc::new(Handler::new(&config, delivery, metrics));
-        let budget = Budget::new(config.shutdown_delay, config.shutdown_timeout);
+        let budget = Budget::new(
+            config.shutdown_delay,
+            config.shutdown_timeout,
+            config.spool.is_some(),
+        );
         let limits = ConnectionLimits {
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,

@@ -47,6 +47,7 @@ pub struct Metrics {
 #[derive(Clone)]
 pub struct SpoolMetrics {
     pub bytes: IntGauge,
+    pub max_bytes: IntGauge,
     pub unforwarded: IntGauge,
     pub oldest_age: Gauge,
     pub fsync_duration: Histogram,
@@ -65,6 +66,10 @@ impl SpoolMetrics {
             bytes: IntGauge::new(
                 "timbridge_spool_bytes",
                 "Bytes of the spool's segments on disk (bounded by --spool-max-bytes).",
+            )?,
+            max_bytes: IntGauge::new(
+                "timbridge_spool_max_bytes",
+                "--spool-max-bytes (0 in direct mode): the spool's fill ratio is timbridge_spool_bytes over it.",
             )?,
             unforwarded: IntGauge::new(
                 "timbridge_spool_unforwarded_records",
@@ -114,6 +119,7 @@ impl SpoolMetrics {
             )?,
         };
         registry.register(Box::new(m.bytes.clone()))?;
+        registry.register(Box::new(m.max_bytes.clone()))?;
         registry.register(Box::new(m.unforwarded.clone()))?;
         registry.register(Box::new(m.oldest_age.clone()))?;
         registry.register(Box::new(m.fsync_duration.clone()))?;

@@ -48,11 +48,17 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(delay: Duration, total: Duration) -> Budget {
+    /// `spooled`: the flush is the forwarder's drain of the spool, which gets half of what is
+    /// left after the delay (the rest stays in the spool for the next start).
+    pub fn new(delay: Duration, total: Duration, spooled: bool) -> Budget {
         let after_delay = total.saturating_sub(delay);
-        // The flush gets a quarter, at most 2 s: by then every answered message was acked
-        // anyway; what is left are messages whose requests already got 503.
-        let flush = (after_delay / 4).min(Duration::from_secs(2));
+        // Direct mode: the flush gets a quarter, at most 2 s: by then every answered message
+        // was acked anyway; what is left are messages whose requests already got 503.
+        let flush = if spooled {
+            after_delay / 2
+        } else {
+            (after_delay / 4).min(Duration::from_secs(2))
+        };
         Budget {
             delay,
             drain: after_delay - flush,

@@ -37,7 +37,7 @@ COPIES = {
 
 # Helm's install order, so that `kubectl apply -f` creates what a pod needs before the pod.
 KIND_ORDER = [
-    "NetworkPolicy", "ServiceAccount", "Secret", "ConfigMap", "Service", "Deployment",
+    "NetworkPolicy", "ServiceAccount", "Secret", "ConfigMap", "Service", "Deployment", "StatefulSet",
     "HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress", "ServiceMonitor",
     "PrometheusRule",
 ]

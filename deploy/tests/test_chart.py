@@ -41,6 +41,13 @@ def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def workload(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bridge's pods' owner: a Deployment, or a StatefulSet in spooled mode on PVCs."""
+    found = by_kind(objs, "Deployment") + by_kind(objs, "StatefulSet")
+    assert len(found) == 1, f"expected one Deployment or StatefulSet, got {len(found)}"
+    return found[0]
+
+
 def bridge_config(objs: list[dict[str, Any]]) -> dict[str, str]:
     """The ConfigMap of the bridge's settings (the other one carries the dashboard)."""
     (cm,) = [o for o in by_kind(objs, "ConfigMap") if "TIMBRIDGE_SINK" in o.get("data", {})]
@@ -56,7 +63,7 @@ def case(request):
 def test_scenarios_exist():
     assert {p.stem for p in SCENARIOS} >= {
         "kafka-values", "nats-values", "ingress-values", "autoscaling-values",
-        "existing-secret-values", "apps-values"}
+        "existing-secret-values", "apps-values", "spool-values"}
 
 
 # --- Kubernetes schemas --------------------------------------------------------------------
@@ -95,11 +102,11 @@ def test_manifests_match_kubernetes_schemas(case):
 def test_validator_catches_mistakes():
     # A guard against a validator that accepts anything.
     objs = render_objects(None)
-    deployment = copy.deepcopy(one(objs, "Deployment"))
+    deployment = copy.deepcopy(workload(objs))
     deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 3
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
-    deployment = copy.deepcopy(one(objs, "Deployment"))
+    deployment = copy.deepcopy(workload(objs))
     deployment["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
@@ -109,7 +116,7 @@ def test_validator_catches_mistakes():
 
 def test_deployment_runs_hardened_with_probes(case):
     values, objs = case
-    deployment = one(objs, "Deployment")
+    deployment = workload(objs)
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["args"][0] == "serve"
@@ -127,13 +134,16 @@ def test_deployment_runs_hardened_with_probes(case):
 
 def test_grace_period_follows_the_shutdown_flags(case):
     values, objs = case
-    shutdown = helm.Chart.load(str(CHART)).merge_values(values)["shutdown"]
+    merged = helm.Chart.load(str(CHART)).merge_values(values)
+    shutdown = merged["shutdown"]
+    # Spooled mode adds the forwarder's drain to the budget.
+    timeout = shutdown["timeoutSeconds"] + (merged["spool"]["drainSeconds"] if merged["spool"]["enabled"] else 0)
     config = bridge_config(objs)
-    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(objs)["spec"]["template"]["spec"]
     assert config["TIMBRIDGE_SHUTDOWN_DELAY"] == f"{shutdown['delaySeconds']}s"
-    assert config["TIMBRIDGE_SHUTDOWN_TIMEOUT"] == f"{shutdown['timeoutSeconds']}s"
-    assert pod["terminationGracePeriodSeconds"] == shutdown["timeoutSeconds"] + shutdown["killMarginSeconds"]
-    assert pod["terminationGracePeriodSeconds"] > shutdown["timeoutSeconds"] > shutdown["delaySeconds"]
+    assert config["TIMBRIDGE_SHUTDOWN_TIMEOUT"] == f"{timeout}s"
+    assert pod["terminationGracePeriodSeconds"] == timeout + shutdown["killMarginSeconds"]
+    assert pod["terminationGracePeriodSeconds"] > timeout > shutdown["delaySeconds"]
 
 
 def test_config_names_only_real_flags(case):
@@ -144,7 +154,7 @@ def test_config_names_only_real_flags(case):
     known = set(re.findall(r"\[env: (TIMBRIDGE_[A-Z_]+)", help_text))
     assert len(known) > 40
     names = set(bridge_config(objs))
-    container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = workload(objs)["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"] for e in container.get("env", [])}
     names |= {n for n in env if n.startswith("TIMBRIDGE_")}
     assert names - known == set()
@@ -162,7 +172,7 @@ def test_service_exposes_callback_and_metrics(case):
 def test_secret_or_existing_secret(case):
     values, objs = case
     existing = ((values or {}).get("secret") or {}).get("existingSecret")
-    container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = workload(objs)["spec"]["template"]["spec"]["containers"][0]
     apps = set(app_credential_variables(objs))
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
             if "valueFrom" in e and e["name"] not in apps}
@@ -205,7 +215,7 @@ def test_apps_scenario_renders_both_apps_with_secrets_from_their_secrets():
     config = bridge_config(objs)
     assert config["TIMBRIDGE_CONFIG"] == "/etc/timbridge/config/apps.yaml"
     assert "TIMBRIDGE_SDKAPPID" not in config
-    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(objs)["spec"]["template"]["spec"]
     container = pod["containers"][0]
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
     assert refs["TIM_APP_1400000001_TOKEN"] == {"name": "tim-production", "key": "callback-token"}
@@ -217,7 +227,7 @@ def test_apps_scenario_renders_both_apps_with_secrets_from_their_secrets():
     (volume,) = [v for v in pod["volumes"] if v["name"] == "apps"]
     apps_map = [o for o in by_kind(objs, "ConfigMap") if "apps.yaml" in o.get("data", {})][0]
     assert volume["configMap"]["name"] == apps_map["metadata"]["name"]
-    assert "checksum/apps" in one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/apps" in workload(objs)["spec"]["template"]["metadata"]["annotations"]
     notes = next(v for k, v in helmrender.render(values).items() if k.endswith("NOTES.txt"))
     assert "1400000002: token from Secret tim-staging" in notes
     assert "bridge.sdkappids is empty" not in notes and "NONE" not in notes
@@ -249,9 +259,45 @@ def test_the_bridge_accepts_the_pod_environment_the_apps_scenario_renders(tmp_pa
     assert "apps[0].token_env: TIM_APP_1400000001_TOKEN" in missing.stderr
 
 
+def test_spool_scenario_is_a_statefulset_with_a_volume_per_pod():
+    values = helmrender.load_values(CHART / "ci" / "spool-values.yaml")
+    objs = render_objects(values)
+    assert by_kind(objs, "Deployment") == []
+    sts = one(objs, "StatefulSet")
+    assert sts["spec"]["serviceName"] == one(objs, "Service")["metadata"]["name"]
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "spool"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert claim["spec"]["storageClassName"] == "fast-ssd"
+    pod = sts["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "spool"]
+    config = bridge_config(objs)
+    assert config["TIMBRIDGE_SPOOL_DIR"] == mount["mountPath"]
+    assert config["TIMBRIDGE_SPOOL_MAX_BYTES"] == "16GiB"
+    # The forwarder's drain is added to the shutdown budget, and the grace period follows.
+    assert config["TIMBRIDGE_SHUTDOWN_TIMEOUT"] == "70s"
+    assert pod["terminationGracePeriodSeconds"] == 25 + 45 + 5
+    # The pod's volume survives; no emptyDir for the spool.
+    assert "spool" not in {v["name"] for v in pod.get("volumes", [])}
+
+
+def test_spool_on_emptydir_stays_a_deployment():
+    objs = render_objects({"spool": {"enabled": True, "persistence": "emptyDir", "size": "2Gi"}})
+    assert by_kind(objs, "StatefulSet") == []
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "spool"]
+    assert volume["emptyDir"] == {"sizeLimit": "2Gi"}
+    assert bridge_config(objs)["TIMBRIDGE_SPOOL_DIR"] == "/var/lib/timbridge/spool"
+
+
+def test_spool_on_pvcs_refuses_autoscaling():
+    with pytest.raises(helm.HelmError, match="autoscaling with spool"):
+        helmrender.render({"spool": {"enabled": True}, "autoscaling": {"enabled": True}})
+
+
 def test_pdb_on_by_default_with_two_replicas():
     objs = render_objects(None)
-    assert one(objs, "Deployment")["spec"]["replicas"] == 2
+    assert workload(objs)["spec"]["replicas"] == 2
     assert one(objs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     assert by_kind(objs, "HorizontalPodAutoscaler") == []
     assert by_kind(objs, "Ingress") == [] and by_kind(objs, "NetworkPolicy") == []
@@ -261,7 +307,7 @@ def test_autoscaling_scenario():
     objs = render_objects(helmrender.load_values(CHART / "ci" / "autoscaling-values.yaml"))
     hpa = one(objs, "HorizontalPodAutoscaler")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
-    assert "replicas" not in one(objs, "Deployment")["spec"]
+    assert "replicas" not in workload(objs)["spec"]
     assert one(objs, "PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
 
 
@@ -275,7 +321,7 @@ def test_kafka_scenario():
     assert config["TIMBRIDGE_KAFKA_SSL_CA"] == "/etc/timbridge/kafka-tls/ca.crt"
     assert config["TIMBRIDGE_SDKAPPID"] == "1400000000,1400000001"
     assert not any(k.startswith("TIMBRIDGE_NATS") for k in config)
-    container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = workload(objs)["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["serve", "--kafka-option", "client.id=timbridge",
                                  "--kafka-option", "socket.keepalive.enable=true"]
     assert one(objs, "ServiceMonitor")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -291,7 +337,7 @@ def test_nats_scenario():
     assert "nats.creds" in one(objs, "Secret")["data"]
     policy = one(objs, "NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(objs)["spec"]["template"]["spec"]
     assert {v["name"] for v in pod["volumes"]} == {"secret", "nats-tls"}
     assert pod["terminationGracePeriodSeconds"] == 45
 

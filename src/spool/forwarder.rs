@@ -277,7 +277,10 @@ impl<S: Deliver> Forwarder<S> {
         let backoff = backoff(item.attempt, self.shared.config.forward_retry_max);
         let start = self.pacer.slot(backoff);
         self.inflight.push(Box::pin(async move {
-            tokio::time::sleep_until(start.into()).await;
+            // No timer when the slot has come (the common case): a sleep would cost a wake-up.
+            if let Some(start) = start {
+                tokio::time::sleep_until(start.into()).await;
+            }
             // A disconnected client would queue the record and send it whenever it reconnects,
             // long after this attempt timed out and the next was made: wait for the broker.
             if !sink.is_ready() {
@@ -413,12 +416,15 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
         .min(max)
 }
 
-/// `--forward-max-rate`: publishes start at most this often (a returning broker is not hit by
-/// the whole backlog at once).
+/// `--forward-max-rate`: publishes start at most this often on average (a returning broker is
+/// not hit by the whole backlog at once), with bursts of up to a tenth of a second's worth.
 struct Pacer {
     interval: Option<Duration>,
     next: Instant,
 }
+
+/// How far the pacer lets publishes run ahead of its schedule (a burst).
+const PACER_BURST: Duration = Duration::from_millis(100);
 
 impl Pacer {
     fn new(per_second: Option<u32>) -> Pacer {
@@ -430,15 +436,18 @@ impl Pacer {
         }
     }
 
-    /// When a publish that waits `delay` first may start. A retry (a delay) does not take a
-    /// slot from the records behind it.
-    fn slot(&mut self, delay: Duration) -> Instant {
+    /// When a publish that waits `delay` may start; `None`: now. A retry (a delay) does not
+    /// take a slot from the records behind it.
+    fn slot(&mut self, delay: Duration) -> Option<Instant> {
+        if !delay.is_zero() {
+            return Some(Instant::now() + delay);
+        }
+        let interval = self.interval?;
         let now = Instant::now();
-        let Some(interval) = self.interval.filter(|_| delay.is_zero()) else {
-            return now + delay;
-        };
-        let at = self.next.max(now);
+        // A schedule that fell behind (no traffic) does not build up credit past the burst.
+        let earliest = now.checked_sub(PACER_BURST).unwrap_or(now);
+        let at = self.next.max(earliest);
         self.next = at + interval;
-        at
+        (at > now).then_some(at)
     }
 }

@@ -237,6 +237,10 @@ impl<S: Deliver> Spool<S> {
             Err(std::fs::TryLockError::Error(err)) => return Err(io(err)),
         }
         let (appends, rx) = mpsc::channel(config.queue.max(1));
+        metrics
+            .spool()
+            .max_bytes
+            .set(i64::try_from(config.max_bytes).unwrap_or(i64::MAX));
         let shared = Arc::new(Shared {
             metrics: metrics.spool(),
             bytes: AtomicU64::new(0),
@@ -359,6 +363,7 @@ fn start(shared: Arc<Shared>, rx: mpsc::Receiver<Msg>) -> std::io::Result<(u64, 
         segment_first: 0,
         segment_len: 0,
         next_seq: last_seq + 1,
+        buf: Vec::new(),
     };
     std::thread::Builder::new()
         .name("spool-writer".into())

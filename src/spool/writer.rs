@@ -42,6 +42,8 @@ pub struct Writer {
     pub segment_first: u64,
     pub segment_len: u64,
     pub next_seq: u64,
+    /// The batch's bytes, reused (a fresh buffer per batch grows and shrinks the heap).
+    pub buf: Vec<u8>,
 }
 
 impl Writer {
@@ -99,15 +101,24 @@ impl Writer {
         if let Err(err) = self.rotate_if_needed(bytes) {
             return self.failed_write(batch, err, "creating a segment");
         }
-        let mut buf = Vec::with_capacity(bytes as usize);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
         let first_seq = self.next_seq;
         for (i, append) in batch.iter().enumerate() {
             put_frame(&mut buf, first_seq + i as u64, &append.payload);
         }
+        self.write_batch(&buf, batch, first_seq);
+        // Keep the buffer, unless one large batch made it large.
+        if buf.capacity() <= self.shared.config.batch_bytes * 2 {
+            self.buf = buf;
+        }
+    }
+
+    fn write_batch(&mut self, buf: &[u8], batch: Vec<Append>, first_seq: u64) {
         let Some(file) = self.file.as_mut() else {
             return refuse(batch, DeliveryError::Unavailable("no segment".into()));
         };
-        if let Err(err) = file.write_all(&buf) {
+        if let Err(err) = file.write_all(buf) {
             // Cut the partial write off again: nothing of this batch was answered 200.
             if let Err(cut) = file.set_len(self.segment_len) {
                 return self.fatal(batch, cut, "cutting off a failed write");

@@ -67,7 +67,7 @@ included); the kubelet's SIGKILL must come later, so the grace period adds a mar
 {{- if ge (int .Values.shutdown.delaySeconds) (int .Values.shutdown.timeoutSeconds) }}
 {{- fail "shutdown.delaySeconds must be below shutdown.timeoutSeconds (the timeout includes the delay)" }}
 {{- end }}
-{{- add (int .Values.shutdown.timeoutSeconds) (int .Values.shutdown.killMarginSeconds) }}
+{{- add (include "timbridge.shutdownTimeoutSeconds" . | int) (int .Values.shutdown.killMarginSeconds) }}
 {{- end }}
 
 {{/* Does the cluster (or the values) ask for a monitoring.coreos.com object of this kind? */}}
@@ -103,4 +103,18 @@ apps replaces bridge.sdkappids, bridge.allowAnySdkappid and secret.token (the br
 {{- fail (printf "apps: sdkappid %s sets natsSubject, but bridge.sink is kafka (set kafkaTopic)" $id) }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* --shutdown-timeout: the shutdown budget, plus the forwarder's drain in spooled mode. */}}
+{{- define "timbridge.shutdownTimeoutSeconds" -}}
+{{- if .Values.spool.enabled }}
+{{- add (int .Values.shutdown.timeoutSeconds) (int .Values.spool.drainSeconds) }}
+{{- else }}
+{{- int .Values.shutdown.timeoutSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* Spooled mode on a PersistentVolumeClaim per pod: the workload is a StatefulSet. */}}
+{{- define "timbridge.statefulSet" -}}
+{{- if and .Values.spool.enabled (eq .Values.spool.persistence "persistentVolumeClaim") }}true{{ end }}
 {{- end }}
