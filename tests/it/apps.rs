@@ -63,24 +63,15 @@ async fn send_as_each_app(addr: SocketAddr, admin: SocketAddr) {
             );
         }
     }
-    assert_ok(
-        &http
-            .callback(
-                addr,
-                &signed_query(PROD, "prod-token"),
-                group_message("@TGS#prod", 1),
-            )
-            .await,
-    );
-    assert_ok(
-        &http
-            .callback(
-                addr,
-                &signed_query(STAGING, "staging-token"),
-                group_message("@TGS#staging", 1),
-            )
-            .await,
-    );
+    for (app, token, group) in [
+        (PROD, "prod-token", "@TGS#prod"),
+        (STAGING, "staging-token", "@TGS#staging"),
+    ] {
+        let answer = http
+            .callback(addr, &signed_query(app, token), group_message(group, 1))
+            .await;
+        assert_ok(&answer);
+    }
     // Production's token makes a valid signature, but not for staging.
     let forged = http
         .callback(
