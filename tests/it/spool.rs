@@ -187,7 +187,8 @@ async fn a_nats_outage_is_answered_200_and_everything_arrives_in_order_afterward
     assert_eq!(refused, 0, "every callback answered 200 through the outage");
     let answered = answered.lock().unwrap().clone();
     let expected: usize = answered.values().map(Vec::len).sum();
-    let stored = stored_eventually(&nats, expected, Duration::from_secs(60)).await;
+    // The backlog drains at a few thousand records/s: a long outage takes a while.
+    let stored = stored_eventually(&nats, expected, Duration::from_secs(60) + outage).await;
     assert_eq!(stored.len(), expected);
     assert_answered_are_stored_in_order(&answered, &stored);
     let (_, text) = http.admin(bridge.admin_addr(), "/metrics").await;
