@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -397,7 +398,13 @@ impl<S: Deliver> Deliver for Spool<S> {
         let (reply, answer) = oneshot::channel();
         let append = Append {
             payload,
-            record: Arc::new(record.clone()),
+            // The memory tail keeps the record: a body of its own, not a view into the
+            // connection's read buffer (which would keep kilobytes alive per record, beyond
+            // what --spool-memory-bytes counts).
+            record: Arc::new(Record {
+                body: Bytes::copy_from_slice(&record.body),
+                ..record.clone()
+            }),
             reply,
         };
         self.appends
