@@ -16,6 +16,10 @@ use crate::common::*;
 /// Per group, the seqs answered 200, in the order sent.
 type Answered = Arc<Mutex<BTreeMap<String, Vec<u64>>>>;
 
+/// The last seq each group's sender sent, across the rounds of a test (group names are unique
+/// per test).
+static LAST_SENT: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
 /// `groups` senders, each sending its group's messages one after another (the next only
 /// after an answer, as a chat group's messages come), until `stop`; counts what was not 200.
 async fn send_until(
@@ -34,14 +38,12 @@ async fn send_until(
         tasks.push(tokio::spawn(async move {
             let http = Http::default();
             let mut refused = 0;
-            let mut seq = answered
-                .lock()
-                .unwrap()
-                .get(&group)
-                .and_then(|s| s.last().copied())
-                .unwrap_or(0);
+            // Resume after the last seq sent, answered or not: like Tencent, a sender never
+            // sends a group's earlier message after a later one.
+            let mut seq = LAST_SENT.lock().unwrap().get(&group).copied().unwrap_or(0);
             while !stop.is_cancelled() {
                 seq += 1;
+                LAST_SENT.lock().unwrap().insert(group.clone(), seq);
                 let body = group_message(&group, seq);
                 let path = format!("/callback?{}", query("Group.CallbackAfterSendMsg"));
                 match http.try_request("POST", addr(), &path, body).await {
