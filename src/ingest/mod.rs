@@ -83,32 +83,44 @@ enum Answered {
 }
 
 impl Attempt {
-    fn before(command: &'static str, outcome: BeforeOutcome, body_unread: bool) -> Attempt {
+    /// An attempt that ended before a body was validated: no group or seq to log.
+    fn ended(
+        command: &'static str,
+        sdkappid: Option<u64>,
+        result: Result<Answered, Rejection>,
+        body_unread: bool,
+    ) -> Attempt {
         Attempt {
             command,
-            sdkappid: None,
+            sdkappid,
             body_unread,
             group_id: None,
             msg_seq: None,
-            result: Ok(Answered::Before(outcome)),
+            result,
         }
     }
 
-    fn refused(command: &'static str, rejection: Rejection, body_unread: bool) -> Attempt {
-        Attempt {
+    fn before(
+        command: &'static str,
+        sdkappid: Option<u64>,
+        outcome: BeforeOutcome,
+        body_unread: bool,
+    ) -> Attempt {
+        Attempt::ended(
             command,
-            sdkappid: None,
+            sdkappid,
+            Ok(Answered::Before(outcome)),
             body_unread,
-            group_id: None,
-            msg_seq: None,
-            result: Err(rejection),
-        }
+        )
     }
-}
 
-impl Attempt {
-    fn of_app(self, sdkappid: Option<u64>) -> Attempt {
-        Attempt { sdkappid, ..self }
+    fn refused(
+        command: &'static str,
+        sdkappid: Option<u64>,
+        rejection: Rejection,
+        body_unread: bool,
+    ) -> Attempt {
+        Attempt::ended(command, sdkappid, Err(rejection), body_unread)
     }
 }
 
@@ -241,7 +253,7 @@ impl<D: Deliver> Handler<D> {
     /// Counts and logs a request refused before it reached the handler (a head over the
     /// bound, answered by the connection's guard).
     pub fn refused_before_the_handler(&self, rejection: &Rejection, peer: SocketAddr) {
-        let attempt = Attempt::refused("other", Rejection::NotFound, true);
+        let attempt = Attempt::refused("other", None, Rejection::NotFound, true);
         self.report
             .refused(&attempt, rejection, Duration::ZERO, peer);
     }
@@ -260,7 +272,7 @@ impl<D: Deliver> Handler<D> {
             Ok(query) => query,
             Err(rejection) => {
                 let claimed = Query::claimed_sdkappid(request.uri().query().unwrap_or(""));
-                return Attempt::refused("other", rejection, has_body).of_app(claimed);
+                return Attempt::refused("other", claimed, rejection, has_body);
             }
         };
         let sdkappid = Some(query.sdkappid());
@@ -281,11 +293,9 @@ impl<D: Deliver> Handler<D> {
             // A before-callback's answer is a verdict on the user's action: past its bounds
             // the event is dropped, the action still allowed.
             Err(_) if before => {
-                return Attempt::before(command, BeforeOutcome::Dropped, has_body).of_app(sdkappid)
+                return Attempt::before(command, sdkappid, BeforeOutcome::Dropped, has_body)
             }
-            Err(rejection) => {
-                return Attempt::refused(command, rejection, has_body).of_app(sdkappid)
-            }
+            Err(rejection) => return Attempt::refused(command, sdkappid, rejection, has_body),
         };
         // Tencent's query, passed on as it came to the moderation service.
         let forward_query = (before && self.forwarder.is_some())
@@ -301,17 +311,15 @@ impl<D: Deliver> Handler<D> {
         {
             Ok(callback) => callback,
             Err(Rejection::Overloaded(_)) if before => {
-                return Attempt::before(command, BeforeOutcome::Dropped, has_body).of_app(sdkappid)
+                return Attempt::before(command, sdkappid, BeforeOutcome::Dropped, has_body)
             }
             // Refused on the body itself (invalid JSON...): it was read whole.
             Err(
                 rejection @ (Rejection::BadJson(_)
                 | Rejection::CommandMismatch { .. }
                 | Rejection::InvalidBody(_)),
-            ) => return Attempt::refused(command, rejection, false).of_app(sdkappid),
-            Err(rejection) => {
-                return Attempt::refused(command, rejection, has_body).of_app(sdkappid)
-            }
+            ) => return Attempt::refused(command, sdkappid, rejection, false),
+            Err(rejection) => return Attempt::refused(command, sdkappid, rejection, has_body),
         };
         let fields = callback.fields();
         let (group_id, msg_seq) = (fields.group_id.clone(), fields.msg_seq);

@@ -207,6 +207,29 @@ async fn a_nats_outage_is_answered_200_and_everything_arrives_in_order_afterward
     bridge.shutdown().await;
 }
 
+/// A nats-server on its own port and storage, stopped: started again with `restart`.
+fn nats_down() -> NatsServer {
+    let mut nats = NatsServer::start();
+    nats.stop();
+    nats
+}
+
+/// The flags of a bridge process spooling to `spool` in front of the NATS at `url`.
+fn spooled_process_flags<'a>(url: &'a str, spool: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = vec![
+        "--sdkappid",
+        "1400000000",
+        "--sink",
+        "nats",
+        "--nats-url",
+        url,
+        "--spool-dir",
+        spool,
+    ];
+    flags.extend_from_slice(extra);
+    flags
+}
+
 /// A small xorshift: random kill moments, the seed printed so that a failure can be rerun.
 struct Rng(u64);
 
@@ -227,24 +250,20 @@ async fn twenty_sigkills_under_load_lose_nothing_that_was_answered_200() {
     let spool = dir.path().to_str().unwrap().to_owned();
     let url = nats.url();
     // Small segments: some kills land during a rotation.
-    let args = [
-        "--sdkappid",
-        "1400000000",
-        "--sink",
-        "nats",
-        "--nats-url",
+    // Trace logs of the spool (each batch made durable, each record read and forwarded), kept
+    // per round, tell where a lost record went when this test fails.
+    let args = spooled_process_flags(
         &url,
-        "--spool-dir",
         &spool,
-        "--spool-segment-bytes",
-        "32KiB",
-        "--spool-position-interval",
-        "50ms",
-        // Trace logs of the spool (each batch made durable, each record read and forwarded),
-        // kept per round, tell where a lost record went when this test fails.
-        "--log-level",
-        "info,timbridge::spool=trace",
-    ];
+        &[
+            "--spool-segment-bytes",
+            "32KiB",
+            "--spool-position-interval",
+            "50ms",
+            "--log-level",
+            "info,timbridge::spool=trace",
+        ],
+    );
     let mut logs: Vec<String> = Vec::new();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -337,8 +356,7 @@ async fn spool_while_nats_is_down(nats: &NatsServer, spool: &Path, count: u64) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_tail_and_a_flipped_byte_are_reported_and_the_rest_forwarded() {
     let _serial = serial().await;
-    let mut nats = NatsServer::start();
-    nats.stop();
+    let mut nats = nats_down();
     let dir = tempfile::tempdir().unwrap();
     let seqs = spool_while_nats_is_down(&nats, dir.path(), 200).await;
     let segments = timbridge::spool::segment::list(dir.path()).unwrap();
@@ -394,22 +412,11 @@ async fn a_torn_tail_and_a_flipped_byte_are_reported_and_the_rest_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_cannot_take_the_spool_and_drain_empties_it() {
     let _serial = serial().await;
-    let mut nats = NatsServer::start();
-    nats.stop();
+    let mut nats = nats_down();
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().to_str().unwrap();
     let url = nats.url();
-    let first = BridgeProcess::start(&[
-        "--sdkappid",
-        "1400000000",
-        "--sink",
-        "nats",
-        "--nats-url",
-        &url,
-        "--spool-dir",
-        spool,
-    ])
-    .await;
+    let first = BridgeProcess::start(&spooled_process_flags(&url, spool, &[])).await;
     wait_readyz(first.admin, 200, Duration::from_secs(10)).await;
     let http = Http::default();
     for seq in 1..=50 {
@@ -535,8 +542,7 @@ async fn a_full_disk_is_503_at_once_and_service_returns_when_there_is_room() {
     let Some(disk) = Tmpfs::mount("8m") else {
         return;
     };
-    let mut nats = NatsServer::start();
-    nats.stop();
+    let mut nats = nats_down();
     let spool = disk.0.path().join("spool");
     let bridge = start_bridge_unready(
         &nats,
@@ -710,8 +716,7 @@ async fn a_kafka_outage_is_answered_200_and_everything_arrives_in_order_afterwar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spooled_fixtures_arrive_as_direct_mode_publishes_them() {
     let _serial = serial().await;
-    let mut nats = NatsServer::start();
-    nats.stop();
+    let mut nats = nats_down();
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().to_str().unwrap();
     let flags = [
@@ -755,23 +760,15 @@ async fn spooled_fixtures_arrive_as_direct_mode_publishes_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_while_the_backlog_grows() {
     let _serial = serial().await;
-    let mut nats = NatsServer::start();
-    nats.stop();
+    let nats = nats_down();
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().to_str().unwrap().to_owned();
     let url = nats.url();
-    let process = BridgeProcess::start(&[
-        "--sdkappid",
-        "1400000000",
-        "--sink",
-        "nats",
-        "--nats-url",
+    let process = BridgeProcess::start(&spooled_process_flags(
         &url,
-        "--spool-dir",
         &spool,
-        "--spool-memory-bytes",
-        "2MiB",
-    ])
+        &["--spool-memory-bytes", "2MiB"],
+    ))
     .await;
     wait_readyz(process.admin, 200, Duration::from_secs(10)).await;
     let addr = process.addr;
