@@ -17,13 +17,14 @@ pub struct SpoolArgs {
     #[arg(long, env = "TIMBRIDGE_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
 
-    /// Most bytes the spool holds on disk; past it new callbacks get 503 at once (older data is
-    /// never dropped to make room).
+    /// Most bytes the spool holds on disk, segments counted in full (they are preallocated), the
+    /// next one included; past it new callbacks get 503 at once (older data is never dropped to
+    /// make room).
     #[arg(long, env = "TIMBRIDGE_SPOOL_MAX_BYTES", default_value = "2GiB", value_parser = parse_size)]
     pub spool_max_bytes: usize,
 
-    /// Size past which a segment file is closed and a new one begun (forwarded segments are
-    /// deleted whole).
+    /// Size of a segment file, preallocated with zeros; at most half of --spool-max-bytes
+    /// (forwarded segments are deleted whole).
     #[arg(long, env = "TIMBRIDGE_SPOOL_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_size)]
     pub spool_segment_bytes: usize,
 
@@ -82,7 +83,7 @@ impl SpoolArgs {
         self.into_spool(dir, queue, publish_timeout).map(Some)
     }
 
-    /// The configuration for `dir` (also what `spool drain` uses).
+    /// The configuration for `dir`.
     pub fn into_spool(
         self,
         dir: PathBuf,
@@ -99,10 +100,11 @@ impl SpoolArgs {
                 return Err(ConfigError::new(flag, "must be more than 0"));
             }
         }
-        if self.spool_segment_bytes > self.spool_max_bytes {
+        if self.spool_segment_bytes > self.spool_max_bytes / 2 {
             return Err(ConfigError::new(
                 "--spool-segment-bytes",
-                "must not be more than --spool-max-bytes",
+                "must be at most half of --spool-max-bytes (segments are preallocated: the one \
+                 being written and the next one count in full)",
             ));
         }
         if self.spool_position_interval.is_zero()
@@ -126,6 +128,7 @@ impl SpoolArgs {
             forward_retry_max: Duration::ZERO,
             position_interval: self.spool_position_interval,
             publish_timeout,
+            appends: true,
         };
         self.forward.apply(&mut config)?;
         Ok(config)

@@ -46,8 +46,10 @@ pub struct Forwarder<S> {
     next_read: u64,
     /// Sequence numbers up to this one were on disk at start-up: forwarding them is a replay.
     replay_until: u64,
-    /// The position last made durable.
+    /// The position last made durable, and the file it is kept in (opened again when it could
+    /// not be at start-up).
     durable_position: u64,
+    position_file: Option<position::PositionFile>,
     /// Read and not yet acknowledged.
     outstanding: BTreeSet<u64>,
     /// Keys with a record in flight, and the records queued behind it.
@@ -72,12 +74,19 @@ struct Cursor {
 impl<S: Deliver> Forwarder<S> {
     /// Starts after `position` (acknowledged); records up to `last_seq` were spooled by an
     /// earlier process.
-    pub fn new(shared: Arc<Shared>, sink: Arc<S>, position: u64, last_seq: u64) -> Forwarder<S> {
+    pub fn new(
+        shared: Arc<Shared>,
+        sink: Arc<S>,
+        position: u64,
+        last_seq: u64,
+        position_file: Option<position::PositionFile>,
+    ) -> Forwarder<S> {
         Forwarder {
             pacer: Pacer::new(shared.config.forward_max_rate),
             next_read: position + 1,
             replay_until: last_seq,
             durable_position: position,
+            position_file,
             outstanding: BTreeSet::new(),
             waiting: HashMap::new(),
             inflight: FuturesUnordered::new(),
@@ -176,7 +185,7 @@ impl<S: Deliver> Forwarder<S> {
 
     /// The first record at or after `next_read`: from memory when the tail holds it.
     fn read_next(&mut self) -> Option<(u64, Arc<Record>)> {
-        if let Some(found) = self.shared.lock_tail().get(self.next_read) {
+        if let Some(found) = self.shared.lock_tail().take(self.next_read) {
             return Some(found);
         }
         tokio::task::block_in_place(|| self.read_disk())
@@ -214,10 +223,11 @@ impl<S: Deliver> Forwarder<S> {
             }
             // The end of what could be read: more of this segment when it grew since (it was
             // being appended to), else the next segment.
-            let (first_seq, offset, path) = (
+            let (first_seq, offset, path, unwritten) = (
                 cursor.first_seq,
                 cursor.reader.offset(),
                 cursor.path.clone(),
+                cursor.reader.at_unwritten(),
             );
             // A later segment means this one is sealed and its length final: look for it first.
             let next = self.next_segment_after(first_seq);
@@ -225,9 +235,14 @@ impl<S: Deliver> Forwarder<S> {
                 Some(_) => None,
                 None => self.shared.read_limit(first_seq),
             };
-            let readable = std::fs::metadata(&path)
-                .map_or(0, |m| m.len())
-                .min(limit.unwrap_or(u64::MAX));
+            // Past the written part of a preallocated segment nothing more is to come.
+            let readable = if unwritten {
+                offset
+            } else {
+                std::fs::metadata(&path)
+                    .map_or(0, |m| m.len())
+                    .min(limit.unwrap_or(u64::MAX))
+            };
             // (Damage at a sealed segment's end was reported by recovery: step over it.)
             self.disk = if readable > offset && !(damaged_end && limit.is_none()) {
                 Reader::open_at(&path, offset, limit)
@@ -355,7 +370,15 @@ impl<S: Deliver> Forwarder<S> {
             return;
         }
         let dir = self.shared.config.dir.clone();
-        if let Err(err) = tokio::task::block_in_place(|| position::write(&dir, position)) {
+        let durable = self.durable_position;
+        let file = &mut self.position_file;
+        let written = tokio::task::block_in_place(|| {
+            if file.is_none() {
+                *file = Some(position::PositionFile::open(&dir, durable)?);
+            }
+            file.as_mut().map_or(Ok(()), |f| f.write(position))
+        });
+        if let Err(err) = written {
             tracing::error!(error = %err, "spool: cannot write the position (segments are kept until it can)");
             return;
         }

@@ -18,27 +18,35 @@ const VERSION: u8 = 1;
 /// past it is corruption, not a record to allocate for.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
-/// The record's payload, encoded once by the request's task (not the writer's).
+/// The record's payload.
 pub fn encode_payload(record: &Record) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload_len(record));
+    put_payload(&mut out, record);
+    out
+}
+
+/// The length of the record's payload, without encoding it.
+pub fn payload_len(record: &Record) -> usize {
     let headers: usize = record
         .headers
         .iter()
         .map(|(n, v)| 1 + n.len() + 4 + v.len())
         .sum();
-    let mut out = Vec::with_capacity(
-        1 + 2
-            + record.destination.len()
-            + 2
-            + record.key.len()
-            + 4
-            + 1
-            + headers
-            + 4
-            + record.body.len(),
-    );
+    1 + 2
+        + record.destination.len().min(u16::MAX as usize)
+        + 2
+        + record.key.len().min(u16::MAX as usize)
+        + 4
+        + 1
+        + headers
+        + 4
+        + record.body.len()
+}
+
+fn put_payload(out: &mut Vec<u8>, record: &Record) {
     out.put_u8(VERSION);
-    put_short(&mut out, record.destination.as_bytes());
-    put_short(&mut out, record.key.as_bytes());
+    put_short(out, record.destination.as_bytes());
+    put_short(out, record.key.as_bytes());
     out.put_u32_le(record.partition);
     out.put_u8(record.headers.len() as u8);
     for (name, value) in &record.headers {
@@ -49,7 +57,19 @@ pub fn encode_payload(record: &Record) -> Vec<u8> {
     }
     out.put_u32_le(record.body.len() as u32);
     out.put_slice(&record.body);
-    out
+}
+
+/// Appends the frame of `record` with sequence number `seq` to `out`, encoding the payload in
+/// place (the writer's batch buffer: no buffer of its own per record).
+pub fn put_record_frame(out: &mut Vec<u8>, seq: u64, record: &Record) {
+    let start = out.len();
+    out.put_u64_le(0);
+    out.put_slice(&seq.to_le_bytes());
+    put_payload(out, record);
+    let len = (out.len() - start - 8) as u32;
+    let crc = crc32c::crc32c(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Destinations and keys are short (templates, ids of at most 256 bytes).
@@ -193,6 +213,16 @@ pub(crate) mod tests {
         };
         assert_eq!((seq, len), (42, bytes.len()));
         assert_eq!(decode_payload(&payload), Some(r));
+    }
+
+    #[test]
+    fn a_frame_encoded_in_place_is_the_same_as_one_of_its_payload() {
+        let r = record("@TGS#1", 7);
+        let (mut a, mut b) = (vec![1, 2, 3], vec![1, 2, 3]);
+        put_frame(&mut a, 42, &encode_payload(&r));
+        put_record_frame(&mut b, 42, &r);
+        assert_eq!(a, b);
+        assert_eq!(encode_payload(&r).len(), payload_len(&r));
     }
 
     #[test]

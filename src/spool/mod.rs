@@ -38,7 +38,6 @@ use crate::deliver::{Ack, Deliver, DeliveryError};
 use crate::metrics::{Metrics, SpoolMetrics};
 use crate::sink::Record;
 use forwarder::Forwarder;
-use frame::{encode_payload, HEADER_BYTES};
 use segment::Segment;
 use writer::{Append, Msg, Writer};
 
@@ -69,6 +68,9 @@ pub struct SpoolConfig {
     pub position_interval: Duration,
     /// The bound on one publish's acknowledgement (`--publish-timeout`).
     pub publish_timeout: Duration,
+    /// Callbacks are appended (`serve`); `false` for `spool drain`, which only forwards and
+    /// prepares no segment.
+    pub appends: bool,
 }
 
 impl SpoolConfig {
@@ -87,6 +89,7 @@ impl SpoolConfig {
             forward_retry_max: Duration::from_secs(5),
             position_interval: Duration::from_millis(200),
             publish_timeout,
+            appends: false,
         }
     }
 }
@@ -95,8 +98,11 @@ impl SpoolConfig {
 pub struct Shared {
     pub config: SpoolConfig,
     pub metrics: SpoolMetrics,
-    /// Bytes of the live segments.
+    /// Bytes of the live segments and the spare (preallocated: counted in full when created).
     bytes: AtomicU64,
+    /// A new segment would pass `--spool-max-bytes`: appends are refused until forwarded
+    /// segments are deleted.
+    no_room: AtomicBool,
     /// After a full disk, appends are refused at once until this instant (ms since `epoch`).
     full_until_ms: AtomicU64,
     epoch: Instant,
@@ -126,6 +132,11 @@ impl Shared {
         let now =
             self.bytes.fetch_sub(n.min(self.bytes()), Ordering::Relaxed) - n.min(self.bytes());
         self.metrics.bytes.set(now as i64);
+        self.no_room.store(false, Ordering::Relaxed);
+    }
+
+    fn has_room(&self) -> bool {
+        !self.no_room.load(Ordering::Relaxed)
     }
 
     pub fn durable_seq(&self) -> u64 {
@@ -184,13 +195,24 @@ impl Tail {
         }
     }
 
-    /// The record `seq`, when it is in memory (the writer's sequence numbers are contiguous).
-    fn get(&self, seq: u64) -> Option<(u64, Arc<Record>)> {
-        let (first, _, _) = self.records.front()?;
-        let (found, record, _) = self
-            .records
-            .get(usize::try_from(seq.checked_sub(*first)?).ok()?)?;
-        Some((*found, record.clone()))
+    /// Takes the record `seq` when it is in memory (the writer's sequence numbers are
+    /// contiguous), with every older one: the forwarder has them from here on, and the frees
+    /// happen on its task, not the writer's thread.
+    fn take(&mut self, seq: u64) -> Option<(u64, Arc<Record>)> {
+        while let Some((first, _, bytes)) = self.records.front() {
+            if *first >= seq {
+                break;
+            }
+            self.bytes -= bytes;
+            self.records.pop_front();
+        }
+        let (found, _, _) = self.records.front()?;
+        if *found != seq {
+            return None;
+        }
+        let (found, record, bytes) = self.records.pop_front()?;
+        self.bytes -= bytes;
+        Some((found, record))
     }
 }
 
@@ -245,6 +267,7 @@ impl<S: Deliver> Spool<S> {
         let shared = Arc::new(Shared {
             metrics: metrics.spool(),
             bytes: AtomicU64::new(0),
+            no_room: AtomicBool::new(false),
             full_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             recovered: AtomicBool::new(false),
@@ -281,7 +304,7 @@ impl<S: Deliver> Spool<S> {
                 let shared = shared.clone();
                 tokio::task::spawn_blocking(move || start(shared, rx)).await
             };
-            let (position, last_seq) = match recovered {
+            let (position, last_seq, position_file) = match recovered {
                 Ok(Ok(resume)) => resume,
                 Ok(Err(err)) => {
                     tracing::error!(error = %err, "spool recovery failed: the spool cannot be used");
@@ -296,7 +319,7 @@ impl<S: Deliver> Spool<S> {
             };
             tracing::info!(took = ?started.elapsed(), backlog = last_seq - position, "spool recovered: accepting callbacks");
             shared.recovered.store(true, Ordering::Release);
-            Forwarder::new(shared, sink, position, last_seq)
+            Forwarder::new(shared, sink, position, last_seq, position_file)
                 .run(drain, stop)
                 .await;
             let _ = done_tx.send(());
@@ -324,10 +347,17 @@ impl<S: Deliver> Spool<S> {
 }
 
 /// Recovery, then the writer's thread; returns the acknowledged position and the last
-/// sequence number on disk, where the forwarder starts.
-fn start(shared: Arc<Shared>, rx: mpsc::Receiver<Msg>) -> std::io::Result<(u64, u64)> {
+/// sequence number on disk, where the forwarder starts, and the position file (created now,
+/// while there is room for it).
+fn start(
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Msg>,
+) -> std::io::Result<(u64, u64, Option<position::PositionFile>)> {
     let dir = shared.config.dir.clone();
     let position = position::read(&dir);
+    let position_file = position::PositionFile::open(&dir, position)
+        .inspect_err(|err| tracing::error!(error = %err, "spool: cannot create the position file (tried again at each checkpoint)"))
+        .ok();
     let found = recovery::recover(&dir, position)?;
     let bytes: u64 = found
         .segments
@@ -358,18 +388,18 @@ fn start(shared: Arc<Shared>, rx: mpsc::Receiver<Msg>) -> std::io::Result<(u64, 
         .metrics
         .unforwarded
         .set(last_seq.saturating_sub(position) as i64);
-    let writer = Writer {
-        shared: shared.clone(),
-        file: None,
-        segment_first: 0,
-        segment_len: 0,
-        next_seq: last_seq + 1,
-        buf: Vec::new(),
-    };
+    let mut writer = Writer::new(shared.clone(), last_seq + 1);
+    if shared.config.appends {
+        // The first segment's file is zeroed before the spool is ready, so that the first
+        // append does not wait for it (appending always starts a new segment).
+        writer.prepare_spare_now();
+    } else {
+        let _ = std::fs::remove_file(dir.join(segment::SPARE));
+    }
     std::thread::Builder::new()
         .name("spool-writer".into())
         .spawn(move || writer.run(rx))?;
-    Ok((position, last_seq))
+    Ok((position, last_seq, position_file))
 }
 
 impl<S: Deliver> Deliver for Spool<S> {
@@ -389,15 +419,11 @@ impl<S: Deliver> Deliver for Spool<S> {
         if self.shared.is_disk_full() {
             return Err(DeliveryError::Full("the disk is full".into()));
         }
-        let payload = encode_payload(record);
-        if self.shared.bytes() + (payload.len() + HEADER_BYTES) as u64
-            > self.shared.config.max_bytes
-        {
+        if !self.shared.has_room() {
             return Err(DeliveryError::Full("--spool-max-bytes reached".into()));
         }
         let (reply, answer) = oneshot::channel();
         let append = Append {
-            payload,
             // The memory tail keeps the record: a body of its own, not a view into the
             // connection's read buffer (which would keep kilobytes alive per record, beyond
             // what --spool-memory-bytes counts).
@@ -422,7 +448,7 @@ impl<S: Deliver> Deliver for Spool<S> {
         self.is_recovered()
             && !self.shared.fatal.is_cancelled()
             && !self.shared.is_disk_full()
-            && self.shared.bytes() < self.shared.config.max_bytes
+            && self.shared.has_room()
     }
 
     fn is_healthy(&self) -> bool {

@@ -1,18 +1,24 @@
 //! The forwarder's acknowledged position: every record up to this sequence number is in the
-//! broker. `DIR/position` holds it with a CRC, replaced atomically (write a temporary file,
-//! fsync it, rename it over, fsync the directory), so a crash leaves the old or the new one.
+//! broker. `DIR/position` holds two slots of `[seq u64][crc32c u32][zero u32]`, written in place
+//! in turn (`pwrite`, `fdatasync`): a crash tears at most the slot being written and the other
+//! one still holds the previous position. The file is created once, when the spool opens, and
+//! never grows, so a full disk (which preallocated segments fill exactly) cannot stop the
+//! position from advancing, and with it the deletion of forwarded segments that makes room.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
 use super::segment::sync_dir;
 
 const FILE: &str = "position";
+/// An older build replaced the file through this one.
 const TEMPORARY: &str = "position.tmp";
+const SLOT: usize = 16;
 
-/// The position in `dir`; 0 when there is none yet. A damaged file reads as 0 (everything is
-/// forwarded again: duplicates, which carry their dedup id, rather than a loss).
+/// The position in `dir`; 0 when there is none yet. A file with no valid slot reads as 0
+/// (everything is forwarded again: duplicates, which carry their dedup id, rather than a loss).
 pub fn read(dir: &Path) -> u64 {
     let Ok(bytes) = fs::read(dir.join(FILE)) else {
         return 0;
@@ -29,29 +35,73 @@ pub fn read(dir: &Path) -> u64 {
     }
 }
 
-/// Makes `seq` the durable position.
-pub fn write(dir: &Path, seq: u64) -> io::Result<()> {
-    let temporary = dir.join(TEMPORARY);
-    let mut file = File::create(&temporary)?;
-    file.write_all(&encode(seq))?;
-    file.sync_all()?;
-    fs::rename(&temporary, dir.join(FILE))?;
-    sync_dir(dir)
+/// The position file, open for writing.
+pub struct PositionFile {
+    file: File,
+    /// The slot the next write goes to.
+    next: u64,
 }
 
-fn encode(seq: u64) -> [u8; 12] {
-    let mut out = [0u8; 12];
+impl PositionFile {
+    /// Opens (or creates, holding `seq` in both slots) `DIR/position`, durable with its
+    /// directory entry.
+    pub fn open(dir: &Path, seq: u64) -> io::Result<PositionFile> {
+        let path = dir.join(FILE);
+        let fresh = fs::metadata(&path).map_or(true, |m| m.len() != 2 * SLOT as u64);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        if fresh {
+            let mut both = [0u8; 2 * SLOT];
+            both[..SLOT].copy_from_slice(&slot(seq));
+            both[SLOT..].copy_from_slice(&slot(seq));
+            file.set_len(0)?;
+            file.write_all_at(&both, 0)?;
+            file.sync_all()?;
+            sync_dir(dir)?;
+            let _ = fs::remove_file(dir.join(TEMPORARY));
+        }
+        Ok(PositionFile { file, next: 0 })
+    }
+
+    /// Makes `seq` the durable position.
+    pub fn write(&mut self, seq: u64) -> io::Result<()> {
+        let at = (self.next % 2) * SLOT as u64;
+        self.file.write_all_at(&slot(seq), at)?;
+        self.file.sync_data()?;
+        self.next += 1;
+        Ok(())
+    }
+}
+
+fn slot(seq: u64) -> [u8; SLOT] {
+    let mut out = [0u8; SLOT];
     out[..8].copy_from_slice(&seq.to_le_bytes());
     let crc = crc32c::crc32c(&out[..8]);
-    out[8..].copy_from_slice(&crc.to_le_bytes());
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
+fn decode_slot(bytes: &[u8]) -> Option<u64> {
+    let seq: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    let crc = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+    (crc32c::crc32c(&seq) == crc).then(|| u64::from_le_bytes(seq))
+}
+
+/// The higher valid slot (positions only grow); an older build's 12-byte file is one slot.
 fn decode(bytes: &[u8]) -> Option<u64> {
-    let bytes: &[u8; 12] = bytes.try_into().ok()?;
-    let crc = u32::from_le_bytes(bytes[8..].try_into().ok()?);
-    (crc32c::crc32c(&bytes[..8]) == crc)
-        .then(|| u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8])))
+    match bytes.len() {
+        12 => decode_slot(bytes),
+        n if n == 2 * SLOT => {
+            let a = decode_slot(&bytes[..SLOT]);
+            let b = decode_slot(&bytes[SLOT..]);
+            a.max(b)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -59,15 +109,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn written_positions_read_back_and_damage_reads_as_zero() {
+    fn written_positions_read_back_and_a_torn_slot_leaves_the_other() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read(dir.path()), 0);
-        write(dir.path(), 41).unwrap();
-        write(dir.path(), 42).unwrap();
+        let mut file = PositionFile::open(dir.path(), 0).unwrap();
+        file.write(41).unwrap();
+        file.write(42).unwrap();
         assert_eq!(read(dir.path()), 42);
+        assert_eq!(fs::metadata(dir.path().join(FILE)).unwrap().len(), 32);
+        // The slot written last is torn: the one before it holds.
         let mut bytes = fs::read(dir.path().join(FILE)).unwrap();
+        bytes[SLOT] ^= 1;
+        fs::write(dir.path().join(FILE), &bytes).unwrap();
+        assert_eq!(read(dir.path()), 41);
+        // Both damaged: 0, everything is forwarded again.
         bytes[0] ^= 1;
-        fs::write(dir.path().join(FILE), bytes).unwrap();
+        fs::write(dir.path().join(FILE), &bytes).unwrap();
         assert_eq!(read(dir.path()), 0);
+        // Reopened, it goes on from the position it is given.
+        let mut file = PositionFile::open(dir.path(), 7).unwrap();
+        assert_eq!(read(dir.path()), 7);
+        file.write(8).unwrap();
+        assert_eq!(read(dir.path()), 8);
+    }
+
+    #[test]
+    fn an_older_builds_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = slot(99);
+        fs::write(dir.path().join(FILE), &old[..12]).unwrap();
+        assert_eq!(read(dir.path()), 99);
+        PositionFile::open(dir.path(), read(dir.path())).unwrap();
+        assert_eq!(read(dir.path()), 99);
     }
 }

@@ -2,7 +2,6 @@
 //! corrupt record, and find where appending resumes. Always finishes: damage is reported and
 //! stepped over, never a reason not to start.
 
-use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
 
@@ -39,14 +38,12 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
         if last && scan.trailing > 0 {
             // Damage after the last valid record of the last segment is a torn write: the
             // fsync that would have answered 200 never returned.
-            found.torn_bytes = scan.trailing;
-            let file = OpenOptions::new().write(true).open(&segment.path)?;
-            file.set_len(scan.len - scan.trailing)?;
-            file.sync_all()?;
+            // Zeroed (the segment is preallocated), so that nothing of it is ever read again.
+            found.torn_bytes = segment::zero_from(&segment.path, scan.len - scan.trailing)?;
             tracing::warn!(
                 segment = %segment.path.display(),
-                bytes = scan.trailing,
-                "spool recovery: cut a torn write off the last segment (it was never answered 200)"
+                bytes = found.torn_bytes,
+                "spool recovery: zeroed a torn write at the end of the last segment (it was never answered 200)"
             );
         } else if scan.trailing > 0 {
             damaged += 1;
@@ -118,6 +115,7 @@ fn scan(path: &Path, position: u64) -> io::Result<Scan> {
 mod tests {
     use super::*;
     use crate::spool::frame::{encode_payload, put_frame, tests::record};
+    use std::fs::OpenOptions;
 
     fn write_segment(dir: &Path, first: u64, count: u64) -> std::path::PathBuf {
         let mut buf = Vec::new();

@@ -1,8 +1,16 @@
 //! Segment files: `DIR/<first seq, 20 digits>.seg`, frames back to back. A segment that held a
 //! corrupt record is renamed `….seg.corrupt` by recovery: still read, never deleted.
+//!
+//! Segments are preallocated: written with zeros to their full size and made durable before
+//! the first record goes in (`DIR/spare.tmp`, prepared ahead by a thread of its own, then
+//! renamed). Appending then overwrites blocks that exist, so an `fdatasync` writes the data and
+//! nothing else: no block allocation, no inode (the size does not change). On this project's
+//! VM that is a third less CPU per fsync and two I/O waits instead of four (docs/spool.md).
+//! The written part ends at the first all-zero frame header; what follows it is zeros.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read as _};
+use std::io::{self, BufReader, Read as _, Write as _};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -68,16 +76,42 @@ pub fn list(dir: &Path) -> io::Result<Vec<Segment>> {
     Ok(segments)
 }
 
-/// Creates the segment that starts at `first_seq`, durable with its directory entry before
-/// any record is written to it.
-pub fn create(dir: &Path, first_seq: u64) -> io::Result<(Segment, File)> {
+/// The preallocated file the next segment is made from.
+pub const SPARE: &str = "spare.tmp";
+
+/// Writes `DIR/spare.tmp`: `size` bytes of zeros, durable. A failure (a full disk) leaves no
+/// file behind.
+pub fn prepare_spare(dir: &Path, size: u64) -> io::Result<PathBuf> {
+    let path = dir.join(SPARE);
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(ZERO_CHUNK as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()
+    })();
+    if let Err(err) = written {
+        let _ = fs::remove_file(&path);
+        return Err(err);
+    }
+    Ok(path)
+}
+
+/// Turns a prepared spare into the segment that starts at `first_seq`, durable with its
+/// directory entry before any record is written to it.
+pub fn install(dir: &Path, spare: &Path, first_seq: u64) -> io::Result<(Segment, File)> {
     let path = Segment::path_for(dir, first_seq);
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)?;
-    file.sync_all()?;
+    fs::rename(spare, &path)?;
     sync_dir(dir)?;
+    let file = OpenOptions::new().read(true).write(true).open(&path)?;
     Ok((
         Segment {
             first_seq,
@@ -87,6 +121,32 @@ pub fn create(dir: &Path, first_seq: u64) -> io::Result<(Segment, File)> {
         file,
     ))
 }
+
+/// Writes zeros over whatever is not zero in `from..` (a torn write after the last valid
+/// frame of the last segment), durable; returns how far the non-zero bytes reached past
+/// `from` (0: the rest was zeros already).
+pub fn zero_from(path: &Path, from: u64) -> io::Result<u64> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = file.metadata()?.len();
+    let zeros = vec![0u8; ZERO_CHUNK];
+    let mut chunk = vec![0u8; ZERO_CHUNK];
+    let (mut at, mut reached) = (from, 0);
+    while at < len {
+        let n = (len - at).min(ZERO_CHUNK as u64) as usize;
+        file.read_exact_at(&mut chunk[..n], at)?;
+        if let Some(last) = chunk[..n].iter().rposition(|b| *b != 0) {
+            file.write_all_at(&zeros[..n], at)?;
+            reached = at + last as u64 + 1 - from;
+        }
+        at += n as u64;
+    }
+    if reached > 0 {
+        file.sync_data()?;
+    }
+    Ok(reached)
+}
+
+const ZERO_CHUNK: usize = 256 << 10;
 
 /// Makes the directory's entries (a created, renamed or deleted file) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -120,6 +180,8 @@ pub struct Reader {
     offset: u64,
     len: u64,
     done: bool,
+    /// Ended at the zeroed, never written rest of a preallocated segment.
+    unwritten: bool,
 }
 
 impl Reader {
@@ -138,12 +200,19 @@ impl Reader {
             offset,
             len,
             done: false,
+            unwritten: false,
         })
     }
 
     /// The offset just past the last frame returned (or skipped).
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// The reader stopped at the zeroed rest of a preallocated segment: nothing more was ever
+    /// written to it (unlike the end of what could be read of a segment being appended to).
+    pub fn at_unwritten(&self) -> bool {
+        self.unwritten
     }
 
     pub fn next_step(&mut self) -> io::Result<Step> {
@@ -156,6 +225,16 @@ impl Reader {
         }
         let mut head = [0u8; HEADER_BYTES];
         self.file.read_exact(&mut head)?;
+        if head == [0; HEADER_BYTES] {
+            // The preallocated rest, if it is zeros to the end; else a damaged frame.
+            let at = self.offset;
+            return if self.rest_is_zero()? {
+                self.unwritten = true;
+                Ok(self.end(0))
+            } else {
+                self.resync(at)
+            };
+        }
         let claimed = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64 + 8;
         let at = self.offset;
         if claimed < HEADER_BYTES as u64 || claimed > frame::MAX_FRAME_BYTES as u64 {
@@ -201,6 +280,20 @@ impl Reader {
         Ok(self.end(self.len - at))
     }
 
+    /// Whether everything after the header just read is zeros (reads it: once per segment).
+    fn rest_is_zero(&mut self) -> io::Result<bool> {
+        let mut chunk = vec![0u8; ZERO_CHUNK];
+        loop {
+            let n = self.file.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            if chunk[..n].iter().any(|b| *b != 0) {
+                return Ok(false);
+            }
+        }
+    }
+
     fn end(&mut self, trailing: u64) -> Step {
         self.done = true;
         Step::End { trailing }
@@ -214,4 +307,97 @@ fn bounded(mut file: File, offset: u64, len: u64) -> io::Result<BufReader<io::Ta
         256 << 10,
         file.take(len.saturating_sub(offset)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::frame::{encode_payload, put_frame, tests::record};
+
+    /// A preallocated segment of `size` with records `first..first + count` at its start.
+    fn preallocated(dir: &Path, first: u64, count: u64, size: u64) -> (PathBuf, u64) {
+        let spare = prepare_spare(dir, size).unwrap();
+        let (segment, file) = install(dir, &spare, first).unwrap();
+        let mut buf = Vec::new();
+        for seq in first..first + count {
+            put_frame(&mut buf, seq, &encode_payload(&record("g", seq)));
+        }
+        file.write_all_at(&buf, 0).unwrap();
+        (segment.path, buf.len() as u64)
+    }
+
+    fn read_all(path: &Path) -> (Vec<u64>, Vec<u64>, u64, bool) {
+        let mut reader = Reader::open(path).unwrap();
+        let (mut seqs, mut skipped) = (Vec::new(), Vec::new());
+        loop {
+            match reader.next_step().unwrap() {
+                Step::Record { seq, .. } => seqs.push(seq),
+                Step::Skipped { offset } => skipped.push(offset),
+                Step::End { trailing } => return (seqs, skipped, trailing, reader.at_unwritten()),
+            }
+        }
+    }
+
+    #[test]
+    fn the_zeroed_rest_of_a_preallocated_segment_is_its_clean_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, written) = preallocated(dir.path(), 5, 10, 64 << 10);
+        assert_eq!(fs::metadata(&path).unwrap().len(), 64 << 10);
+        assert!(!dir.path().join(SPARE).exists());
+        let (seqs, skipped, trailing, unwritten) = read_all(&path);
+        assert_eq!(seqs, (5..15).collect::<Vec<_>>());
+        assert!(skipped.is_empty());
+        assert_eq!(trailing, 0);
+        assert!(unwritten);
+        // Nothing to zero after the last record.
+        assert_eq!(zero_from(&path, written).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_zeroed_frame_before_more_records_is_damage_not_the_end() {
+        // A lost sector in the middle must not hide the records after it.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, written) = preallocated(dir.path(), 1, 10, 64 << 10);
+        let frame = written / 10;
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&vec![0; frame as usize], 3 * frame)
+            .unwrap();
+        let (seqs, skipped, trailing, _) = read_all(&path);
+        assert_eq!(seqs, vec![1, 2, 3, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(skipped, vec![3 * frame]);
+        assert_eq!(trailing, 0);
+    }
+
+    #[test]
+    fn a_torn_write_is_zeroed_and_appending_resumes_after_the_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, written) = preallocated(dir.path(), 1, 10, 64 << 10);
+        // Half a frame of an eleventh record, never made durable, then a crash.
+        let mut torn = Vec::new();
+        put_frame(&mut torn, 11, &encode_payload(&record("g", 11)));
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&torn[..torn.len() / 2], written).unwrap();
+        let (seqs, _, trailing, _) = read_all(&path);
+        assert_eq!(seqs.len(), 10);
+        assert!(trailing > 0);
+        // It reports how far the non-zero bytes reached.
+        let reach = torn[..torn.len() / 2]
+            .iter()
+            .rposition(|b| *b != 0)
+            .unwrap()
+            + 1;
+        assert_eq!(zero_from(&path, written).unwrap(), reach as u64);
+        let (seqs, skipped, trailing, unwritten) = read_all(&path);
+        assert_eq!(
+            (seqs.len(), skipped.len(), trailing, unwritten),
+            (10, 0, 0, true)
+        );
+        // The record written where the torn one was reads back whole.
+        let mut next = Vec::new();
+        put_frame(&mut next, 11, &encode_payload(&record("g", 11)));
+        file.write_all_at(&next, written).unwrap();
+        let (seqs, skipped, trailing, _) = read_all(&path);
+        assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
+        assert_eq!((skipped.len(), trailing), (0, 0));
+    }
 }

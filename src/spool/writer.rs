@@ -10,13 +10,16 @@
 //! for a moment before the next try.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::frame::{put_frame, HEADER_BYTES};
+use super::frame::{payload_len, put_record_frame, HEADER_BYTES};
 use super::segment;
 use super::Shared;
 use crate::deliver::DeliveryError;
@@ -30,7 +33,7 @@ pub enum Msg {
 }
 
 pub struct Append {
-    pub payload: Vec<u8>,
+    /// Encoded by the writer, straight into its batch buffer.
     pub record: Arc<Record>,
     pub reply: oneshot::Sender<Result<u64, DeliveryError>>,
 }
@@ -41,9 +44,49 @@ pub struct Writer {
     pub file: Option<File>,
     pub segment_first: u64,
     pub segment_len: u64,
+    /// The file's size: preallocated, larger only when one batch did not fit.
+    pub file_len: u64,
     pub next_seq: u64,
     /// The batch's bytes, reused (a fresh buffer per batch grows and shrinks the heap).
     pub buf: Vec<u8>,
+    /// The next segment's file (its bytes counted).
+    pub spare: Option<Spare>,
+    /// The batch's reply senders, reused.
+    replies: Vec<oneshot::Sender<Result<u64, DeliveryError>>>,
+}
+
+/// The next segment's preallocated file.
+pub enum Spare {
+    Ready(io::Result<PathBuf>),
+    /// Being zeroed by a thread of its own.
+    Preparing(JoinHandle<io::Result<PathBuf>>),
+}
+
+impl Spare {
+    fn take(self) -> io::Result<PathBuf> {
+        match self {
+            Spare::Ready(prepared) => prepared,
+            Spare::Preparing(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the spare's thread panicked"))),
+        }
+    }
+}
+
+impl Writer {
+    pub fn new(shared: Arc<Shared>, next_seq: u64) -> Writer {
+        Writer {
+            shared,
+            file: None,
+            segment_first: 0,
+            segment_len: 0,
+            file_len: 0,
+            next_seq,
+            buf: Vec::new(),
+            spare: None,
+            replies: Vec::new(),
+        }
+    }
 }
 
 impl Writer {
@@ -61,7 +104,7 @@ impl Writer {
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Append(append) => {
-                        bytes += append.payload.len() + HEADER_BYTES;
+                        bytes += payload_len(&append.record) + HEADER_BYTES;
                         batch.push(append);
                     }
                     Msg::Close(done) => {
@@ -90,22 +133,26 @@ impl Writer {
         }
         let bytes: u64 = batch
             .iter()
-            .map(|a| (a.payload.len() + HEADER_BYTES) as u64)
+            .map(|a| (payload_len(&a.record) + HEADER_BYTES) as u64)
             .sum();
-        if self.shared.bytes() + bytes > self.shared.config.max_bytes {
-            return refuse(
-                batch,
-                DeliveryError::Full("--spool-max-bytes reached".into()),
-            );
-        }
-        if let Err(err) = self.rotate_if_needed(bytes) {
-            return self.failed_write(batch, err, "creating a segment");
+        match self.rotate_if_needed(bytes) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.shared
+                    .no_room
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return refuse(
+                    batch,
+                    DeliveryError::Full("--spool-max-bytes reached".into()),
+                );
+            }
+            Err(err) => return self.failed_write(batch, err, "creating a segment"),
         }
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let first_seq = self.next_seq;
         for (i, append) in batch.iter().enumerate() {
-            put_frame(&mut buf, first_seq + i as u64, &append.payload);
+            put_record_frame(&mut buf, first_seq + i as u64, &append.record);
         }
         self.write_batch(&buf, batch, first_seq);
         // Keep the buffer, unless one large batch made it large.
@@ -118,10 +165,15 @@ impl Writer {
         let Some(file) = self.file.as_mut() else {
             return refuse(batch, DeliveryError::Unavailable("no segment".into()));
         };
-        if let Err(err) = file.write_all(buf) {
-            // Cut the partial write off again: nothing of this batch was answered 200.
-            if let Err(cut) = file.set_len(self.segment_len) {
-                return self.fatal(batch, cut, "cutting off a failed write");
+        if let Err(err) = file.write_all_at(buf, self.segment_len) {
+            // Undo the partial write: nothing of this batch was answered 200.
+            let undone = if self.segment_len + buf.len() as u64 > self.file_len {
+                file.set_len(self.file_len.max(self.segment_len))
+            } else {
+                file.write_all_at(&vec![0; buf.len()], self.segment_len)
+            };
+            if let Err(undo) = undone {
+                return self.fatal(batch, undo, "undoing a failed write");
             }
             return self.failed_write(batch, err, "writing");
         }
@@ -133,18 +185,20 @@ impl Writer {
             .metrics
             .committed(started.elapsed(), batch.len(), buf.len());
         self.segment_len += buf.len() as u64;
+        if self.segment_len > self.file_len {
+            self.shared.add_bytes(self.segment_len - self.file_len);
+            self.file_len = self.segment_len;
+        }
         self.shared.set_active(self.segment_first, self.segment_len);
         self.next_seq += batch.len() as u64;
-        self.shared.add_bytes(buf.len() as u64);
         let last_seq = self.next_seq - 1;
+        let mut replies = std::mem::take(&mut self.replies);
         {
             let mut tail = self.shared.lock_tail();
-            for (i, append) in batch.iter().enumerate() {
-                tail.push(
-                    first_seq + i as u64,
-                    append.record.clone(),
-                    append.payload.len(),
-                );
+            for (i, append) in batch.into_iter().enumerate() {
+                let bytes = payload_len(&append.record);
+                tail.push(first_seq + i as u64, append.record, bytes);
+                replies.push(append.reply);
             }
         }
         self.shared.durable.send_replace(last_seq);
@@ -154,25 +208,78 @@ impl Writer {
             segment = self.segment_first,
             "spool: batch durable"
         );
-        for (i, append) in batch.into_iter().enumerate() {
-            let _ = append.reply.send(Ok(first_seq + i as u64));
+        for (i, reply) in replies.drain(..).enumerate() {
+            let _ = reply.send(Ok(first_seq + i as u64));
         }
+        self.replies = replies;
     }
 
-    /// A new segment when the current one would pass its size (never for an empty one).
-    fn rotate_if_needed(&mut self, bytes: u64) -> io::Result<()> {
-        let full =
-            self.segment_len > 0 && self.segment_len + bytes > self.shared.config.segment_bytes;
+    /// A new segment when the current one would pass its size (never for an empty one), from
+    /// the spare when it is ready; `false` when a new segment would pass `--spool-max-bytes`.
+    fn rotate_if_needed(&mut self, bytes: u64) -> io::Result<bool> {
+        let size = self.shared.config.segment_bytes;
+        let full = self.segment_len > 0 && self.segment_len + bytes > size;
         if self.file.is_some() && !full {
-            return Ok(());
+            return Ok(true);
         }
-        let (segment, file) = segment::create(&self.shared.config.dir, self.next_seq)?;
+        let dir = self.shared.config.dir.clone();
+        let spare = match self.spare.take().map(Spare::take) {
+            Some(Ok(spare)) => spare,
+            taken => {
+                if let Some(Err(err)) = taken {
+                    tracing::warn!(error = %err, "spool: the spare segment could not be prepared; preparing it now");
+                    self.shared.sub_bytes(size);
+                }
+                if !self.reserve() {
+                    return Ok(false);
+                }
+                segment::prepare_spare(&dir, size).inspect_err(|_| self.shared.sub_bytes(size))?
+            }
+        };
+        let (segment, file) = segment::install(&dir, &spare, self.next_seq)?;
         self.shared.set_active(self.next_seq, 0);
         self.shared.lock_segments().push(segment);
         self.file = Some(file);
+        self.file_len = size;
         self.segment_first = self.next_seq;
         self.segment_len = 0;
-        Ok(())
+        // The next one is zeroed meanwhile, off this thread, when there is room for it.
+        if self.reserve() {
+            let prepare = move || segment::prepare_spare(&dir, size);
+            self.spare = match std::thread::Builder::new()
+                .name("spool-spare".into())
+                .spawn(prepare)
+            {
+                Ok(thread) => Some(Spare::Preparing(thread)),
+                Err(err) => Some(Spare::Ready(Err(err))),
+            };
+        }
+        Ok(true)
+    }
+
+    /// Zeroes the spare on this thread (at start-up, before the spool is ready). A failure
+    /// (a full disk) is not fatal here: the first append tries again and reports it.
+    pub fn prepare_spare_now(&mut self) {
+        let size = self.shared.config.segment_bytes;
+        if !self.reserve() {
+            return;
+        }
+        let dir = self.shared.config.dir.clone();
+        let prepared = segment::prepare_spare(&dir, size);
+        if let Err(err) = &prepared {
+            tracing::warn!(error = %err, "spool: cannot prepare the first segment");
+        }
+        self.spare = Some(Spare::Ready(prepared));
+    }
+
+    /// Counts a new segment's bytes when they fit in `--spool-max-bytes`.
+    fn reserve(&self) -> bool {
+        let size = self.shared.config.segment_bytes;
+        if self.shared.bytes() + size > self.shared.config.max_bytes {
+            return false;
+        }
+        self.shared.add_bytes(size);
+        true
     }
 
     /// A write that failed: a full disk refuses this batch and, for a moment, new appends;

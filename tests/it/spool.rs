@@ -362,13 +362,19 @@ async fn a_torn_tail_and_a_flipped_byte_are_reported_and_the_rest_forwarded() {
     let segments = timbridge::spool::segment::list(dir.path()).unwrap();
     assert!(segments.len() >= 3, "several segments: {segments:?}");
     // The last segment cut mid-record, a byte flipped in the middle of the first.
+    // (Segments are preallocated: the written part ends at the last byte that is not zero.)
     let last = &segments[segments.len() - 1].path;
-    let len = std::fs::metadata(last).unwrap().len();
+    let written = std::fs::read(last)
+        .unwrap()
+        .iter()
+        .rposition(|b| *b != 0)
+        .unwrap() as u64
+        + 1;
     std::fs::OpenOptions::new()
         .write(true)
         .open(last)
         .unwrap()
-        .set_len(len - 10)
+        .set_len(written - 10)
         .unwrap();
     let first = &segments[0].path;
     let mut bytes = std::fs::read(first).unwrap();
@@ -767,7 +773,14 @@ async fn memory_stays_bounded_while_the_backlog_grows() {
     let process = BridgeProcess::start(&spooled_process_flags(
         &url,
         &spool,
-        &["--spool-memory-bytes", "2MiB"],
+        // Small segments: the preallocated ones count in full, and the backlog's bytes should
+        // be what was written.
+        &[
+            "--spool-memory-bytes",
+            "2MiB",
+            "--spool-segment-bytes",
+            "1MiB",
+        ],
     ))
     .await;
     wait_readyz(process.admin, 200, Duration::from_secs(10)).await;
