@@ -109,7 +109,8 @@ def main():
                     f"{lat('p50')} | {lat('p90')} | {r.get('verify', {}).get('missing', '-')} |")
     ratio_max = p(spooled, "max")["cpu_us_per_callback"] / p(direct, "max")["cpu_us_per_callback"]
     ratio_common = p(spooled, "common")["cpu_us_per_callback"] / p(direct, "common")["cpu_us_per_callback"]
-    drain_line = "- Drain: not measured (BENCH_OUTAGE=0).\n" if drain is None else f"""""" + drain_line
+    drain_line = "- Drain: not measured (BENCH_OUTAGE=0).\n" if drain is None else f"""- Drain after a {OUTAGE} s NATS outage at {drain['arrival_per_s']:.0f} callbacks/s ({drain['ok']} of {drain['sent']} answered 200): {drain['backlog']:.0f} records forwarded in {drain['drain_s']:.1f} s = {drain['drain_per_s']:.0f}/s, {drain['drain_per_s'] / max(drain['arrival_per_s'], 1):.1f}× the arrival rate (--forward-max-rate 10000 by default).
+"""
     out = f"""Closed loop over {bench.CONNECTIONS} connections.
 
 | target | max/s (closed loop) | CPU µs/callback at max | at {common}/s, median (rounds) | p50 / p99 ms at 50% | at 90% | missing (verify) |
