@@ -392,16 +392,24 @@ impl<S: Deliver> Forwarder<S> {
             }
             removable
         };
-        for segment in removable {
-            let bytes = segment.bytes();
-            if segment.corrupt {
-                tracing::warn!(segment = %segment.path.display(), "spool: a set-aside segment is forwarded; kept for inspection (delete it by hand)");
-            } else if let Err(err) = std::fs::remove_file(&segment.path) {
-                tracing::error!(error = %err, segment = %segment.path.display(), "spool: cannot delete a forwarded segment");
-                continue;
-            }
-            self.shared.sub_bytes(bytes);
+        if removable.is_empty() {
+            return;
         }
+        // Off the runtime's threads: an unlink of a large file (with online discard, a trim of
+        // its blocks) would hold up the callbacks queued on this worker.
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            for segment in removable {
+                let bytes = segment.bytes();
+                if segment.corrupt {
+                    tracing::warn!(segment = %segment.path.display(), "spool: a set-aside segment is forwarded; kept for inspection (delete it by hand)");
+                } else if let Err(err) = std::fs::remove_file(&segment.path) {
+                    tracing::error!(error = %err, segment = %segment.path.display(), "spool: cannot delete a forwarded segment");
+                    continue;
+                }
+                shared.sub_bytes(bytes);
+            }
+        });
     }
 
     fn report(&self) {

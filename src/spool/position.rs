@@ -43,8 +43,9 @@ pub struct PositionFile {
 }
 
 impl PositionFile {
-    /// Opens (or creates, holding `seq` in both slots) `DIR/position`, durable with its
-    /// directory entry.
+    /// Opens (or creates) `DIR/position` with `seq` (the position just read) in both slots,
+    /// durable with its directory entry. An existing file is rewritten a slot at a time, so a
+    /// crash meanwhile leaves one valid.
     pub fn open(dir: &Path, seq: u64) -> io::Result<PositionFile> {
         let path = dir.join(FILE);
         let fresh = fs::metadata(&path).map_or(true, |m| m.len() != 2 * SLOT as u64);
@@ -54,17 +55,21 @@ impl PositionFile {
             .read(true)
             .write(true)
             .open(&path)?;
+        let mut position = PositionFile { file, next: 0 };
         if fresh {
             let mut both = [0u8; 2 * SLOT];
             both[..SLOT].copy_from_slice(&slot(seq));
             both[SLOT..].copy_from_slice(&slot(seq));
-            file.set_len(0)?;
-            file.write_all_at(&both, 0)?;
-            file.sync_all()?;
+            position.file.set_len(0)?;
+            position.file.write_all_at(&both, 0)?;
+            position.file.sync_all()?;
             sync_dir(dir)?;
             let _ = fs::remove_file(dir.join(TEMPORARY));
+        } else {
+            position.write(seq)?;
+            position.write(seq)?;
         }
-        Ok(PositionFile { file, next: 0 })
+        Ok(position)
     }
 
     /// Makes `seq` the durable position.

@@ -89,12 +89,18 @@ pub fn prepare_spare(dir: &Path, size: u64) -> io::Result<PathBuf> {
             .truncate(true)
             .write(true)
             .open(&path)?;
+        // Written back a chunk at a time, with a pause between chunks: one large writeback at
+        // the end would queue the writer's next fdatasync behind tens of MiB on the disk.
         let zeros = vec![0u8; ZERO_CHUNK];
         let mut left = size;
         while left > 0 {
             let n = left.min(ZERO_CHUNK as u64) as usize;
             file.write_all(&zeros[..n])?;
             left -= n as u64;
+            if left > 0 && (size - left).is_multiple_of(ZERO_SYNC_BYTES) {
+                file.sync_data()?;
+                std::thread::sleep(ZERO_PAUSE);
+            }
         }
         file.sync_all()
     })();
@@ -147,6 +153,9 @@ pub fn zero_from(path: &Path, from: u64) -> io::Result<u64> {
 }
 
 const ZERO_CHUNK: usize = 256 << 10;
+/// How much of a spare is written back at once while it is prepared, and the pause after each.
+const ZERO_SYNC_BYTES: u64 = 1 << 20;
+const ZERO_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Makes the directory's entries (a created, renamed or deleted file) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
