@@ -54,6 +54,13 @@ impl Deliver for Delivery {
         }
     }
 
+    async fn deliver_owned(&self, record: Record) -> Result<Ack, DeliveryError> {
+        match self {
+            Delivery::Direct(sink) => sink.deliver(&record).await,
+            Delivery::Spooled(spool) => spool.deliver_owned(record).await,
+        }
+    }
+
     fn is_ready(&self) -> bool {
         match self {
             Delivery::Direct(sink) => sink.is_ready(),

@@ -126,7 +126,7 @@ impl<D: Deliver> Background<D> {
         let metrics = self.metrics.clone();
         let timeout = self.publish_timeout;
         tokio::spawn(async move {
-            let published = tokio::time::timeout(timeout, delivery.deliver(&record)).await;
+            let published = tokio::time::timeout(timeout, delivery.deliver_owned(record)).await;
             let outcome = match published {
                 Ok(Ok(_)) => BeforeOutcome::Published,
                 Ok(Err(err)) => {

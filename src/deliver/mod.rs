@@ -49,6 +49,15 @@ pub trait Deliver: Send + Sync + 'static {
     /// Takes `record` and resolves once it is safe, or with why it is not.
     fn deliver(&self, record: &Record) -> impl Future<Output = Result<Ack, DeliveryError>> + Send;
 
+    /// The same for a record the caller is done with: a delivery that keeps records (the
+    /// spool's memory tail) takes it instead of copying it.
+    fn deliver_owned(
+        &self,
+        record: Record,
+    ) -> impl Future<Output = Result<Ack, DeliveryError>> + Send {
+        async move { self.deliver(&record).await }
+    }
+
     /// Whether a delivery can succeed now (connected, stream present).
     fn is_ready(&self) -> bool;
 

@@ -428,9 +428,10 @@ impl<D: Deliver> Handler<D> {
         let record = self.records.build(callback);
         let started = Instant::now();
         let pending = self.admission.publishing();
-        let result = tokio::time::timeout(self.publish_timeout, self.delivery.deliver(&record))
-            .await
-            .unwrap_or(Err(DeliveryError::TimedOut));
+        let result =
+            tokio::time::timeout(self.publish_timeout, self.delivery.deliver_owned(record))
+                .await
+                .unwrap_or(Err(DeliveryError::TimedOut));
         drop(pending);
         let took = started.elapsed();
         // Whether the broker answers is what admission control sheds on.

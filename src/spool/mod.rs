@@ -402,12 +402,9 @@ fn start(
     Ok((position, last_seq, position_file))
 }
 
-impl<S: Deliver> Deliver for Spool<S> {
-    fn name(&self) -> &'static str {
-        "spool"
-    }
-
-    async fn deliver(&self, record: &Record) -> Result<Ack, DeliveryError> {
+impl<S: Deliver> Spool<S> {
+    /// Appends `record` and waits for its batch's fsync.
+    async fn append(&self, mut record: Record) -> Result<Ack, DeliveryError> {
         if !self.is_recovered() {
             return Err(DeliveryError::Unavailable(
                 "the spool is still recovering".into(),
@@ -422,15 +419,13 @@ impl<S: Deliver> Deliver for Spool<S> {
         if !self.shared.has_room() {
             return Err(DeliveryError::Full("--spool-max-bytes reached".into()));
         }
+        // The memory tail keeps the record: a body of its own, not a view into the
+        // connection's read buffer (which would keep kilobytes alive per record, beyond what
+        // --spool-memory-bytes counts).
+        record.body = Bytes::copy_from_slice(&record.body);
         let (reply, answer) = oneshot::channel();
         let append = Append {
-            // The memory tail keeps the record: a body of its own, not a view into the
-            // connection's read buffer (which would keep kilobytes alive per record, beyond
-            // what --spool-memory-bytes counts).
-            record: Arc::new(Record {
-                body: Bytes::copy_from_slice(&record.body),
-                ..record.clone()
-            }),
+            record: Arc::new(record),
             reply,
         };
         self.appends
@@ -441,6 +436,20 @@ impl<S: Deliver> Deliver for Spool<S> {
             Ok(Err(err)) => Err(err),
             Err(_) => Err(DeliveryError::Unavailable("the spool is closed".into())),
         }
+    }
+}
+
+impl<S: Deliver> Deliver for Spool<S> {
+    fn name(&self) -> &'static str {
+        "spool"
+    }
+
+    async fn deliver(&self, record: &Record) -> Result<Ack, DeliveryError> {
+        self.append(record.clone()).await
+    }
+
+    async fn deliver_owned(&self, record: Record) -> Result<Ack, DeliveryError> {
+        self.append(record).await
     }
 
     /// Ready while there is room: a broker outage does not matter (that is the point).
