@@ -25,6 +25,11 @@ use crate::deliver::{Deliver, DeliveryError};
 use crate::sink::record::header;
 use crate::sink::Record;
 
+/// Records read from disk in one trip, at most (also bounded by the free window).
+const READ_AHEAD_RECORDS: usize = 256;
+/// Body bytes read ahead from disk, at most.
+const READ_AHEAD_BYTES: usize = 4 << 20;
+
 /// A record on its way to the broker.
 struct Item {
     seq: u64,
@@ -56,6 +61,9 @@ pub struct Forwarder<S> {
     waiting: HashMap<String, VecDeque<Item>>,
     inflight: FuturesUnordered<Publish>,
     disk: Option<Cursor>,
+    /// Records read from disk ahead of `next_read` (bounded: `READ_AHEAD_*`), and their bytes.
+    read_ahead: VecDeque<(u64, Arc<Record>)>,
+    read_ahead_bytes: usize,
     pacer: Pacer,
     /// Received-at (unix ms) of outstanding records, for the oldest record's age.
     received: HashMap<u64, u64>,
@@ -91,6 +99,8 @@ impl<S: Deliver> Forwarder<S> {
             waiting: HashMap::new(),
             inflight: FuturesUnordered::new(),
             disk: None,
+            read_ahead: VecDeque::new(),
+            read_ahead_bytes: 0,
             received: HashMap::new(),
             dry: false,
             sink,
@@ -183,16 +193,47 @@ impl<S: Deliver> Forwarder<S> {
         self.report();
     }
 
-    /// The first record at or after `next_read`: from memory when the tail holds it.
+    /// The first record at or after `next_read`: from memory when the tail holds it, else
+    /// from what was read ahead from disk, else from disk, a batch at a time (each trip off
+    /// the runtime's thread costs a hand-off of the worker: one per record made a backlog's
+    /// drain cost more CPU than the callbacks themselves).
     fn read_next(&mut self) -> Option<(u64, Arc<Record>)> {
+        while let Some((seq, record)) = self.read_ahead.pop_front() {
+            self.read_ahead_bytes -= record.body.len();
+            if seq >= self.next_read {
+                return Some((seq, record));
+            }
+        }
         if let Some(found) = self.shared.lock_tail().take(self.next_read) {
             return Some(found);
         }
-        tokio::task::block_in_place(|| self.read_disk())
+        let room = self
+            .shared
+            .config
+            .forward_max_inflight
+            .saturating_sub(self.outstanding.len())
+            .clamp(1, READ_AHEAD_RECORDS);
+        let durable = self.shared.durable_seq();
+        tokio::task::block_in_place(|| {
+            let mut want = self.next_read;
+            while self.read_ahead.len() < room
+                && self.read_ahead_bytes < READ_AHEAD_BYTES
+                && want <= durable
+            {
+                let Some((seq, record)) = self.read_disk(want) else {
+                    break;
+                };
+                want = seq + 1;
+                self.read_ahead_bytes += record.body.len();
+                self.read_ahead.push_back((seq, record));
+            }
+        });
+        let (seq, record) = self.read_ahead.pop_front()?;
+        self.read_ahead_bytes -= record.body.len();
+        Some((seq, record))
     }
 
-    fn read_disk(&mut self) -> Option<(u64, Arc<Record>)> {
-        let want = self.next_read;
+    fn read_disk(&mut self, want: u64) -> Option<(u64, Arc<Record>)> {
         for _ in 0..3 {
             if self.disk.is_none() {
                 self.disk = self.open_cursor(want);
