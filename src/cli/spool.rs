@@ -60,7 +60,7 @@ pub struct ForwardArgs {
     pub forward_max_inflight: usize,
 
     /// Publishes per second the forwarder starts at most, so that a returning broker is not
-    /// flattened by the backlog; 0: no limit.
+    /// flattened by the backlog; 0: no limit. Keep it well above the steady callback rate.
     #[arg(long, env = "TIMBRIDGE_FORWARD_MAX_RATE", default_value_t = 10000)]
     pub forward_max_rate: u32,
 
