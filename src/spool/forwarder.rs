@@ -198,11 +198,8 @@ impl<S: Deliver> Forwarder<S> {
     /// the runtime's thread costs a hand-off of the worker: one per record made a backlog's
     /// drain cost more CPU than the callbacks themselves).
     fn read_next(&mut self) -> Option<(u64, Arc<Record>)> {
-        while let Some((seq, record)) = self.read_ahead.pop_front() {
-            self.read_ahead_bytes -= record.body.len();
-            if seq >= self.next_read {
-                return Some((seq, record));
-            }
+        if let Some(found) = self.pop_read_ahead() {
+            return Some(found);
         }
         if let Some(found) = self.shared.lock_tail().take(self.next_read) {
             return Some(found);
@@ -228,9 +225,18 @@ impl<S: Deliver> Forwarder<S> {
                 self.read_ahead.push_back((seq, record));
             }
         });
-        let (seq, record) = self.read_ahead.pop_front()?;
-        self.read_ahead_bytes -= record.body.len();
-        Some((seq, record))
+        self.pop_read_ahead()
+    }
+
+    /// The next record read ahead at or after `next_read` (older ones are dropped).
+    fn pop_read_ahead(&mut self) -> Option<(u64, Arc<Record>)> {
+        while let Some((seq, record)) = self.read_ahead.pop_front() {
+            self.read_ahead_bytes -= record.body.len();
+            if seq >= self.next_read {
+                return Some((seq, record));
+            }
+        }
+        None
     }
 
     fn read_disk(&mut self, want: u64) -> Option<(u64, Arc<Record>)> {

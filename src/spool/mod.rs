@@ -425,6 +425,7 @@ impl<S: Deliver> Spool<S> {
         record.body = Bytes::copy_from_slice(&record.body);
         let (reply, answer) = oneshot::channel();
         let append = Append {
+            frame_len: frame::payload_len(&record) + frame::HEADER_BYTES,
             record: Arc::new(record),
             reply,
         };

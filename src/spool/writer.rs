@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::frame::{payload_len, put_record_frame, HEADER_BYTES};
+use super::frame::put_record_frame;
 use super::segment;
 use super::Shared;
 use crate::deliver::DeliveryError;
@@ -35,6 +35,8 @@ pub enum Msg {
 pub struct Append {
     /// Encoded by the writer, straight into its batch buffer.
     pub record: Arc<Record>,
+    /// Its frame's length (`frame::payload_len` + the header), computed once.
+    pub frame_len: usize,
     pub reply: oneshot::Sender<Result<u64, DeliveryError>>,
 }
 
@@ -104,7 +106,7 @@ impl Writer {
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Append(append) => {
-                        bytes += payload_len(&append.record) + HEADER_BYTES;
+                        bytes += append.frame_len;
                         batch.push(append);
                     }
                     Msg::Close(done) => {
@@ -131,10 +133,7 @@ impl Writer {
         if self.shared.fatal.is_cancelled() {
             return refuse(batch, DeliveryError::Unavailable("the spool failed".into()));
         }
-        let bytes: u64 = batch
-            .iter()
-            .map(|a| (payload_len(&a.record) + HEADER_BYTES) as u64)
-            .sum();
+        let bytes: u64 = batch.iter().map(|a| a.frame_len as u64).sum();
         match self.rotate_if_needed(bytes) {
             Ok(true) => {}
             Ok(false) => {
@@ -196,8 +195,7 @@ impl Writer {
         {
             let mut tail = self.shared.lock_tail();
             for (i, append) in batch.into_iter().enumerate() {
-                let bytes = payload_len(&append.record);
-                tail.push(first_seq + i as u64, append.record, bytes);
+                tail.push(first_seq + i as u64, append.record, append.frame_len);
                 replies.push(append.reply);
             }
         }
