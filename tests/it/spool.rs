@@ -795,10 +795,19 @@ async fn memory_stays_bounded_while_the_backlog_grows() {
         stop.clone(),
         answered.clone(),
     ));
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Load until the backlog is five times the memory tail (NATS is down: nothing leaves).
+    let http = Http::default();
+    eventually(Duration::from_secs(60), "a 10 MiB backlog", || {
+        let http = http.clone();
+        async move {
+            let (_, text) = http.admin(process.admin, "/metrics").await;
+            (metric(&text, "timbridge_spool_bytes") > 10.0 * 1048576.0).then_some(())
+        }
+    })
+    .await;
     stop.cancel();
     assert_eq!(load.await.unwrap(), 0);
-    let (_, text) = Http::default().admin(process.admin, "/metrics").await;
+    let (_, text) = http.admin(process.admin, "/metrics").await;
     let spooled = metric(&text, "timbridge_spool_bytes");
     let peak = process.peak_rss();
     eprintln!(
