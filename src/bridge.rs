@@ -15,6 +15,7 @@ use crate::ingest::Handler;
 use crate::metrics::Metrics;
 use crate::shutdown::{self, Budget, Task};
 use crate::sink::{Record, Sink};
+use crate::spool::lane::Lane;
 use crate::spool::{OpenError, Spool};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +100,23 @@ impl Bridge<Delivery> {
     /// serving.
     pub async fn start(config: Config) -> Result<Bridge<Delivery>, StartError> {
         let metrics = new_metrics()?;
-        let sink = Sink::connect(&config.sink, config.publish_timeout, &metrics).await?;
         let delivery = match &config.spool {
-            None => Delivery::Direct(sink),
-            Some(spool) => Delivery::Spooled(Spool::open(spool.clone(), sink, &metrics)?),
+            None => Delivery::Direct(
+                Sink::connect(&config.sink, config.publish_timeout, &metrics).await?,
+            ),
+            Some(spool) => {
+                // The sink lives on the forwarder's runtime: only the forwarder publishes.
+                let lane = Lane::new(spool.forward_nice).map_err(|source| OpenError::Io {
+                    dir: spool.dir.clone(),
+                    source,
+                })?;
+                let (sink_config, timeout, sink_metrics) =
+                    (config.sink.clone(), config.publish_timeout, metrics.clone());
+                let sink = lane
+                    .run(async move { Sink::connect(&sink_config, timeout, &sink_metrics).await })
+                    .await?;
+                Delivery::Spooled(Spool::open(spool.clone(), sink, &metrics, Some(lane))?)
+            }
         };
         Bridge::serve(config, delivery, metrics).await
     }

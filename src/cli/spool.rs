@@ -67,6 +67,11 @@ pub struct ForwardArgs {
     /// Longest wait between two attempts of one record (the backoff doubles from 100 ms).
     #[arg(long, env = "TIMBRIDGE_FORWARD_RETRY_MAX", default_value = "5s", value_parser = parse_duration)]
     pub forward_retry_max: Duration,
+
+    /// Nice value of the forwarder's threads (0-19; the broker client's I/O runs there too):
+    /// on shared cores the callbacks' answers go first, the forwarder takes the idle time.
+    #[arg(long, env = "TIMBRIDGE_FORWARD_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub forward_nice: i32,
 }
 
 impl SpoolArgs {
@@ -126,6 +131,7 @@ impl SpoolArgs {
             forward_max_inflight: 0,
             forward_max_rate: None,
             forward_retry_max: Duration::ZERO,
+            forward_nice: 0,
             position_interval: self.spool_position_interval,
             publish_timeout,
             appends: true,
@@ -154,6 +160,7 @@ impl ForwardArgs {
         config.forward_max_inflight = self.forward_max_inflight;
         config.forward_max_rate = Some(self.forward_max_rate).filter(|r| *r > 0);
         config.forward_retry_max = self.forward_retry_max;
+        config.forward_nice = self.forward_nice;
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ pub enum DrainError {
 pub async fn drain(sink: SinkConfig, config: SpoolConfig) -> Result<u64, DrainError> {
     let metrics = Metrics::new().map_err(|e| ConfigError::new("metrics", e.to_string()))?;
     let sink = Sink::connect(&sink, config.publish_timeout, &metrics).await?;
-    let spool = Spool::open(config, sink, &metrics)?;
+    let spool = Spool::open(config, sink, &metrics, None)?;
     while !spool.is_recovered() {
         if spool.fatal().is_cancelled() {
             return Err(DrainError::Failed);

@@ -18,6 +18,7 @@ pub mod drain;
 pub mod forwarder;
 pub mod frame;
 pub mod inspect;
+pub mod lane;
 pub mod position;
 pub mod recovery;
 pub mod segment;
@@ -64,6 +65,8 @@ pub struct SpoolConfig {
     pub forward_max_rate: Option<u32>,
     /// The longest wait between two attempts of one record.
     pub forward_retry_max: Duration,
+    /// The forwarder's threads run this much nicer than the callbacks' (0–19).
+    pub forward_nice: i32,
     /// How often the acknowledged position is made durable.
     pub position_interval: Duration,
     /// The bound on one publish's acknowledgement (`--publish-timeout`).
@@ -87,6 +90,7 @@ impl SpoolConfig {
             forward_max_inflight: 1024,
             forward_max_rate: None,
             forward_retry_max: Duration::from_secs(5),
+            forward_nice: 0,
             position_interval: Duration::from_millis(200),
             publish_timeout,
             appends: false,
@@ -240,12 +244,21 @@ pub struct Spool<S> {
     forwarder_done: Mutex<Option<oneshot::Receiver<()>>>,
     /// Held until `close`: a second process cannot take the directory.
     lock: File,
+    /// The forwarder's runtime, when it has its own; dropped (shut down) with the spool.
+    _lane: Option<lane::Lane>,
 }
 
 impl<S: Deliver> Spool<S> {
     /// Locks `config.dir` (created when missing), then recovers it in the background: until
     /// recovery finished, deliveries are refused and the spool is not ready.
-    pub fn open(config: SpoolConfig, sink: S, metrics: &Metrics) -> Result<Spool<S>, OpenError> {
+    /// The forwarder runs on `lane` when given (the sink should have been connected there),
+    /// else on the caller's runtime.
+    pub fn open(
+        config: SpoolConfig,
+        sink: S,
+        metrics: &Metrics,
+        lane: Option<lane::Lane>,
+    ) -> Result<Spool<S>, OpenError> {
         let io = |source| OpenError::Io {
             dir: config.dir.clone(),
             source,
@@ -283,7 +296,7 @@ impl<S: Deliver> Spool<S> {
             config,
         });
         let sink = Arc::new(sink);
-        let spool = Spool {
+        let mut spool = Spool {
             shared: shared.clone(),
             appends,
             sink: sink.clone(),
@@ -291,6 +304,7 @@ impl<S: Deliver> Spool<S> {
             stop: CancellationToken::new(),
             forwarder_done: Mutex::new(None),
             lock,
+            _lane: None,
         };
         let (done_tx, done_rx) = oneshot::channel();
         *spool
@@ -298,7 +312,7 @@ impl<S: Deliver> Spool<S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(done_rx);
         let (drain, stop) = (spool.drain.clone(), spool.stop.clone());
-        tokio::spawn(async move {
+        let forward = async move {
             let started = Instant::now();
             let recovered = {
                 let shared = shared.clone();
@@ -323,7 +337,12 @@ impl<S: Deliver> Spool<S> {
                 .run(drain, stop)
                 .await;
             let _ = done_tx.send(());
-        });
+        };
+        match &lane {
+            Some(lane) => drop(lane.handle().spawn(forward)),
+            None => drop(tokio::spawn(forward)),
+        }
+        spool._lane = lane;
         Ok(spool)
     }
 

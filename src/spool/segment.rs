@@ -79,27 +79,49 @@ pub fn list(dir: &Path) -> io::Result<Vec<Segment>> {
 /// The preallocated file the next segment is made from.
 pub const SPARE: &str = "spare.tmp";
 
+/// How fast a spare is zeroed: as fast as the disk takes it, or spread over a time budget.
+#[derive(Debug, Default)]
+pub struct Pace {
+    /// Finish in about this long (`None`: no pauses beyond the writeback's).
+    pub budget: Option<std::time::Duration>,
+    /// Set by the writer when it needs the spare now: the pauses stop.
+    pub hurry: std::sync::atomic::AtomicBool,
+}
+
 /// Writes `DIR/spare.tmp`: `size` bytes of zeros, durable. A failure (a full disk) leaves no
 /// file behind.
-pub fn prepare_spare(dir: &Path, size: u64) -> io::Result<PathBuf> {
+///
+/// Written back a chunk at a time with a pause between chunks: one large writeback at the end
+/// would queue the writer's next fdatasync behind tens of MiB, and every fdatasync's cache
+/// flush carries what was written since the last one, so the zeros are spread over `pace`'s
+/// budget (half the time the current segment is expected to take to fill) rather than sent
+/// in a burst.
+pub fn prepare_spare(dir: &Path, size: u64, pace: &Pace) -> io::Result<PathBuf> {
     let path = dir.join(SPARE);
+    let started = std::time::Instant::now();
     let written = (|| {
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .open(&path)?;
-        // Written back a chunk at a time, with a pause between chunks: one large writeback at
-        // the end would queue the writer's next fdatasync behind tens of MiB on the disk.
         let zeros = vec![0u8; ZERO_CHUNK];
         let mut left = size;
         while left > 0 {
             let n = left.min(ZERO_CHUNK as u64) as usize;
             file.write_all(&zeros[..n])?;
             left -= n as u64;
-            if left > 0 && (size - left).is_multiple_of(ZERO_SYNC_BYTES) {
+            let done = size - left;
+            if left > 0 && done.is_multiple_of(ZERO_SYNC_BYTES) {
                 file.sync_data()?;
-                std::thread::sleep(ZERO_PAUSE);
+                let mut pause = ZERO_PAUSE;
+                if let Some(budget) = pace.budget {
+                    let due = budget.mul_f64(done as f64 / size as f64);
+                    pause = pause.max(due.saturating_sub(started.elapsed()));
+                }
+                if !pace.hurry.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(pause.min(ZERO_MAX_PAUSE));
+                }
             }
         }
         file.sync_all()
@@ -154,8 +176,10 @@ pub fn zero_from(path: &Path, from: u64) -> io::Result<u64> {
 
 const ZERO_CHUNK: usize = 256 << 10;
 /// How much of a spare is written back at once while it is prepared, and the pause after each.
-const ZERO_SYNC_BYTES: u64 = 1 << 20;
-const ZERO_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+const ZERO_SYNC_BYTES: u64 = 256 << 10;
+const ZERO_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+/// The longest pause between two chunks, whatever the budget.
+const ZERO_MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Makes the directory's entries (a created, renamed or deleted file) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -325,7 +349,7 @@ mod tests {
 
     /// A preallocated segment of `size` with records `first..first + count` at its start.
     fn preallocated(dir: &Path, first: u64, count: u64, size: u64) -> (PathBuf, u64) {
-        let spare = prepare_spare(dir, size).unwrap();
+        let spare = prepare_spare(dir, size, &Pace::default()).unwrap();
         let (segment, file) = install(dir, &spare, first).unwrap();
         let mut buf = Vec::new();
         for seq in first..first + count {

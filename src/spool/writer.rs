@@ -55,22 +55,28 @@ pub struct Writer {
     pub spare: Option<Spare>,
     /// The batch's reply senders, reused.
     replies: Vec<oneshot::Sender<Result<u64, DeliveryError>>>,
+    /// When the current segment got its first record: how long it takes to fill paces the
+    /// zeroing of the next spare.
+    segment_started: std::time::Instant,
 }
 
 /// The next segment's preallocated file.
 pub enum Spare {
     Ready(io::Result<PathBuf>),
-    /// Being zeroed by a thread of its own.
-    Preparing(JoinHandle<io::Result<PathBuf>>),
+    /// Being zeroed by a thread of its own, at the pace given.
+    Preparing(JoinHandle<io::Result<PathBuf>>, Arc<segment::Pace>),
 }
 
 impl Spare {
     fn take(self) -> io::Result<PathBuf> {
         match self {
             Spare::Ready(prepared) => prepared,
-            Spare::Preparing(thread) => thread
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the spare's thread panicked"))),
+            Spare::Preparing(thread, pace) => {
+                pace.hurry.store(true, std::sync::atomic::Ordering::Relaxed);
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("the spare's thread panicked")))
+            }
         }
     }
 }
@@ -87,6 +93,7 @@ impl Writer {
             buf: Vec::new(),
             spare: None,
             replies: Vec::new(),
+            segment_started: std::time::Instant::now(),
         }
     }
 }
@@ -231,10 +238,20 @@ impl Writer {
                 if !self.reserve() {
                     return Ok(false);
                 }
-                segment::prepare_spare(&dir, size).inspect_err(|_| self.shared.sub_bytes(size))?
+                segment::prepare_spare(&dir, size, &segment::Pace::default())
+                    .inspect_err(|_| self.shared.sub_bytes(size))?
             }
         };
+        // Zeroing the next spare may take half as long as this one took to fill (2 s when
+        // that is not known yet); if the writer needs it sooner, the pauses stop.
+        let budget = if self.file.is_some() && full {
+            self.segment_started.elapsed() / 2
+        } else {
+            std::time::Duration::from_secs(2)
+        };
+        let budget = Some(budget.min(std::time::Duration::from_secs(10)));
         let (segment, file) = segment::install(&dir, &spare, self.next_seq)?;
+        self.segment_started = std::time::Instant::now();
         self.shared.set_active(self.next_seq, 0);
         self.shared.lock_segments().push(segment);
         self.file = Some(file);
@@ -243,12 +260,17 @@ impl Writer {
         self.segment_len = 0;
         // The next one is zeroed meanwhile, off this thread, when there is room for it.
         if self.reserve() {
-            let prepare = move || segment::prepare_spare(&dir, size);
+            let pace = Arc::new(segment::Pace {
+                budget,
+                ..Default::default()
+            });
+            let paced = pace.clone();
+            let prepare = move || segment::prepare_spare(&dir, size, &paced);
             self.spare = match std::thread::Builder::new()
                 .name("spool-spare".into())
                 .spawn(prepare)
             {
-                Ok(thread) => Some(Spare::Preparing(thread)),
+                Ok(thread) => Some(Spare::Preparing(thread, pace)),
                 Err(err) => Some(Spare::Ready(Err(err))),
             };
         }
@@ -263,7 +285,7 @@ impl Writer {
             return;
         }
         let dir = self.shared.config.dir.clone();
-        let prepared = segment::prepare_spare(&dir, size);
+        let prepared = segment::prepare_spare(&dir, size, &segment::Pace::default());
         if let Err(err) = &prepared {
             tracing::warn!(error = %err, "spool: cannot prepare the first segment");
         }
