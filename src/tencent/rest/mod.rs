@@ -1,7 +1,14 @@
-//! Tencent's server-side REST API, which the auditor calls on an app's behalf. So far: where
-//! each app's calls go ([`Region`]).
+//! Tencent's server-side REST API, which the auditor calls on an app's behalf: where each
+//! app's calls go ([`Region`]), the admin's UserSig ([`usersig`]), the calling convention with
+//! its rate limit and retries ([`client`]) and the group calls ([`group`]).
+
+pub mod client;
+pub mod group;
+pub mod usersig;
 
 use serde::Deserialize;
+
+pub use client::{Clock, RestClient, RestConfig, RestError, SystemClock};
 
 /// Where an app lives, which decides the domain of its REST calls (Tencent's "REST API
 /// Overview" lists one domain per data centre).
