@@ -26,7 +26,9 @@
 //! - [`http`]: the callback listener, the slow-loris guard, the admin listener.
 //! - [`ingest`]: the handler, admission control, every rejection with its status and code.
 //! - [`tencent`]: Tencent's callback protocol (query, signature, body, reply), pure functions;
-//!   the REST API's regions.
+//!   the REST API (regions, UserSig, the rate-limited client, the group calls).
+//! - [`audit`]: `timbridge audit`, the MsgSeq auditor that backfills gaps from Tencent's
+//!   history through [`tencent::rest`].
 //! - [`before`]: before-callbacks, answered OK at once and published in the background.
 //! - [`deliver`]: the seam between the handler and where records go.
 //! - [`sink`]: the wire record and partitioner, and the stdout, NATS JetStream and Kafka sinks.
@@ -34,6 +36,7 @@
 //!
 //! `main.rs` only parses flags, sets up logging and runs a [`Bridge`] until a signal.
 
+pub mod audit;
 pub mod before;
 pub mod bridge;
 pub mod cli;

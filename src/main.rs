@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use timbridge::cli::{Cli, Command, DrainArgs, LogFormat, SpoolCommand};
+use timbridge::cli::{AuditArgs, Cli, Command, DrainArgs, LogFormat, SpoolCommand};
 use timbridge::{shutdown, Bridge, StartError};
 use tracing_subscriber::EnvFilter;
 
@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args,
         Command::Spool(SpoolCommand::Inspect { dir }) => return inspect(&dir),
         Command::Spool(SpoolCommand::Drain(args)) => return drain(*args),
+        Command::Audit(args) => return audit(*args),
     };
 
     let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -136,6 +137,39 @@ fn drain(args: DrainArgs) -> ExitCode {
                 eprintln!("timbridge: spool drained ({forwarded} records forwarded)");
                 ExitCode::SUCCESS
             }
+            Err(err) => {
+                eprintln!("timbridge: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// `timbridge audit`: runs the auditor until SIGTERM/SIGINT.
+fn audit(args: AuditArgs) -> ExitCode {
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("timbridge: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("timbridge: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match timbridge::audit::run(config, shutdown::signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("timbridge: {err}");
                 ExitCode::FAILURE

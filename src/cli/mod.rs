@@ -15,11 +15,13 @@ use crate::config::{Config, ConfigError, SinkConfig};
 use crate::secret::Secret;
 use crate::tencent::callback::{Policy, Token};
 
+mod audit;
 mod kafka;
 mod nats;
 pub mod parse;
 mod spool;
 
+pub use audit::AuditArgs;
 pub use kafka::{Compression, KafkaArgs};
 pub use nats::NatsArgs;
 use parse::{parse_duration, parse_secret, parse_size};
@@ -43,6 +45,9 @@ pub enum Command {
     /// Look into a spool directory, or forward what it holds.
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// Read the published stream back, find MsgSeq gaps per group and repair them from
+    /// Tencent's history (backfill), or report them unrecoverable.
+    Audit(Box<AuditArgs>),
 }
 
 #[derive(Debug, Subcommand)]

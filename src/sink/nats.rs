@@ -192,6 +192,11 @@ impl NatsSink {
         })
     }
 
+    /// The JetStream context of this connection (the auditor consumes and checkpoints on it).
+    pub fn jetstream(&self) -> jetstream::Context {
+        self.js.clone()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.client.connection_state() == State::Connected
             && self.stream.ready.load(Ordering::Relaxed)

@@ -6,6 +6,7 @@
 mod common;
 
 mod apps;
+mod audit;
 mod binary;
 mod forward;
 mod handler;

@@ -5,6 +5,7 @@ pub mod cases;
 pub mod kafka;
 pub mod nats;
 pub mod process;
+pub mod tencent;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,91 @@
+//! The per-group state in a JetStream key-value bucket, one key per group (the group key,
+//! base64url: KV keys allow few characters), written for the groups that changed since the
+//! last checkpoint; the consumer's messages are acknowledged only after it (so a restart
+//! replays what the checkpoint does not include, and never loses it).
+
+use async_nats::jetstream::{self, kv, stream};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::tracker::{GroupKey, GroupState};
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    key: GroupKey,
+    state: GroupState,
+}
+
+pub struct Checkpoint {
+    store: kv::Store,
+}
+
+fn kv_key(key: &GroupKey) -> String {
+    let json = serde_json::to_vec(key).expect("plain data");
+    URL_SAFE_NO_PAD.encode(json)
+}
+
+impl Checkpoint {
+    /// The bucket `name`, created when missing (one value per key: only the latest counts).
+    ///
+    /// Its stream is made here with the settings of a key-value bucket (those async-nats's
+    /// `create_key_value` uses) rather than by `create_key_value`, which first asks for the
+    /// account's information and cannot parse a 2.9 server's answer.
+    pub async fn open(js: &jetstream::Context, name: &str) -> Result<Checkpoint, String> {
+        let failed = |e: &dyn std::fmt::Display| format!("key-value bucket {name}: {e}");
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(&e))?;
+        let store = js.get_key_value(name).await.map_err(|e| failed(&e))?;
+        Ok(Checkpoint { store })
+    }
+
+    /// Every checkpointed group.
+    pub async fn load(&self) -> Result<Vec<(GroupKey, GroupState)>, String> {
+        let mut keys = self.store.keys().await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| e.to_string())?;
+            if let Some(value) = self.store.get(&key).await.map_err(|e| e.to_string())? {
+                match serde_json::from_slice::<Entry>(&value) {
+                    Ok(entry) => out.push((entry.key, entry.state)),
+                    Err(err) => {
+                        tracing::warn!(key, error = %err, "audit checkpoint: unreadable entry skipped")
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn save(&self, key: &GroupKey, state: &GroupState) -> Result<(), String> {
+        let value = serde_json::to_vec(&Entry {
+            key: key.clone(),
+            state: state.clone(),
+        })
+        .expect("plain data");
+        self.store
+            .put(kv_key(key), value.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn forget(&self, key: &GroupKey) -> Result<(), String> {
+        self.store
+            .purge(kv_key(key))
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,168 @@
+//! The auditor's Prometheus metrics, on a registry of its own (`timbridge audit` is its own
+//! process). Labels come from fixed sets: never group ids.
+
+use prometheus::{Encoder, Gauge, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use super::resolve::Reason;
+use super::tracker::Seen;
+use crate::tencent::rest::group;
+
+#[derive(Clone)]
+pub struct AuditMetrics {
+    registry: Registry,
+    /// Seqs by what happened to them once found missing: found, backfilled, settled,
+    /// unrecoverable.
+    pub gap_seqs: IntCounterVec,
+    pub unrecoverable: IntCounterVec,
+    /// Consumed group-message records by [`Seen`].
+    pub seen: IntCounterVec,
+    pub rest_calls: IntCounterVec,
+    pub groups: IntGauge,
+    pub evicted: IntCounterVec,
+    pub lag: Gauge,
+    pub pending_gaps: IntGauge,
+    pub credentials_ok: IntGauge,
+}
+
+impl AuditMetrics {
+    pub fn new() -> AuditMetrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let gap_seqs = counter(
+            "timbridge_audit_gap_seqs_total",
+            "Missing MsgSeqs by outcome: found (due for a lookup), backfilled, settled (a system notice or placeholder), unrecoverable.",
+            &["outcome"],
+        );
+        let unrecoverable = counter(
+            "timbridge_audit_unrecoverable_seqs_total",
+            "MsgSeqs that could not be repaired, by reason (no_history, expired, not_found, group_gone).",
+            &["reason"],
+        );
+        let seen = counter(
+            "timbridge_audit_records_total",
+            "Group-message records consumed, by kind: in_order, ahead (opens a gap), regression (arrived after a higher seq), repeat.",
+            &["kind"],
+        );
+        let rest_calls = counter(
+            "timbridge_audit_rest_calls_total",
+            "Tencent REST calls (attempts) by command and result.",
+            &["command", "result"],
+        );
+        let evicted = counter(
+            "timbridge_audit_groups_evicted_total",
+            "Groups dropped from tracking: idle, or cap (--audit-max-groups made room early).",
+            &["reason"],
+        );
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let groups = gauge("timbridge_audit_groups", "Groups tracked.");
+        let pending_gaps = gauge(
+            "timbridge_audit_pending_gaps",
+            "Gaps past their grace waiting for (or in) a lookup.",
+        );
+        let credentials_ok = gauge(
+            "timbridge_audit_rest_credentials_ok",
+            "1 while Tencent accepts every app's REST credentials, 0 once one was refused.",
+        );
+        credentials_ok.set(1);
+        let lag = Gauge::new(
+            "timbridge_audit_lag_seconds",
+            "Age (tim-received-at) of the last record consumed: how far the auditor is behind the stream.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(lag.clone()))
+            .expect("registered once");
+        for outcome in ["found", "backfilled", "settled", "unrecoverable"] {
+            gap_seqs.with_label_values(&[outcome]);
+        }
+        for reason in [
+            Reason::NoHistory,
+            Reason::Expired,
+            Reason::NotFound,
+            Reason::GroupGone,
+        ] {
+            unrecoverable.with_label_values(&[reason.label()]);
+        }
+        for kind in [Seen::InOrder, Seen::Ahead, Seen::Regression, Seen::Repeat] {
+            seen.with_label_values(&[seen_label(kind)]);
+        }
+        // The series dashboards and alerts read exist before the first call or eviction.
+        for command in [group::HISTORY, group::GROUP_INFO] {
+            for result in ["ok", "rate_limited", "unavailable", "credentials"] {
+                rest_calls.with_label_values(&[command, result]);
+            }
+        }
+        for reason in ["idle", "cap"] {
+            evicted.with_label_values(&[reason]);
+        }
+        AuditMetrics {
+            registry,
+            gap_seqs,
+            unrecoverable,
+            seen,
+            rest_calls,
+            groups,
+            evicted,
+            lag,
+            pending_gaps,
+            credentials_ok,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for AuditMetrics {
+    fn default() -> Self {
+        AuditMetrics::new()
+    }
+}
+
+pub fn seen_label(seen: Seen) -> &'static str {
+    match seen {
+        Seen::InOrder => "in_order",
+        Seen::Ahead => "ahead",
+        Seen::Regression => "regression",
+        Seen::Repeat => "repeat",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The README's auditor metrics table names exactly what this registry holds.
+    #[test]
+    fn the_readme_table_matches_the_registry() {
+        let documented: std::collections::BTreeSet<String> =
+            crate::readme::section("### Auditor metrics")
+                .lines()
+                .filter(|l| l.starts_with("| `timbridge_"))
+                .map(|l| l.split('`').nth(1).unwrap().to_owned())
+                .collect();
+        let metrics = super::AuditMetrics::new();
+        let registered: std::collections::BTreeSet<String> = metrics
+            .registry
+            .gather()
+            .iter()
+            .map(|family| family.name().to_owned())
+            .collect();
+        assert_eq!(documented, registered, "README (left) vs registry (right)");
+    }
+}

@@ -1,0 +1,399 @@
+//! `timbridge audit`: finds the group messages Tencent sent that never reached the stream, and
+//! repairs them from Tencent's history. In the order the data flows:
+//!
+//! ```text
+//!  the bridge's stream ──▶ consume (durable pull consumer) ──▶ tracker (per group: contiguous
+//!  seq, seqs above it) ──gap past --gap-grace──▶ repair (one worker per app, rate-limited REST)
+//!     resolve: group_msg_get_simple pages ──▶ backfill: the callback Tencent would have sent,
+//!     published like the live one + tim-source: backfill │ settled: system notice, placeholder
+//!     │ unrecoverable: an event on --audit-event-subject
+//!  tail (every --tail-interval): get_group_info NextMsgSeq for recently active groups
+//!  checkpoint (every --audit-checkpoint-interval): changed groups to a KV bucket, then the
+//!  consumed messages are acknowledged
+//! ```
+
+pub mod backfill;
+pub mod checkpoint;
+pub mod consume;
+pub mod metrics;
+pub mod repair;
+pub mod resolve;
+pub mod tracker;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::config::apps::App;
+use crate::config::SinkConfig;
+use crate::deliver::Deliver;
+use crate::sink::{NatsConfig, NatsSink, RecordBuilder, Sink};
+use crate::tencent::rest::group::MAX_GROUPS_PER_INFO;
+use crate::tencent::rest::{RestClient, RestConfig, SystemClock};
+use metrics::{seen_label, AuditMetrics};
+use repair::{now_ms, Repaired, Repairer};
+use tracker::{Eviction, Gap, GroupKey, Seen, Tracker};
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub admin_listen: SocketAddr,
+    pub nats: NatsConfig,
+    pub publish_timeout: Duration,
+    /// Must be the bridge's `--partitions`: a backfill goes where the live record went.
+    pub partitions: u32,
+    /// The apps audited: those with REST credentials.
+    pub apps: Vec<App>,
+    pub rest: RestConfig,
+    pub consumer: String,
+    pub state_bucket: String,
+    pub event_subject: String,
+    pub gap_grace: Duration,
+    pub tail_window: Duration,
+    pub tail_interval: Duration,
+    pub group_idle: Duration,
+    pub max_groups: usize,
+    pub max_pending: usize,
+    pub checkpoint_interval: Duration,
+    pub max_ack_pending: usize,
+    /// Gaps queued per app for its worker.
+    pub max_queued_gaps: usize,
+}
+
+/// Runs until `shutdown` resolves; an error when it cannot start.
+pub async fn run(
+    config: AuditConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let metrics = AuditMetrics::new();
+    let sink = NatsSink::connect(&config.nats, config.publish_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = sink.jetstream();
+    let sink = Arc::new(Sink::Nats(sink));
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| format!("--admin-listen {}: {e}", config.admin_listen))?;
+    tokio::spawn(admin::serve(admin, metrics.clone(), ready.clone()));
+
+    let builder = RecordBuilder::new(
+        SinkConfig::Nats(config.nats.clone()).destination(),
+        config.partitions,
+    )
+    .with_apps(&config.apps);
+    let (done_tx, mut done_rx) = mpsc::channel::<Repaired>(config.max_queued_gaps.max(1));
+    let mut workers = HashMap::new();
+    let mut clients = HashMap::new();
+    for app in &config.apps {
+        let Some(credentials) = &app.rest else {
+            continue;
+        };
+        let observer_metrics = metrics.clone();
+        let client = RestClient::new(
+            app.sdkappid,
+            credentials,
+            &config.rest,
+            Arc::new(SystemClock),
+        )
+        .map_err(|e| format!("REST client: {e}"))?
+        .with_observer(Arc::new(move |command, result| {
+            observer_metrics
+                .rest_calls
+                .with_label_values(&[command, result])
+                .inc();
+        }));
+        let client = Arc::new(client);
+        let (tx, rx) = mpsc::channel::<Gap>(config.max_queued_gaps.max(1));
+        let repairer = Repairer {
+            client: client.clone(),
+            sink: sink.clone(),
+            builder: builder.clone(),
+            event_subject: config.event_subject.clone(),
+            partitions: config.partitions,
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(repairer.run(rx, done_tx.clone()));
+        workers.insert(app.sdkappid, tx);
+        clients.insert(app.sdkappid, client);
+    }
+    if workers.is_empty() {
+        return Err("--config: no app has REST credentials (rest: region, identifier, secret_key); nothing to audit".into());
+    }
+
+    // The stream exists once the first bridge (or this sink's keeper) created it.
+    let consumer = loop {
+        match consume::consumer(
+            &js,
+            &config.nats.stream,
+            &config.consumer,
+            config.max_ack_pending,
+        )
+        .await
+        {
+            Ok(consumer) => break consumer,
+            Err(err) => {
+                tracing::warn!(error = %err, "audit: waiting for the stream");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let checkpoint = checkpoint::Checkpoint::open(&js, &config.state_bucket).await?;
+    let mut tracker = Tracker::new(config.max_groups, config.max_pending);
+    for (key, state) in checkpoint.load().await? {
+        tracker.restore(key, state);
+    }
+    tracing::info!(groups = tracker.len(), "audit: checkpoint loaded");
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(512)
+        .messages()
+        .await
+        .map_err(|e| format!("consumer: {e}"))?;
+    ready.store(true, Ordering::Relaxed);
+
+    let mut dirty: HashSet<GroupKey> = HashSet::new();
+    let mut forgotten: Vec<GroupKey> = Vec::new();
+    let mut unacked = Vec::new();
+    let mut in_flight: HashSet<(GroupKey, u64)> = HashSet::new();
+    let mut retry_at: HashMap<(GroupKey, u64), u64> = HashMap::new();
+    let mut checkpoint_tick = tokio::time::interval(config.checkpoint_interval);
+    let mut gap_tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tail_tick = tokio::time::interval(config.tail_interval);
+    tail_tick.tick().await;
+    let grace_ms = config.gap_grace.as_millis() as u64;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            message = messages.next() => {
+                let Some(message) = message else { return Err("the consumer's stream ended".into()) };
+                let message = match message {
+                    Ok(message) => message,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "audit: consumer error");
+                        continue;
+                    }
+                };
+                if let Some(seen) = consume::observe(&message) {
+                    if seen.received_at_ms > 0 {
+                        metrics.lag.set(now_ms().saturating_sub(seen.received_at_ms) as f64 / 1000.0);
+                    }
+                    if clients.contains_key(&seen.key.sdkappid) {
+                        let (kind, evicted) = tracker.see(&seen.key, seen.seq, &seen.kind, now_ms());
+                        // The auditor's own backfills come back through the stream: expected.
+                        if !(seen.backfill && kind == Seen::Repeat) {
+                            metrics.seen.with_label_values(&[seen_label(kind)]).inc();
+                        }
+                        if let Some(evicted) = evicted {
+                            metrics.evicted.with_label_values(&["cap"]).inc();
+                            dirty.remove(&evicted);
+                            forgotten.push(evicted);
+                        }
+                        dirty.insert(seen.key);
+                    }
+                }
+                unacked.push(message);
+                if unacked.len() >= config.max_ack_pending / 2 {
+                    save(&checkpoint, &tracker, &mut dirty, &mut forgotten, &mut unacked).await;
+                }
+            }
+            _ = checkpoint_tick.tick() => {
+                let now = now_ms();
+                for key in tracker.evict_idle(now, config.group_idle.as_millis() as u64) {
+                    metrics.evicted.with_label_values(&[eviction_label(Eviction::Idle)]).inc();
+                    dirty.remove(&key);
+                    forgotten.push(key);
+                }
+                metrics.groups.set(tracker.len() as i64);
+                save(&checkpoint, &tracker, &mut dirty, &mut forgotten, &mut unacked).await;
+            }
+            _ = gap_tick.tick() => {
+                let now = now_ms();
+                metrics.credentials_ok.set(i64::from(clients.values().all(|c| c.credentials_ok())));
+                let due = tracker.due(now, grace_ms);
+                metrics.pending_gaps.set(due.len() as i64);
+                for gap in due {
+                    let id = (gap.key.clone(), gap.first);
+                    if in_flight.contains(&id) || retry_at.get(&id).is_some_and(|at| *at > now) {
+                        continue;
+                    }
+                    let Some(worker) = workers.get(&gap.key.sdkappid) else { continue };
+                    let seqs = gap.last - gap.first + 1;
+                    let gap_for_worker = gap.clone();
+                    if worker.try_send(gap_for_worker).is_ok() {
+                        if !retry_at.contains_key(&id) {
+                            metrics.gap_seqs.with_label_values(&["found"]).inc_by(seqs);
+                            tracing::info!(sdkappid = gap.key.sdkappid, group = %gap.key.group, first = gap.first,
+                                last = gap.last, "audit: gap due for a lookup");
+                        }
+                        in_flight.insert(id);
+                    }
+                }
+            }
+            Some(repaired) = done_rx.recv() => {
+                let Repaired { gap, done } = repaired;
+                let id = (gap.key.clone(), gap.first);
+                in_flight.remove(&id);
+                if done {
+                    retry_at.remove(&id);
+                    tracker.resolve(&gap.key, gap.first, gap.last, now_ms());
+                    dirty.insert(gap.key);
+                } else {
+                    retry_at.insert(id, now_ms() + 5_000);
+                }
+            }
+            _ = tail_tick.tick() => {
+                tail::check(&tracker, &clients, config.tail_window).await.into_iter().for_each(|(key, latest)| {
+                    if let Some((first, last)) = tracker.tail(&key, latest, now_ms()) {
+                        tracing::info!(group = %key.group, first, last, "audit: tail gap (Tencent's NextMsgSeq is ahead of the stream)");
+                        dirty.insert(key);
+                    }
+                });
+            }
+        }
+    }
+    ready.store(false, Ordering::Relaxed);
+    save(
+        &checkpoint,
+        &tracker,
+        &mut dirty,
+        &mut forgotten,
+        &mut unacked,
+    )
+    .await;
+    sink.close(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+fn eviction_label(eviction: Eviction) -> &'static str {
+    match eviction {
+        Eviction::Idle => "idle",
+        Eviction::Cap => "cap",
+    }
+}
+
+/// Writes the changed groups, then acknowledges what they include. A failed write keeps the
+/// messages unacknowledged: they are redelivered after a restart, never lost.
+async fn save(
+    checkpoint: &checkpoint::Checkpoint,
+    tracker: &Tracker,
+    dirty: &mut HashSet<GroupKey>,
+    forgotten: &mut Vec<GroupKey>,
+    unacked: &mut Vec<async_nats::jetstream::Message>,
+) {
+    for key in dirty.iter() {
+        if let Some(state) = tracker.get(key) {
+            if let Err(err) = checkpoint.save(key, state).await {
+                tracing::warn!(error = %err, "audit: checkpoint write failed; acknowledgements held back");
+                return;
+            }
+        }
+    }
+    dirty.clear();
+    for key in forgotten.drain(..) {
+        let _ = checkpoint.forget(&key).await;
+    }
+    for message in unacked.drain(..) {
+        let _ = message.ack().await;
+    }
+}
+
+mod tail {
+    //! Tail gaps: for groups active within the window, Tencent's `NextMsgSeq - 1` against the
+    //! highest seq seen, 50 groups per call, through each app's rate-limited client.
+
+    use super::*;
+
+    pub async fn check(
+        tracker: &Tracker,
+        clients: &HashMap<u64, Arc<RestClient>>,
+        window: Duration,
+    ) -> Vec<(GroupKey, u64)> {
+        let active = tracker.active(now_ms(), window.as_millis() as u64);
+        let mut out = Vec::new();
+        for (sdkappid, client) in clients {
+            // Topics share their community's seq space with other topics: not checked here.
+            let groups: Vec<&GroupKey> = active
+                .iter()
+                .map(|(key, _, _)| key)
+                .filter(|key| key.sdkappid == *sdkappid && key.topic.is_none())
+                .collect();
+            for chunk in groups.chunks(MAX_GROUPS_PER_INFO) {
+                let ids: Vec<&str> = chunk.iter().map(|key| key.group.as_str()).collect();
+                match client.group_info(&ids).await {
+                    Ok(infos) => {
+                        for info in infos
+                            .into_iter()
+                            .filter(|i| i.error_code == 0 && i.next_msg_seq > 0)
+                        {
+                            if let Some(key) = chunk.iter().find(|k| k.group == info.group_id) {
+                                out.push(((*key).clone(), info.next_msg_seq - 1));
+                            }
+                        }
+                    }
+                    Err(err) => tracing::warn!(sdkappid, error = %err, "audit: tail check failed"),
+                }
+            }
+        }
+        out
+    }
+}
+
+mod admin {
+    //! `/metrics`, `/healthz`, `/readyz` (consumer attached and every app's REST credentials
+    //! accepted) of the auditor.
+
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http::{Response, StatusCode};
+    use http_body_util::Full;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+
+    pub async fn serve(
+        listener: tokio::net::TcpListener,
+        metrics: AuditMetrics,
+        ready: Arc<AtomicBool>,
+    ) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let (status, body) = match request.uri().path() {
+                        "/metrics" => (StatusCode::OK, metrics.encode()),
+                        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+                        "/readyz" if !ready.load(Ordering::Relaxed) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: consumer not attached\n".into(),
+                        ),
+                        "/readyz" if metrics.credentials_ok.get() == 0 => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: Tencent refused an app's REST credentials\n".into(),
+                        ),
+                        "/readyz" => (StatusCode::OK, "ready\n".into()),
+                        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+                    };
+                    let mut response = Response::new(Full::new(Bytes::from(body)));
+                    *response.status_mut() = status;
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! One worker per app: takes due gaps, looks them up ([`super::resolve`]), publishes each real
+//! message as a backfill and each unrecoverable range as an event, and reports back what the
+//! gap's seqs turned out to be. A gap whose lookup or publish failed is reported unfinished and
+//! is tried again later; its backfills carry the live dedup ids, so a retry cannot duplicate.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::backfill;
+use super::metrics::AuditMetrics;
+use super::resolve::{self, Reason};
+use super::tracker::Gap;
+use crate::deliver::Deliver;
+use crate::sink::partition::partition;
+use crate::sink::record::header;
+use crate::sink::{Record, RecordBuilder, Sink};
+use crate::tencent::rest::RestClient;
+
+/// What became of a gap.
+#[derive(Debug)]
+pub struct Repaired {
+    pub gap: Gap,
+    /// Every seq is accounted for; false: try again later.
+    pub done: bool,
+}
+
+pub struct Repairer {
+    pub client: Arc<RestClient>,
+    pub sink: Arc<Sink>,
+    pub builder: RecordBuilder,
+    pub event_subject: String,
+    pub partitions: u32,
+    pub metrics: AuditMetrics,
+}
+
+impl Repairer {
+    pub async fn run(self, mut gaps: mpsc::Receiver<Gap>, done: mpsc::Sender<Repaired>) {
+        while let Some(gap) = gaps.recv().await {
+            let finished = self.repair(&gap).await;
+            if done
+                .send(Repaired {
+                    gap,
+                    done: finished,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    async fn repair(&self, gap: &Gap) -> bool {
+        let resolution = match resolve::resolve(&self.client, gap).await {
+            Ok(resolution) => resolution,
+            Err(err) => {
+                tracing::warn!(sdkappid = gap.key.sdkappid, group = %gap.key.group, first = gap.first,
+                    last = gap.last, error = %err, "audit: history lookup failed; will try again");
+                return false;
+            }
+        };
+        let now = now_ms();
+        for message in &resolution.backfill {
+            let record = match backfill::record(&self.builder, &gap.key, &gap.kind, message, now) {
+                Ok(record) => record,
+                Err(err) => {
+                    // Tencent's history gave something the bridge would refuse: report it
+                    // rather than publish it.
+                    tracing::warn!(group = %gap.key.group, seq = message.msg_seq, error = %err,
+                        "audit: a history message does not make a valid callback; reported unrecoverable");
+                    if !self
+                        .report(gap, message.msg_seq, message.msg_seq, Reason::NotFound, now)
+                        .await
+                    {
+                        return false;
+                    }
+                    continue;
+                }
+            };
+            if let Err(err) = self.sink.deliver(&record).await {
+                tracing::warn!(group = %gap.key.group, seq = message.msg_seq, error = %err,
+                    "audit: backfill publish failed; will try again");
+                return false;
+            }
+            self.metrics
+                .gap_seqs
+                .with_label_values(&["backfilled"])
+                .inc();
+            tracing::info!(sdkappid = gap.key.sdkappid, group = %gap.key.group, seq = message.msg_seq, "audit: backfilled");
+        }
+        for &(first, last, reason) in &resolution.unrecoverable {
+            if !self.report(gap, first, last, reason, now).await {
+                return false;
+            }
+        }
+        self.metrics
+            .gap_seqs
+            .with_label_values(&["settled"])
+            .inc_by(resolution.settled.len() as u64);
+        true
+    }
+
+    /// Publishes the unrecoverable range as an event (its own dedup id: a retry is dropped).
+    async fn report(&self, gap: &Gap, first: u64, last: u64, reason: Reason, now: u64) -> bool {
+        let key = &gap.key;
+        let topic = key.topic.as_deref().unwrap_or("");
+        let body = json!({
+            "SdkAppid": key.sdkappid,
+            "GroupId": key.group,
+            "TopicId": key.topic,
+            "Type": gap.kind,
+            "FirstMsgSeq": first,
+            "LastMsgSeq": last,
+            "Reason": reason.label(),
+            "DetectedAt": now,
+        });
+        let mut headers = vec![
+            (header::SDKAPPID, key.sdkappid.to_string()),
+            (header::GROUP_ID, key.group.clone()),
+        ];
+        if let Some(topic) = &key.topic {
+            headers.push((header::TOPIC_ID, topic.clone()));
+        }
+        headers.push((header::RECEIVED_AT, now.to_string()));
+        headers.push((
+            header::DEDUP_ID,
+            format!(
+                "u:{}:{first}:{last}:{}:{}:{}:{topic}",
+                key.sdkappid,
+                key.group.len(),
+                key.group,
+                topic.len()
+            ),
+        ));
+        let record = Record {
+            destination: self.event_subject.clone(),
+            key: key.group.clone(),
+            partition: partition(key.group.as_bytes(), self.partitions),
+            headers,
+            body: serde_json::to_vec(&body).expect("plain data").into(),
+        };
+        if let Err(err) = self.sink.deliver(&record).await {
+            tracing::warn!(group = %key.group, error = %err, "audit: publishing an unrecoverable gap failed; will try again");
+            return false;
+        }
+        let seqs = last - first + 1;
+        self.metrics
+            .gap_seqs
+            .with_label_values(&["unrecoverable"])
+            .inc_by(seqs);
+        self.metrics
+            .unrecoverable
+            .with_label_values(&[reason.label()])
+            .inc_by(seqs);
+        tracing::warn!(sdkappid = key.sdkappid, group = %key.group, first, last, reason = reason.label(),
+            "audit: unrecoverable gap");
+        true
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,367 @@
+//! Per (app, group, topic): the highest contiguous MsgSeq and the seqs seen above it, from which
+//! the gaps follow. Pure: time comes in as milliseconds, nothing here does I/O.
+//!
+//! A group's first record seen sets its start: the auditor audits from where it began to
+//! watch, not the group's whole past. A gap becomes *due* `grace` after the first seq above it
+//! arrived (late and out-of-order callbacks get that long to show up); once the resolver has
+//! settled every seq of a gap (seen, backfilled, a system notice, or reported unrecoverable),
+//! [`Tracker::resolve`] marks them and the contiguous point moves past them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// Which group (and topic, in topic communities) a seq belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GroupKey {
+    pub sdkappid: u64,
+    pub group: String,
+    pub topic: Option<String>,
+}
+
+/// One group's state; what the checkpoint stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    /// Every seq up to here is accounted for.
+    pub contiguous: u64,
+    /// Seqs accounted for above `contiguous + 1`, with when each arrived (ms): the time a gap
+    /// below it was first visible.
+    pub above: BTreeMap<u64, u64>,
+    /// The group's `Type` from its callbacks (`AVChatRoom` keeps no history).
+    pub kind: String,
+    /// When the last record of the group arrived (ms), for idle eviction and the tail check.
+    pub last_seen_ms: u64,
+    /// A tail gap: Tencent's `NextMsgSeq` said seqs up to `.0` exist, at `.1` (ms); pending
+    /// until the seqs above the highest seen up to it are accounted for.
+    #[serde(default)]
+    pub tail: Option<(u64, u64)>,
+}
+
+impl GroupState {
+    pub fn highest(&self) -> u64 {
+        self.above
+            .last_key_value()
+            .map_or(self.contiguous, |(seq, _)| *seq)
+    }
+
+    /// Moves `contiguous` over every seq that directly follows it.
+    fn advance(&mut self) {
+        while let Some(entry) = self.above.first_entry() {
+            if *entry.key() != self.contiguous + 1 {
+                break;
+            }
+            self.contiguous = entry.remove_entry().0;
+        }
+        if self.tail.is_some_and(|(last, _)| last <= self.highest()) {
+            self.tail = None;
+        }
+    }
+}
+
+/// What one seen seq was, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// The next seq, or the first of a group.
+    InOrder,
+    /// Above the next one: it opens (or widens) a gap.
+    Ahead,
+    /// Below the highest seen but not seen before: it fills part of a gap late.
+    Regression,
+    /// Seen (or resolved) before.
+    Repeat,
+}
+
+/// A range of missing seqs, `first..=last`, due for a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub key: GroupKey,
+    pub first: u64,
+    pub last: u64,
+    pub kind: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    groups: HashMap<GroupKey, GroupState>,
+    max_groups: usize,
+    /// Seqs a group may hold above its contiguous point; past it the lowest gap is due at once.
+    max_pending: usize,
+}
+
+/// Why a group left the tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    Idle,
+    /// The cap on tracked groups made room for a new one.
+    Cap,
+}
+
+impl Tracker {
+    pub fn new(max_groups: usize, max_pending: usize) -> Tracker {
+        Tracker {
+            groups: HashMap::new(),
+            max_groups: max_groups.max(1),
+            max_pending: max_pending.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    pub fn get(&self, key: &GroupKey) -> Option<&GroupState> {
+        self.groups.get(key)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &GroupState)> {
+        self.groups.iter()
+    }
+
+    /// Puts back a checkpointed group (at start-up).
+    pub fn restore(&mut self, key: GroupKey, state: GroupState) {
+        self.groups.insert(key, state);
+    }
+
+    /// Records `seq` of `key`, seen at `now_ms`. Returns what it was and, when the cap made
+    /// room for a new group, the group evicted for it.
+    pub fn see(
+        &mut self,
+        key: &GroupKey,
+        seq: u64,
+        kind: &str,
+        now_ms: u64,
+    ) -> (Seen, Option<GroupKey>) {
+        let mut evicted = None;
+        if !self.groups.contains_key(key) && self.groups.len() >= self.max_groups {
+            evicted = self.evict_oldest();
+        }
+        let state = self
+            .groups
+            .entry(key.clone())
+            .or_insert_with(|| GroupState {
+                contiguous: seq.saturating_sub(1),
+                above: BTreeMap::new(),
+                kind: kind.to_string(),
+                last_seen_ms: now_ms,
+                tail: None,
+            });
+        state.last_seen_ms = state.last_seen_ms.max(now_ms);
+        if !kind.is_empty() && state.kind != kind {
+            state.kind = kind.to_string();
+        }
+        let highest = state.highest();
+        let seen = if seq <= state.contiguous || state.above.contains_key(&seq) {
+            Seen::Repeat
+        } else if seq == state.contiguous + 1 {
+            state.contiguous = seq;
+            if seq < highest {
+                Seen::Regression
+            } else {
+                Seen::InOrder
+            }
+        } else {
+            state.above.insert(seq, now_ms);
+            if seq < highest {
+                Seen::Regression
+            } else {
+                Seen::Ahead
+            }
+        };
+        state.advance();
+        (seen, evicted)
+    }
+
+    fn evict_oldest(&mut self) -> Option<GroupKey> {
+        let oldest = self
+            .groups
+            .iter()
+            .min_by_key(|(_, state)| state.last_seen_ms)
+            .map(|(key, _)| key.clone())?;
+        self.groups.remove(&oldest);
+        Some(oldest)
+    }
+
+    /// Gaps that have waited `grace_ms` (or that a group's pending bound makes due at once).
+    pub fn due(&self, now_ms: u64, grace_ms: u64) -> Vec<Gap> {
+        let mut gaps = Vec::new();
+        for (key, state) in &self.groups {
+            let crowded = state.above.len() >= self.max_pending;
+            let mut below = state.contiguous;
+            for (&seq, &arrived) in &state.above {
+                if seq > below + 1 && (crowded || now_ms.saturating_sub(arrived) >= grace_ms) {
+                    gaps.push(Gap {
+                        key: key.clone(),
+                        first: below + 1,
+                        last: seq - 1,
+                        kind: state.kind.clone(),
+                    });
+                }
+                below = seq;
+            }
+            if let Some((last, since)) = state.tail {
+                if last > below && (crowded || now_ms.saturating_sub(since) >= grace_ms) {
+                    gaps.push(Gap {
+                        key: key.clone(),
+                        first: below + 1,
+                        last,
+                        kind: state.kind.clone(),
+                    });
+                }
+            }
+        }
+        gaps.sort_by(|a, b| (&a.key, a.first).cmp(&(&b.key, b.first)));
+        gaps
+    }
+
+    /// Marks `first..=last` of `key` as accounted for (resolved by the resolver or the tail
+    /// check), at `now_ms`.
+    pub fn resolve(&mut self, key: &GroupKey, first: u64, last: u64, now_ms: u64) {
+        let Some(state) = self.groups.get_mut(key) else {
+            return;
+        };
+        for seq in first.max(state.contiguous + 1)..=last {
+            state.above.entry(seq).or_insert(now_ms);
+        }
+        state.advance();
+    }
+
+    /// Groups whose last record is younger than `window_ms`, with the highest seq seen: the
+    /// candidates of the tail check.
+    pub fn active(&self, now_ms: u64, window_ms: u64) -> Vec<(GroupKey, u64, String)> {
+        let mut out: Vec<_> = self
+            .groups
+            .iter()
+            .filter(|(_, s)| now_ms.saturating_sub(s.last_seen_ms) < window_ms)
+            .map(|(k, s)| (k.clone(), s.highest(), s.kind.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Tencent says `key`'s newest seq is `latest`: everything between the highest seen and it
+    /// becomes a gap, due `grace` after `now_ms` like any other (its callbacks may still be on
+    /// their way). Returns the gap's bounds when there is one.
+    pub fn tail(&mut self, key: &GroupKey, latest: u64, now_ms: u64) -> Option<(u64, u64)> {
+        let state = self.groups.get_mut(key)?;
+        let highest = state.highest();
+        if latest <= highest || state.tail.is_some_and(|(last, _)| last >= latest) {
+            return None;
+        }
+        state.tail = Some((latest, now_ms));
+        Some((highest + 1, latest))
+    }
+
+    /// Drops groups idle for `idle_ms` or more with nothing pending.
+    pub fn evict_idle(&mut self, now_ms: u64, idle_ms: u64) -> Vec<GroupKey> {
+        let idle: Vec<GroupKey> = self
+            .groups
+            .iter()
+            .filter(|(_, s)| now_ms.saturating_sub(s.last_seen_ms) >= idle_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &idle {
+            self.groups.remove(key);
+        }
+        idle
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(group: &str) -> GroupKey {
+        GroupKey {
+            sdkappid: 1,
+            group: group.into(),
+            topic: None,
+        }
+    }
+
+    #[test]
+    fn a_gap_is_due_after_the_grace_and_closes_when_resolved() {
+        let mut t = Tracker::new(10, 1000);
+        let g = key("g");
+        assert_eq!(t.see(&g, 5, "Public", 0).0, Seen::InOrder);
+        assert_eq!(t.see(&g, 6, "Public", 0).0, Seen::InOrder);
+        assert_eq!(t.see(&g, 9, "Public", 100).0, Seen::Ahead);
+        assert_eq!(t.see(&g, 10, "Public", 100).0, Seen::Ahead);
+        assert!(t.due(100 + 29_999, 30_000).is_empty());
+        let due = t.due(100 + 30_000, 30_000);
+        assert_eq!(
+            due,
+            vec![Gap {
+                key: g.clone(),
+                first: 7,
+                last: 8,
+                kind: "Public".into()
+            }]
+        );
+        t.resolve(&g, 7, 8, 40_000);
+        assert_eq!(t.get(&g).unwrap().contiguous, 10);
+        assert!(t.get(&g).unwrap().above.is_empty());
+        assert!(t.due(100_000, 30_000).is_empty());
+    }
+
+    #[test]
+    fn late_arrivals_fill_gaps_and_repeats_are_told_apart() {
+        let mut t = Tracker::new(10, 1000);
+        let g = key("g");
+        t.see(&g, 1, "", 0);
+        t.see(&g, 4, "", 0);
+        assert_eq!(t.see(&g, 3, "", 1).0, Seen::Regression);
+        assert_eq!(t.see(&g, 2, "", 2).0, Seen::Regression);
+        assert_eq!(t.get(&g).unwrap().contiguous, 4);
+        assert_eq!(t.see(&g, 4, "", 3).0, Seen::Repeat);
+        assert_eq!(t.see(&g, 1, "", 3).0, Seen::Repeat);
+        assert!(t.due(1_000_000, 1).is_empty());
+    }
+
+    #[test]
+    fn too_many_pending_seqs_make_a_gap_due_at_once() {
+        let mut t = Tracker::new(10, 3);
+        let g = key("g");
+        t.see(&g, 1, "", 0);
+        for seq in [3, 4, 5] {
+            t.see(&g, seq, "", 0);
+        }
+        assert_eq!(t.due(0, 30_000).len(), 1);
+    }
+
+    #[test]
+    fn the_cap_evicts_the_least_recent_group() {
+        let mut t = Tracker::new(2, 10);
+        t.see(&key("a"), 1, "", 10);
+        t.see(&key("b"), 1, "", 20);
+        let (_, evicted) = t.see(&key("c"), 1, "", 30);
+        assert_eq!(evicted, Some(key("a")));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.evict_idle(1000, 975), vec![key("b")]);
+    }
+
+    #[test]
+    fn a_tail_check_opens_a_gap_up_to_tencents_latest_seq_once() {
+        let mut t = Tracker::new(10, 100);
+        let g = key("g");
+        t.see(&g, 1, "Public", 0);
+        t.see(&g, 2, "Public", 0);
+        assert_eq!(t.tail(&g, 2, 10), None);
+        assert_eq!(t.tail(&g, 5, 10), Some((3, 5)));
+        assert_eq!(t.tail(&g, 5, 20), None, "asked again: no second gap");
+        assert_eq!(t.due(10 + 30_000, 30_000).len(), 1);
+        t.resolve(&g, 3, 5, 40_000);
+        let state = t.get(&g).unwrap();
+        assert_eq!((state.contiguous, state.tail), (5, None));
+        assert_eq!(t.see(&g, 6, "Public", 41_000).0, Seen::InOrder);
+        // A tail whose seqs then arrive live closes by itself.
+        assert_eq!(t.tail(&g, 8, 42_000), Some((7, 8)));
+        t.see(&g, 7, "Public", 42_001);
+        t.see(&g, 8, "Public", 42_002);
+        assert_eq!(t.get(&g).unwrap().tail, None);
+        assert!(t.due(1_000_000, 30_000).is_empty());
+    }
+}

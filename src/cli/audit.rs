@@ -1,0 +1,292 @@
+//! Flags of `timbridge audit`: the apps and their REST credentials (`--config`), the stream to
+//! read (the NATS flags, the same as the bridge's), and the auditor's own bounds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::parse::parse_duration;
+use super::NatsArgs;
+use crate::audit::AuditConfig;
+use crate::config::{ConfigError, SinkConfig};
+use crate::tencent::rest::RestConfig;
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The apps, with `rest:` credentials (region, identifier, secret_key) for those audited:
+    /// the bridge's configuration file.
+    #[arg(long, env = "TIMBRIDGE_CONFIG")]
+    pub config: PathBuf,
+
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    #[arg(long, env = "TIMBRIDGE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Longest wait for the broker's acknowledgement of a backfill or an event.
+    #[arg(long, env = "TIMBRIDGE_PUBLISH_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// The bridge's --partitions: a backfill must land on the live record's partition.
+    #[arg(long, env = "TIMBRIDGE_PARTITIONS", default_value_t = 16)]
+    pub partitions: u32,
+
+    /// Log filter (RUST_LOG syntax).
+    #[arg(long, env = "TIMBRIDGE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// How long a missing MsgSeq may stay missing (late or reordered callbacks) before Tencent's
+    /// history is asked.
+    #[arg(long, env = "TIMBRIDGE_GAP_GRACE", default_value = "30s", value_parser = parse_duration, help_heading = "Auditor")]
+    pub gap_grace: Duration,
+
+    /// Groups with a record this recent get the tail check (Tencent's NextMsgSeq against the
+    /// highest seq seen), which finds a group's last messages lost.
+    #[arg(long, env = "TIMBRIDGE_TAIL_WINDOW", default_value = "10m", value_parser = parse_duration, help_heading = "Auditor")]
+    pub tail_window: Duration,
+
+    /// How often the tail check runs (50 groups per REST call, within --rest-max-rate).
+    #[arg(long, env = "TIMBRIDGE_TAIL_INTERVAL", default_value = "60s", value_parser = parse_duration, help_heading = "Auditor")]
+    pub tail_interval: Duration,
+
+    /// A group without records for this long is no longer tracked (at least --tail-window).
+    #[arg(long, env = "TIMBRIDGE_AUDIT_GROUP_IDLE", default_value = "1h", value_parser = parse_duration, help_heading = "Auditor")]
+    pub audit_group_idle: Duration,
+
+    /// Groups tracked at most; past it the least recently active one is dropped (counted).
+    #[arg(
+        long,
+        env = "TIMBRIDGE_AUDIT_MAX_GROUPS",
+        default_value_t = 100_000,
+        help_heading = "Auditor"
+    )]
+    pub audit_max_groups: usize,
+
+    /// Seqs a group may hold above its contiguous point; past it its lowest gap is looked up at
+    /// once, without waiting for the grace.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_AUDIT_MAX_PENDING",
+        default_value_t = 10_000,
+        help_heading = "Auditor"
+    )]
+    pub audit_max_pending: usize,
+
+    /// Gaps queued per app for its REST worker.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_AUDIT_MAX_QUEUED_GAPS",
+        default_value_t = 1024,
+        help_heading = "Auditor"
+    )]
+    pub audit_max_queued_gaps: usize,
+
+    /// The durable JetStream consumer the auditor reads the stream with.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_AUDIT_CONSUMER",
+        default_value = "timbridge-audit",
+        help_heading = "Auditor"
+    )]
+    pub audit_consumer: String,
+
+    /// The JetStream key-value bucket of the per-group checkpoint.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_AUDIT_STATE_BUCKET",
+        default_value = "timbridge-audit",
+        help_heading = "Auditor"
+    )]
+    pub audit_state_bucket: String,
+
+    /// Where unrecoverable gaps are published (must be in the stream's subjects).
+    #[arg(
+        long,
+        env = "TIMBRIDGE_AUDIT_EVENT_SUBJECT",
+        default_value = "tim.audit.unrecoverable",
+        help_heading = "Auditor"
+    )]
+    pub audit_event_subject: String,
+
+    /// How often the per-group state is checkpointed (and the consumed records acknowledged).
+    #[arg(long, env = "TIMBRIDGE_AUDIT_CHECKPOINT_INTERVAL", default_value = "1s", value_parser = parse_duration, help_heading = "Auditor")]
+    pub audit_checkpoint_interval: Duration,
+
+    /// Consumed records not yet acknowledged, at most (the consumer's max_ack_pending).
+    #[arg(
+        long,
+        env = "TIMBRIDGE_AUDIT_MAX_ACK_PENDING",
+        default_value_t = 10_000,
+        help_heading = "Auditor"
+    )]
+    pub audit_max_ack_pending: usize,
+
+    /// Tencent REST calls per second per app, all kinds together (Tencent allows 200, shared
+    /// with the app's own backend).
+    #[arg(
+        long,
+        env = "TIMBRIDGE_REST_MAX_RATE",
+        default_value_t = 20,
+        help_heading = "Tencent REST API"
+    )]
+    pub rest_max_rate: u32,
+
+    /// Validity of the admin UserSig; a new one is made when a tenth is left.
+    #[arg(long, env = "TIMBRIDGE_REST_USERSIG_TTL", default_value = "1d", value_parser = parse_duration, help_heading = "Tencent REST API")]
+    pub rest_usersig_ttl: Duration,
+
+    /// One REST exchange, connect included.
+    #[arg(long, env = "TIMBRIDGE_REST_TIMEOUT", default_value = "5s", value_parser = parse_duration, help_heading = "Tencent REST API")]
+    pub rest_timeout: Duration,
+
+    /// Attempts per REST call for rate-limit, 10002 and network errors (backoff between).
+    #[arg(
+        long,
+        env = "TIMBRIDGE_REST_ATTEMPTS",
+        default_value_t = 6,
+        help_heading = "Tencent REST API"
+    )]
+    pub rest_attempts: usize,
+
+    /// Longest pause between two attempts.
+    #[arg(long, env = "TIMBRIDGE_REST_RETRY_MAX", default_value = "10s", value_parser = parse_duration, help_heading = "Tencent REST API")]
+    pub rest_retry_max: Duration,
+
+    /// Base URL instead of https://{region domain} (an egress proxy).
+    #[arg(
+        long,
+        env = "TIMBRIDGE_REST_ENDPOINT",
+        help_heading = "Tencent REST API"
+    )]
+    pub rest_endpoint: Option<String>,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+impl AuditArgs {
+    pub fn into_config(self) -> Result<AuditConfig, ConfigError> {
+        if self.rest_max_rate == 0 || self.rest_max_rate > 200 {
+            return Err(ConfigError::new(
+                "--rest-max-rate",
+                "must be 1 to 200 (Tencent's limit per app)",
+            ));
+        }
+        if self.partitions == 0 {
+            return Err(ConfigError::new("--partitions", "must be more than 0"));
+        }
+        if self.audit_group_idle < self.tail_window {
+            return Err(ConfigError::new(
+                "--audit-group-idle",
+                "must be at least --tail-window",
+            ));
+        }
+        for (flag, value) in [
+            ("--audit-max-groups", self.audit_max_groups),
+            ("--audit-max-pending", self.audit_max_pending),
+            ("--audit-max-ack-pending", self.audit_max_ack_pending),
+            ("--rest-attempts", self.rest_attempts),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(flag, "must be more than 0"));
+            }
+        }
+        for (flag, value) in [
+            ("--tail-interval", self.tail_interval),
+            (
+                "--audit-checkpoint-interval",
+                self.audit_checkpoint_interval,
+            ),
+            ("--rest-timeout", self.rest_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(flag, "must be more than 0"));
+            }
+        }
+        let nats = self.nats.into_config()?;
+        let sink = SinkConfig::Nats(nats.clone());
+        let apps = crate::config::file::read_apps(&self.config, &sink)?;
+        if !apps.iter().any(|app| app.rest.is_some()) {
+            return Err(ConfigError::new(
+                "--config",
+                "no app has `rest:` credentials (region, identifier, secret_key): nothing to audit",
+            ));
+        }
+        Ok(AuditConfig {
+            admin_listen: self.admin_listen,
+            nats,
+            publish_timeout: self.publish_timeout,
+            partitions: self.partitions,
+            apps,
+            rest: RestConfig {
+                max_rate: self.rest_max_rate,
+                usersig_ttl: self.rest_usersig_ttl,
+                timeout: self.rest_timeout,
+                attempts: self.rest_attempts,
+                retry_max: self.rest_retry_max,
+                endpoint: self.rest_endpoint,
+            },
+            consumer: self.audit_consumer,
+            state_bucket: self.audit_state_bucket,
+            event_subject: self.audit_event_subject,
+            gap_grace: self.gap_grace,
+            tail_window: self.tail_window,
+            tail_interval: self.tail_interval,
+            group_idle: self.audit_group_idle,
+            max_groups: self.audit_max_groups,
+            max_pending: self.audit_max_pending,
+            checkpoint_interval: self.audit_checkpoint_interval,
+            max_ack_pending: self.audit_max_ack_pending,
+            max_queued_gaps: self.audit_max_queued_gaps,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The README's auditor table lists exactly the auditor's own flags, with their defaults
+    /// (the NATS flags and those shared with `serve` are documented in its table).
+    #[test]
+    fn the_readme_auditor_table_matches_the_flags() {
+        let section = crate::readme::section("### Auditor flags");
+        let documented: std::collections::BTreeMap<String, String> = section
+            .lines()
+            .filter(|l| l.starts_with("| `--"))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let name = cells[1]
+                    .trim_matches('`')
+                    .trim_start_matches("--")
+                    .to_owned();
+                (name, cells[2].trim_matches('`').replace('—', ""))
+            })
+            .collect();
+        let cli = super::super::Cli::command();
+        let audit = cli.find_subcommand("audit").expect("audit");
+        let shared = [
+            "config",
+            "admin-listen",
+            "publish-timeout",
+            "partitions",
+            "log-level",
+            "help",
+        ];
+        let actual: std::collections::BTreeMap<String, String> = audit
+            .get_arguments()
+            .filter_map(|arg| Some((arg.get_long()?, arg)))
+            .filter(|(long, _)| !long.starts_with("nats-") && !shared.contains(long))
+            .map(|(long, arg)| {
+                let defaults: Vec<String> = arg
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                (long.to_owned(), defaults.join(","))
+            })
+            .collect();
+        assert_eq!(documented, actual, "README (left) vs flags (right)");
+    }
+}

@@ -1,0 +1,573 @@
+//! `timbridge audit` end to end: a real nats-server, the bridge in-process publishing to it, a
+//! simulator of Tencent's REST API (common::tencent, a model of Tencent, not of us) holding the
+//! full history, and the auditor in-process or as the binary (SIGKILLed and restarted).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::Value;
+use timbridge::cli::{Cli, Command as Sub};
+
+use crate::common::nats::{start_bridge, NatsServer, Stored};
+use crate::common::tencent::{SimGroup, SimMessage, Tencent};
+use crate::common::{eventually, free_port, group_message, metric, Http, APP};
+
+const KEY: &str = "the-apps-secret-key";
+const ADMIN: &str = "administrator";
+const STREAM: &str = "TIM";
+
+/// The message Tencent's history holds at `seq` of `group`: what `group_message` sends.
+fn history_message(group: &str, seq: u64, system: bool) -> SimMessage {
+    let body: Value = serde_json::from_slice(&group_message(group, seq)).unwrap();
+    SimMessage {
+        from: format!("user{seq}"),
+        random: seq * 7 + 1,
+        time: 1490686222,
+        body: body["MsgBody"].clone(),
+        system,
+        placeholder: 0,
+    }
+}
+
+fn sim_group(kind: &str, id: &str, last: u64, system: impl Fn(u64) -> bool) -> SimGroup {
+    SimGroup {
+        kind: kind.into(),
+        messages: (1..=last)
+            .map(|seq| (seq, history_message(id, seq, system(seq))))
+            .collect(),
+        retained_from: 0,
+    }
+}
+
+fn write_config(dir: &Path, key: &str) -> String {
+    let path = dir.join("apps.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "apps:\n  - sdkappid: {APP}\n    unsigned: true\n    rest:\n      region: singapore\n      identifier: {ADMIN}\n      secret_key: {key}\n"
+        ),
+    )
+    .unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// The auditor's flags for these tests: short grace and tail interval.
+fn audit_flags(config: &str, nats: &NatsServer, sim: &Tencent, admin: SocketAddr) -> Vec<String> {
+    [
+        "--config",
+        config,
+        "--nats-url",
+        &nats.url(),
+        "--rest-endpoint",
+        &sim.endpoint(),
+        "--rest-max-rate",
+        "40",
+        "--gap-grace",
+        "1s",
+        "--tail-interval",
+        "1s",
+        "--tail-window",
+        "1m",
+        "--audit-group-idle",
+        "10m",
+        "--audit-checkpoint-interval",
+        "200ms",
+        "--admin-listen",
+        &admin.to_string(),
+        "--log-level",
+        "info",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Starts the auditor in-process; it stops when the returned sender is dropped.
+fn start_auditor(flags: &[String]) -> tokio::sync::oneshot::Sender<()> {
+    let mut argv = vec!["timbridge".to_string(), "audit".to_string()];
+    argv.extend_from_slice(flags);
+    let Sub::Audit(args) = Cli::try_parse_from(argv).expect("flags parse").command else {
+        panic!("audit")
+    };
+    let config = args.into_config().expect("valid configuration");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        timbridge::audit::run(config, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("the auditor runs");
+    });
+    stop
+}
+
+/// Group messages in the stream, per group: seq → records.
+fn by_group(stored: &[Stored]) -> BTreeMap<String, BTreeMap<u64, Vec<Stored>>> {
+    let mut out: BTreeMap<String, BTreeMap<u64, Vec<Stored>>> = BTreeMap::new();
+    for record in stored {
+        if record.header("tim-callback-command") != Some("Group.CallbackAfterSendMsg") {
+            continue;
+        }
+        let group = record.header("tim-group-id").unwrap().to_string();
+        let seq: u64 = record.header("tim-msg-seq").unwrap().parse().unwrap();
+        out.entry(group)
+            .or_default()
+            .entry(seq)
+            .or_default()
+            .push(record.clone());
+    }
+    out
+}
+
+/// REST attempts with `result`, history and group-info calls together.
+fn rest_calls(text: &str, result: &str) -> f64 {
+    ["group_msg_get_simple", "get_group_info"]
+        .iter()
+        .map(|c| {
+            metric(text, &format!("timbridge_audit_rest_calls_total{{command=\"group_open_http_svc/{c}\",result=\"{result}\"}}"))
+        })
+        .sum()
+}
+
+/// The auditor's metrics; empty until its admin listener is up.
+async fn admin_metrics(http: &Http, admin: SocketAddr) -> String {
+    match http
+        .try_request("GET", admin, "/metrics", bytes::Bytes::new())
+        .await
+    {
+        Ok(answer) => answer.body.as_str().unwrap_or_default().to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The load skips 1% of callbacks at random (never a group's first, which is where the auditor
+/// starts watching) and one group's last message; every tenth seq is a system notice, which
+/// Tencent sends no callback for. After the grace every message is in the stream exactly once,
+/// the notices are settled (not loss), the backfills carry the documented fields, and the
+/// simulator saw the rate limit respected and a 60007 ride out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_skipped_message_is_backfilled_once_and_system_seqs_are_settled() {
+    let _serial = crate::common::serial().await;
+    let nats = NatsServer::start();
+    let bridge = start_bridge(&nats, &[]).await;
+    let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), KEY);
+    let system = |seq: u64| seq.is_multiple_of(10);
+    let groups: Vec<String> = (0..8).map(|g| format!("@TGS#audit{g}")).collect();
+    let last = |g: usize| if g == 0 { 205 } else { 200 };
+    for (g, id) in groups.iter().enumerate() {
+        sim.set_group(id, sim_group("Public", id, last(g), system));
+    }
+    // Tencent answers the auditor's first calls "too many calls".
+    sim.inject_rate_limit(5);
+
+    let mut rng = fastrand::Rng::with_seed(13);
+    let mut skipped = BTreeSet::new();
+    let http = Http::default();
+    for (g, id) in groups.iter().enumerate() {
+        for seq in 1..=last(g) {
+            let tail = g == 0 && seq == last(g);
+            if system(seq) || (seq > 1 && (rng.u32(..100) == 0 || tail)) {
+                if !system(seq) {
+                    skipped.insert((id.clone(), seq));
+                }
+                continue;
+            }
+            let answer = http.group_message(bridge.addr(), id, seq).await;
+            assert_eq!(answer.status, 200);
+        }
+    }
+    assert!(skipped.len() >= 8, "the seed skips a handful: {skipped:?}");
+    assert!(
+        skipped.contains(&(groups[0].clone(), 205)),
+        "the tail gap is among them"
+    );
+
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _auditor = start_auditor(&audit_flags(&config, &nats, &sim, admin));
+    let reader = nats.reader().await;
+    let expected: usize = (0..groups.len())
+        .map(|g| (1..=last(g)).filter(|s| !system(*s)).count())
+        .sum();
+    let stored = eventually(
+        Duration::from_secs(60),
+        "every message in the stream",
+        || {
+            let reader = &reader;
+            async move {
+                let all = reader.all(STREAM).await;
+                let count = by_group(&all)
+                    .values()
+                    .map(|seqs| seqs.len())
+                    .sum::<usize>();
+                (count == expected).then_some(all)
+            }
+        },
+    )
+    .await;
+
+    let groups_seen = by_group(&stored);
+    let mut backfilled = BTreeSet::new();
+    for (g, id) in groups.iter().enumerate() {
+        let seqs = &groups_seen[id];
+        let want: Vec<u64> = (1..=last(g)).filter(|s| !system(*s)).collect();
+        assert_eq!(
+            seqs.keys().copied().collect::<Vec<_>>(),
+            want,
+            "{id}: every message"
+        );
+        for (seq, records) in seqs {
+            assert_eq!(records.len(), 1, "{id} seq {seq} is in the stream once");
+            let record = &records[0];
+            if record.header("tim-source") == Some("backfill") {
+                backfilled.insert((id.clone(), *seq));
+                let body: Value = serde_json::from_slice(&record.payload).unwrap();
+                let live: Value = serde_json::from_slice(&group_message(id, *seq)).unwrap();
+                for field in [
+                    "GroupId",
+                    "Type",
+                    "From_Account",
+                    "Random",
+                    "MsgSeq",
+                    "MsgTime",
+                    "MsgBody",
+                ] {
+                    assert_eq!(body[field], live[field], "{id} seq {seq}: {field}");
+                }
+                assert_eq!(body["CallbackCommand"], "Group.CallbackAfterSendMsg");
+                assert_eq!(
+                    record.header("tim-dedup-id"),
+                    Some(format!("g:{APP}:{seq}:{}:{id}:0::", id.len()).as_str()),
+                    "the live record's dedup id"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        backfilled, skipped,
+        "exactly the skipped messages were backfilled"
+    );
+
+    let text = eventually(Duration::from_secs(10), "the settled count", || {
+        let http = http.clone();
+        async move {
+            let text = admin_metrics(&http, admin).await;
+            (metric(&text, "timbridge_audit_gap_seqs_total{outcome=\"settled\"}") >= 160.0)
+                .then_some(text)
+        }
+    })
+    .await;
+    // 20 notices per group (10, 20, ... 200), none reported as loss.
+    assert_eq!(
+        metric(&text, "timbridge_audit_gap_seqs_total{outcome=\"settled\"}"),
+        160.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "timbridge_audit_gap_seqs_total{outcome=\"unrecoverable\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "timbridge_audit_gap_seqs_total{outcome=\"backfilled\"}"
+        ),
+        skipped.len() as f64
+    );
+    assert_eq!(
+        rest_calls(&text, "rate_limited"),
+        5.0,
+        "the injected 60007s, each retried"
+    );
+    let (calls, limited, busiest) = sim.counts();
+    assert_eq!(
+        limited, 5,
+        "only the injected 60007s: the auditor never passed Tencent's limit"
+    );
+    assert!(
+        busiest <= 41,
+        "at most --rest-max-rate (40) calls in any second, saw {busiest}"
+    );
+    assert!(calls >= 100, "a lookup per gap: {calls}");
+    drop(bridge);
+}
+
+/// An AVChatRoom group keeps no history: its gap is reported unrecoverable, with its range, on
+/// the audit subject; so is a range older than the app's retention, while what is retained of
+/// the same gap is backfilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_without_history_are_reported_unrecoverable_with_their_range() {
+    let _serial = crate::common::serial().await;
+    let nats = NatsServer::start();
+    let bridge = start_bridge(&nats, &[]).await;
+    let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), KEY);
+    sim.set_group(
+        "@TGS#live",
+        sim_group("AVChatRoom", "@TGS#live", 5, |_| false),
+    );
+    let mut old = sim_group("Public", "@TGS#old", 12, |_| false);
+    old.retained_from = 10;
+    sim.set_group("@TGS#old", old);
+
+    let http = Http::default();
+    let live = |seq: u64| {
+        let body = String::from_utf8(group_message("@TGS#live", seq).to_vec()).unwrap();
+        bytes::Bytes::from(body.replace("\"Type\":\"Public\"", "\"Type\":\"AVChatRoom\""))
+    };
+    for seq in [1, 2, 5] {
+        let answer = http
+            .callback(
+                bridge.addr(),
+                &crate::common::query("Group.CallbackAfterSendMsg"),
+                live(seq),
+            )
+            .await;
+        assert_eq!(answer.status, 200);
+    }
+    for seq in [1, 2, 12] {
+        assert_eq!(
+            http.group_message(bridge.addr(), "@TGS#old", seq)
+                .await
+                .status,
+            200
+        );
+    }
+
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _auditor = start_auditor(&audit_flags(&config, &nats, &sim, admin));
+    let reader = nats.reader().await;
+    let events = eventually(Duration::from_secs(30), "two unrecoverable events", || {
+        let reader = &reader;
+        async move {
+            let events: Vec<Value> = reader
+                .all(STREAM)
+                .await
+                .into_iter()
+                .filter(|r| r.subject == "tim.audit.unrecoverable")
+                .map(|r| serde_json::from_slice(&r.payload).unwrap())
+                .collect();
+            (events.len() >= 2).then_some(events)
+        }
+    })
+    .await;
+    let mut ranges: Vec<(String, u64, u64, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["GroupId"].as_str().unwrap().to_string(),
+                e["FirstMsgSeq"].as_u64().unwrap(),
+                e["LastMsgSeq"].as_u64().unwrap(),
+                e["Reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    ranges.sort();
+    assert_eq!(
+        ranges,
+        vec![
+            ("@TGS#live".into(), 3, 4, "no_history".into()),
+            ("@TGS#old".into(), 3, 9, "expired".into()),
+        ]
+    );
+    // Seqs 10 and 11 of the old group are retained: backfilled.
+    let stored = eventually(
+        Duration::from_secs(10),
+        "the retained part backfilled",
+        || {
+            let reader = &reader;
+            async move {
+                let all = reader.all(STREAM).await;
+                let old = by_group(&all).remove("@TGS#old").unwrap_or_default();
+                (old.len() == 5).then_some(old)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        stored.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 10, 11, 12]
+    );
+    let text = admin_metrics(&http, admin).await;
+    assert_eq!(
+        metric(
+            &text,
+            "timbridge_audit_unrecoverable_seqs_total{reason=\"no_history\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "timbridge_audit_unrecoverable_seqs_total{reason=\"expired\"}"
+        ),
+        7.0
+    );
+    drop(bridge);
+}
+
+/// Tencent refusing the app's key (70009) makes the auditor not ready, with the metric, and
+/// nothing is published for the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_key_makes_the_auditor_not_ready() {
+    let _serial = crate::common::serial().await;
+    let nats = NatsServer::start();
+    let bridge = start_bridge(&nats, &[]).await;
+    let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "not-the-key");
+    sim.set_group("@TGS#g", sim_group("Public", "@TGS#g", 3, |_| false));
+    let http = Http::default();
+    for seq in [1, 3] {
+        assert_eq!(
+            http.group_message(bridge.addr(), "@TGS#g", seq)
+                .await
+                .status,
+            200
+        );
+    }
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _auditor = start_auditor(&audit_flags(&config, &nats, &sim, admin));
+    let text = eventually(Duration::from_secs(20), "the credentials refused", || {
+        let http = http.clone();
+        async move {
+            let text = admin_metrics(&http, admin).await;
+            let refused = text.contains("timbridge_audit_rest_credentials_ok 0");
+            refused.then_some(text)
+        }
+    })
+    .await;
+    let (status, body) = http.admin(admin, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("REST credentials"), "{body}");
+    assert!(rest_calls(&text, "credentials") >= 1.0);
+    let reader = nats.reader().await;
+    assert_eq!(
+        by_group(&reader.all(STREAM).await)["@TGS#g"].len(),
+        2,
+        "nothing backfilled"
+    );
+    drop(bridge);
+}
+
+struct AuditProcess {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl AuditProcess {
+    fn start(flags: &[String]) -> AuditProcess {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_timbridge"))
+            .arg("audit")
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("timbridge audit starts");
+        AuditProcess { child, log }
+    }
+
+    fn kill(&mut self) {
+        crate::common::process::signal_pid(self.child.id(), "KILL");
+        let _ = self.child.wait();
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for AuditProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The auditor binary SIGKILLed in the middle of its repairs and started again resumes from
+/// its checkpoint (the groups it knew come back) and finishes: every message once in the
+/// stream; a backfill repeated after the kill carries the same dedup id, which JetStream drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_auditor_resumes_from_its_checkpoint() {
+    let _serial = crate::common::serial().await;
+    let nats = NatsServer::start();
+    let bridge = start_bridge(&nats, &[]).await;
+    let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), KEY);
+    let groups: Vec<String> = (0..6).map(|g| format!("@TGS#kill{g}")).collect();
+    for id in &groups {
+        sim.set_group(id, sim_group("Public", id, 60, |_| false));
+    }
+    // Every fourth message lost: 14 gaps per group, more than the auditor repairs at 5/s
+    // before the kill.
+    let http = Http::default();
+    for id in &groups {
+        for seq in (1..=60).filter(|s: &u64| *s == 1 || !s.is_multiple_of(4)) {
+            assert_eq!(http.group_message(bridge.addr(), id, seq).await.status, 200);
+        }
+    }
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut flags = audit_flags(&config, &nats, &sim, admin);
+    let rate = flags.iter().position(|f| f == "--rest-max-rate").unwrap() + 1;
+    flags[rate] = "5".into();
+    let mut auditor = AuditProcess::start(&flags);
+    let reader = nats.reader().await;
+    let backfills = |all: &[Stored]| {
+        all.iter()
+            .filter(|r| r.header("tim-source") == Some("backfill"))
+            .count()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "some backfills before the kill",
+        || {
+            let reader = &reader;
+            async move { (backfills(&reader.all(STREAM).await) >= 10).then_some(()) }
+        },
+    )
+    .await;
+    auditor.kill();
+    let before = backfills(&reader.all(STREAM).await);
+    assert!(before < 6 * 15, "killed mid-run ({before} backfilled)");
+
+    flags[rate] = "40".into();
+    let auditor = AuditProcess::start(&flags);
+    let all = eventually(Duration::from_secs(60), "every message once", || {
+        let reader = &reader;
+        async move {
+            let all = reader.all(STREAM).await;
+            let complete = by_group(&all).values().map(|s| s.len()).sum::<usize>() == 6 * 60;
+            complete.then_some(all)
+        }
+    })
+    .await;
+    for (id, seqs) in by_group(&all) {
+        assert_eq!(
+            seqs.keys().copied().collect::<Vec<_>>(),
+            (1..=60).collect::<Vec<_>>(),
+            "{id}"
+        );
+        assert!(seqs.values().all(|r| r.len() == 1), "{id}: each seq once");
+    }
+    assert_eq!(backfills(&all), 6 * 15, "one backfill per lost message");
+    let logs = auditor.logs();
+    let loaded = logs
+        .lines()
+        .find(|l| l.contains("audit: checkpoint loaded"))
+        .unwrap_or_else(|| panic!("no checkpoint line in {logs}"));
+    assert!(
+        loaded.contains("groups=6"),
+        "resumed with every group: {loaded}"
+    );
+    drop(bridge);
+}
