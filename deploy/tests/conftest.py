@@ -26,6 +26,7 @@ REPO = helmrender.REPO
 FIXTURES = REPO / "tests" / "fixtures"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"
 SCRAPE_JOB = "timbridge"
+AUDIT_JOB = "timbridge-audit"
 
 
 def free_port() -> int:
@@ -137,15 +138,47 @@ def bridge():
     b.process.stop()
 
 
+class Auditor:
+    """`timbridge audit` serving its metrics: its broker is not reachable, so it waits for the
+    stream and looks nothing up, but every series it exports exists."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="timbridge-audit-"))
+        config = self.dir / "apps.yaml"
+        config.write_text("apps:\n  - sdkappid: 1400000000\n    unsigned: true\n    rest:\n"
+                          "      region: singapore\n      identifier: administrator\n"
+                          "      secret_key: not-a-real-key\n")
+        self.admin_port = free_port()
+        self.process = Process(
+            [str(bridge_binary()), "audit", "--config", str(config),
+             "--admin-listen", f"127.0.0.1:{self.admin_port}",
+             "--nats-url", f"nats://127.0.0.1:{free_port()}"],
+            "timbridge-audit",
+            env={k: v for k, v in os.environ.items() if not k.startswith("TIMBRIDGE_")},
+        )
+        wait_for("the auditor's /healthz",
+                 lambda: http("GET", f"http://127.0.0.1:{self.admin_port}/healthz")[0] == 200)
+
+
+@pytest.fixture(scope="session")
+def auditor():
+    a = Auditor()
+    yield a
+    a.process.stop()
+    shutil.rmtree(a.dir, ignore_errors=True)
+
+
 class Prometheus:
-    def __init__(self, target: str, rule_file: Path) -> None:
+    def __init__(self, targets: dict[str, str], rule_file: Path) -> None:
+        """`targets`: scrape job name → host:port."""
         self.dir = Path(tempfile.mkdtemp(prefix="timbridge-prom-"))
         shutil.copyfile(rule_file, self.dir / "alerts.yaml")
+        jobs = "".join(f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+                       for job, target in targets.items())
         (self.dir / "prometheus.yml").write_text(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             "rule_files: [alerts.yaml]\n"
-            f"scrape_configs:\n  - job_name: {SCRAPE_JOB}\n"
-            f"    static_configs:\n      - targets: ['{target}']\n"
+            f"scrape_configs:\n{jobs}"
         )
         self.port = free_port()
         self.process = Process(
@@ -173,11 +206,13 @@ class Prometheus:
 
 
 @pytest.fixture(scope="session")
-def prometheus(bridge):
-    """A Prometheus that has scraped the bridge several times while it served callbacks."""
+def prometheus(bridge, auditor):
+    """A Prometheus that has scraped the bridge several times while it served callbacks (and
+    the auditor, as a job of its own as in the chart)."""
     if shutil.which("prometheus") is None:
         pytest.fail("prometheus is not installed: run scripts/install-deploy-test-deps.sh")
-    prom = Prometheus(f"127.0.0.1:{bridge.admin_port}", ALERTS)
+    prom = Prometheus({SCRAPE_JOB: f"127.0.0.1:{bridge.admin_port}",
+                       AUDIT_JOB: f"127.0.0.1:{auditor.admin_port}"}, ALERTS)
 
     def scrapes() -> float:
         result = prom.query(f'count_over_time(timbridge_build_info{{job="{SCRAPE_JOB}"}}[1m])')

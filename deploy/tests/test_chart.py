@@ -41,9 +41,13 @@ def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def is_auditor(obj: dict[str, Any]) -> bool:
+    return obj["metadata"]["labels"].get("app.kubernetes.io/component") == "auditor"
+
+
 def workload(objs: list[dict[str, Any]]) -> dict[str, Any]:
     """The bridge's pods' owner: a Deployment, or a StatefulSet in spooled mode on PVCs."""
-    found = by_kind(objs, "Deployment") + by_kind(objs, "StatefulSet")
+    found = [o for o in by_kind(objs, "Deployment") + by_kind(objs, "StatefulSet") if not is_auditor(o)]
     assert len(found) == 1, f"expected one Deployment or StatefulSet, got {len(found)}"
     return found[0]
 
@@ -164,7 +168,8 @@ def test_config_names_only_real_flags(case):
 
 def test_service_exposes_callback_and_metrics(case):
     _, objs = case
-    ports = {p["name"]: p for p in one(objs, "Service")["spec"]["ports"]}
+    (service,) = [o for o in by_kind(objs, "Service") if not is_auditor(o)]
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
     assert ports["http"]["targetPort"] == "http"
     assert ports["metrics"]["targetPort"] == "admin"
 
@@ -494,3 +499,86 @@ def test_template_refuses_inconsistent_apps(values, message):
 def test_template_refuses_inconsistent_shutdown():
     with pytest.raises(helm.HelmError, match="delaySeconds"):
         helmrender.render({"shutdown": {"delaySeconds": 30, "timeoutSeconds": 20}})
+
+
+# --- The auditor (audit.enabled) ---------------------------------------------------------------
+
+def auditor(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = [o for o in by_kind(objs, "Deployment") if is_auditor(o)]
+    return found
+
+
+def test_only_the_audit_scenario_runs_an_auditor(case):
+    values, objs = case
+    enabled = ((values or {}).get("audit") or {}).get("enabled", False)
+    assert len([o for o in objs if is_auditor(o)]) == (2 if enabled else 0)
+
+
+def test_audit_scenario_runs_one_hardened_auditor_apart_from_the_bridge():
+    objs = render_objects(helmrender.load_values(CHART / "ci" / "audit-values.yaml"))
+    audit = auditor(objs)
+    assert audit["spec"]["replicas"] == 1, "replicas would share the consumer"
+    assert audit["spec"]["strategy"]["type"] == "Recreate"
+    pod = audit["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["audit"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TIMBRIDGE_REST_MAX_RATE"]["value"] == "10"
+    assert env["TIMBRIDGE_GAP_GRACE"]["value"] == "30s"
+    assert env["TIM_APP_1400000001_REST_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tim-production", "key": "secret-key"}
+    assert env["TIM_APP_1400000001_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "tim-production"
+    assert container["envFrom"] == workload(objs)["spec"]["template"]["spec"]["containers"][0]["envFrom"][:1]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    # Neither the bridge's Deployment nor its Service selects the auditor's pods.
+    labels = audit["spec"]["template"]["metadata"]["labels"]
+    bridge_selector = workload(objs)["spec"]["selector"]["matchLabels"]
+    (service,) = [o for o in by_kind(objs, "Service") if not is_auditor(o)]
+    for selector in (bridge_selector, service["spec"]["selector"]):
+        assert not all(labels.get(k) == v for k, v in selector.items()), selector
+    (audit_service,) = [o for o in by_kind(objs, "Service") if is_auditor(o)]
+    assert audit_service["spec"]["selector"] == audit["spec"]["selector"]["matchLabels"]
+    # The ServiceMonitor scrapes both Services.
+    monitor = one(objs, "ServiceMonitor")["spec"]["selector"]
+    (names,) = [e["values"] for e in monitor["matchExpressions"] if e["key"] == "app.kubernetes.io/name"]
+    for svc in (service, audit_service):
+        assert svc["metadata"]["labels"]["app.kubernetes.io/name"] in names
+        assert svc["metadata"]["labels"]["app.kubernetes.io/instance"] == monitor["matchLabels"]["app.kubernetes.io/instance"]
+        assert "metrics" in [p["name"] for p in svc["spec"]["ports"]]
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"audit": {"enabled": True}, "bridge": {"sink": "kafka"}, "apps": [APP]}, "needs bridge.sink=nats"),
+    ({"audit": {"enabled": True}, "bridge": {"sink": "nats"}, "apps": [APP]}, "needs apps with rest"),
+], ids=["kafka", "no-rest"])
+def test_template_refuses_an_auditor_it_cannot_run(values, message):
+    with pytest.raises(helm.HelmError, match=message):
+        helmrender.render(values)
+
+
+def test_the_auditor_accepts_the_pod_environment_the_audit_scenario_renders(tmp_path):
+    """The auditor's container environment as the pod gets it (ConfigMap, --config file, the
+    Secrets' values): the real binary starts, serves /healthz, and is not ready while the
+    rendered NATS address does not answer."""
+    objs = render_objects(helmrender.load_values(CHART / "ci" / "audit-values.yaml"))
+    config_file = tmp_path / "apps.yaml"
+    apps_map = [o for o in by_kind(objs, "ConfigMap") if "apps.yaml" in o.get("data", {})][0]
+    config_file.write_text(apps_map["data"]["apps.yaml"])
+    admin = free_port()
+    container = auditor(objs)["spec"]["template"]["spec"]["containers"][0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMBRIDGE_")}
+    env.update(bridge_config(objs))
+    env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
+    env.update({name: f"value-of-{name}" for name in app_credential_variables(objs)})
+    env.update({"TIMBRIDGE_CONFIG": str(config_file), "TIMBRIDGE_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+                "TIMBRIDGE_NATS_URL": f"nats://127.0.0.1:{free_port()}"})
+    proc = Process([str(bridge_binary()), *container["args"]], "timbridge-audit", env=env)
+    try:
+        wait_for("the auditor's /healthz",
+                 lambda: not proc.alive() or http("GET", f"http://127.0.0.1:{admin}/healthz")[0] == 200)
+        assert proc.alive(), proc.output()
+        assert http("GET", f"http://127.0.0.1:{admin}/readyz")[0] == 503
+    finally:
+        proc.stop()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ALERTS, REPO, SCRAPE_JOB, wait_for
+from conftest import ALERTS, AUDIT_JOB, REPO, SCRAPE_JOB, wait_for
 
 DASHBOARD = REPO / "deploy" / "grafana" / "timbridge.json"
 ALERT_TESTS = REPO / "deploy" / "prometheus" / "alerts.test.yaml"
@@ -127,6 +127,13 @@ def test_bridge_metrics_are_scraped(prometheus):
     assert float(ok[0]["value"][1]) > 0
     rejected = prometheus.query(f'sum(timbridge_rejections_total{{job="{SCRAPE_JOB}"}})')
     assert float(rejected[0]["value"][1]) > 0
+
+
+def test_auditor_metrics_are_scraped(prometheus):
+    (up,) = prometheus.query(f'up{{job="{AUDIT_JOB}"}}')
+    assert up["value"][1] == "1"
+    outcomes = prometheus.query(f'timbridge_audit_gap_seqs_total{{job="{AUDIT_JOB}"}}')
+    assert {s["metric"]["outcome"] for s in outcomes} == {"found", "backfilled", "settled", "unrecoverable"}
 
 
 @pytest.mark.parametrize("title,expr", dashboard_queries(), ids=[t for t, _ in dashboard_queries()])

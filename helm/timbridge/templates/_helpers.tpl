@@ -37,6 +37,23 @@ app.kubernetes.io/component: webhook-bridge
 {{- end }}
 {{- end }}
 
+{{/* The auditor's pods: a name of their own, outside the bridge's selector and Service. */}}
+{{- define "timbridge.auditSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "timbridge.name" . }}-audit
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "timbridge.auditLabels" -}}
+helm.sh/chart: {{ include "timbridge.chart" . }}
+{{ include "timbridge.auditSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: auditor
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{- define "timbridge.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "timbridge.fullname" .) .Values.serviceAccount.name }}
@@ -117,4 +134,51 @@ apps replaces bridge.sdkappids, bridge.allowAnySdkappid and secret.token (the br
 {{/* Spooled mode on a PersistentVolumeClaim per pod: the workload is a StatefulSet. */}}
 {{- define "timbridge.statefulSet" -}}
 {{- if and .Values.spool.enabled (eq .Values.spool.persistence "persistentVolumeClaim") }}true{{ end }}
+{{- end }}
+
+{{/*
+The environment that carries credentials, from Secrets: each app's callback token and REST
+secret key (named as the apps ConfigMap expects), the single-app token, and the sink's. The
+bridge and the auditor share it.
+*/}}
+{{- define "timbridge.credentialEnv" -}}
+{{- $secretName := include "timbridge.secretName" . -}}
+{{- $sink := .Values.bridge.sink -}}
+{{- $apps := .Values.apps -}}
+{{- range $app := $apps }}
+{{- /* Each app's credentials, from the Secrets named in values; not optional: a
+missing Secret keeps the pod from starting rather than the app unverified. */}}
+- name: {{ include "timbridge.appEnv" (list $app.sdkappid "TOKEN") }}
+  valueFrom:
+    secretKeyRef: {name: {{ $app.tokenSecret.name }}, key: {{ $app.tokenSecret.key }}}
+{{- with $app.rest }}
+- name: {{ include "timbridge.appEnv" (list $app.sdkappid "REST_SECRET_KEY") }}
+  valueFrom:
+    secretKeyRef: {name: {{ .secretKeySecret.name }}, key: {{ .secretKeySecret.key }}}
+{{- end }}
+{{- end }}
+{{- if not $apps }}
+- name: TIMBRIDGE_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ $secretName }}, key: token, optional: true}
+{{- end }}
+{{- if eq $sink "nats" }}
+- name: TIMBRIDGE_NATS_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ $secretName }}, key: nats-token, optional: true}
+- name: TIMBRIDGE_NATS_USER
+  valueFrom:
+    secretKeyRef: {name: {{ $secretName }}, key: nats-user, optional: true}
+- name: TIMBRIDGE_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $secretName }}, key: nats-password, optional: true}
+{{- end }}
+{{- if eq $sink "kafka" }}
+- name: TIMBRIDGE_KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef: {name: {{ $secretName }}, key: kafka-sasl-username, optional: true}
+- name: TIMBRIDGE_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $secretName }}, key: kafka-sasl-password, optional: true}
+{{- end }}
 {{- end }}
