@@ -299,6 +299,146 @@ async fn every_skipped_message_is_backfilled_once_and_system_seqs_are_settled() 
     drop(bridge);
 }
 
+/// The load tool's own check, end to end: `timbridge-load run --skip-percent 1 --system-every 10`
+/// leaves out 1% of the callbacks at random and sends none for system notices; its
+/// `--history-out` (every message, notices included) is what the simulator holds; after the
+/// grace, `timbridge-load verify --skipped-must-arrive` finds nothing missing, nothing twice and
+/// nothing out of order apart from the backfills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_tools_verify_finds_nothing_missing_after_the_audit() {
+    let _serial = crate::common::serial().await;
+    let load = load_tool();
+    let nats = NatsServer::start();
+    let bridge = start_bridge(&nats, &[]).await;
+    let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), KEY);
+    let summary = dir.path().join("summary.json");
+    let history = dir.path().join("history.jsonl");
+    let status = Command::new(&load)
+        .args([
+            "run",
+            "--url",
+            &format!("http://{}/callback", bridge.addr()),
+        ])
+        .args([
+            "--groups",
+            "10",
+            "--connections",
+            "5",
+            "--duration",
+            "4s",
+            "--rate",
+            "500",
+        ])
+        .args([
+            "--skip-percent",
+            "1",
+            "--system-every",
+            "10",
+            "--group-prefix",
+            "@TGS#loadaudit-",
+        ])
+        .arg("--out")
+        .arg(&summary)
+        .arg("--history-out")
+        .arg(&history)
+        .stdout(Stdio::null())
+        .status()
+        .expect("timbridge-load runs");
+    assert!(status.success());
+    let ran: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    let skipped: usize = ran["skipped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_array().unwrap().len())
+        .sum();
+    assert!(skipped >= 5, "1% of ~2,000 callbacks: {skipped}");
+    assert_eq!(
+        ran["ok"], ran["sent"],
+        "every callback sent was answered 200"
+    );
+    let mut groups: BTreeMap<String, SimGroup> = BTreeMap::new();
+    for line in std::fs::read_to_string(&history).unwrap().lines() {
+        let item: Value = serde_json::from_str(line).unwrap();
+        let group = groups
+            .entry(item["GroupId"].as_str().unwrap().to_string())
+            .or_insert_with(|| SimGroup {
+                kind: "Public".into(),
+                ..SimGroup::default()
+            });
+        let seq = item["MsgSeq"].as_u64().unwrap();
+        group.messages.insert(
+            seq,
+            SimMessage {
+                from: item["From_Account"].as_str().unwrap().to_string(),
+                random: item["MsgRandom"].as_u64().unwrap(),
+                time: item["MsgTimeStamp"].as_u64().unwrap(),
+                body: item["MsgBody"].clone(),
+                system: item["IsSystemMsg"] == 1,
+                placeholder: 0,
+            },
+        );
+    }
+    for (id, group) in groups {
+        sim.set_group(&id, group);
+    }
+
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _auditor = start_auditor(&audit_flags(&config, &nats, &sim, admin));
+    let reader = nats.reader().await;
+    eventually(
+        Duration::from_secs(60),
+        "the skipped messages backfilled",
+        || {
+            let reader = &reader;
+            async move {
+                let all = reader.all(STREAM).await;
+                let backfilled = all
+                    .iter()
+                    .filter(|r| r.header("tim-source") == Some("backfill"))
+                    .count();
+                (backfilled >= skipped).then_some(())
+            }
+        },
+    )
+    .await;
+    let verify = Command::new(&load)
+        .args([
+            "verify",
+            "--nats-url",
+            &nats.url(),
+            "--skipped-must-arrive",
+            "--expect",
+        ])
+        .arg(&summary)
+        .output()
+        .expect("timbridge-load verify runs");
+    let report: Value = serde_json::from_slice(&verify.stdout).unwrap_or(Value::Null);
+    assert!(verify.status.success(), "{report}");
+    assert_eq!(report["missing"], 0, "{report}");
+    assert_eq!(report["duplicated"], 0, "{report}");
+    assert_eq!(report["out_of_order"], 0, "{report}");
+    assert_eq!(report["backfilled"], skipped as u64, "{report}");
+    drop(bridge);
+}
+
+/// The load generator's binary (the tools workspace member), built when missing.
+fn load_tool() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let tool = dir.join("timbridge-load");
+    if !tool.exists() {
+        let built = Command::new(env!("CARGO"))
+            .args(["build", "-p", "timbridge-tools", "--bin", "timbridge-load"])
+            .status()
+            .expect("cargo runs");
+        assert!(built.success(), "cargo build -p timbridge-tools");
+    }
+    tool
+}
+
 /// An AVChatRoom group keeps no history: its gap is reported unrecoverable, with its range, on
 /// the audit subject; so is a range older than the app's retention, while what is retained of
 /// the same gap is backfilled.

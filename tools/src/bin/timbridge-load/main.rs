@@ -74,6 +74,44 @@ struct RunArgs {
     /// Write the summary here too.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Leave out this percentage of callbacks at random (deterministic per group and seq; never
+    /// a group's first, where an auditor starts watching): messages Tencent sent that never
+    /// arrived. The summary lists them (`skipped`).
+    #[arg(long, default_value_t = 0.0)]
+    skip_percent: f64,
+    /// Every Nth MsgSeq of a group is a system notice (a member joined, ...): Tencent sends no
+    /// callback for it, but it takes the seq. 0: none.
+    #[arg(long, default_value_t = 0)]
+    system_every: u64,
+    /// Write every message of the run (sent, skipped and system notices) here, one JSON object
+    /// per line in the shape of Tencent's group history, for a simulator of it.
+    #[arg(long)]
+    history_out: Option<PathBuf>,
+}
+
+/// Why a scheduled seq is not sent.
+enum Unsent {
+    Skipped,
+    System,
+}
+
+impl RunArgs {
+    fn unsent(&self, group: usize, seq: u64) -> Option<Unsent> {
+        if self.system_every > 0 && seq.is_multiple_of(self.system_every) {
+            return Some(Unsent::System);
+        }
+        if seq > 1 && self.skip_percent > 0.0 {
+            // A fixed hash of (group, seq): the same run skips the same messages.
+            let h = (group as u64 ^ 0x5851_F42D_4C95_7F2D)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(seq.wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let h = (h ^ (h >> 31)).wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+            if (h as f64 / (1u64 << 53) as f64) * 100.0 < self.skip_percent {
+                return Some(Unsent::Skipped);
+            }
+        }
+        None
+    }
 }
 
 #[derive(Args)]
@@ -89,6 +127,9 @@ struct VerifyArgs {
     kafka_brokers: Option<String>,
     #[arg(long, default_value = "tim.Group.CallbackAfterSendMsg")]
     kafka_topic: String,
+    /// The runs' skipped messages must be in the stream (an auditor backfilled them).
+    #[arg(long)]
+    skipped_must_arrive: bool,
 }
 
 #[derive(Serialize, serde::Deserialize)]
@@ -118,6 +159,10 @@ struct Summary {
     latency_us: Latency,
     last_seq: BTreeMap<String, u64>,
     not_ok: BTreeMap<String, Vec<u64>>,
+    /// `--skip-percent`: left out on purpose.
+    skipped: BTreeMap<String, Vec<u64>>,
+    /// `--system-every`: seqs of system notices (never sent).
+    system: BTreeMap<String, Vec<u64>>,
 }
 
 /// What one connection worker did.
@@ -129,6 +174,8 @@ struct WorkerResult {
     connection_errors: u64,
     last_seq: BTreeMap<String, u64>,
     not_ok: BTreeMap<String, Vec<u64>>,
+    skipped: BTreeMap<String, Vec<u64>>,
+    system: BTreeMap<String, Vec<u64>>,
 }
 
 /// A scheduled send: which group (by index) and when it was due.
@@ -304,6 +351,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
         },
         last_seq: BTreeMap::new(),
         not_ok: BTreeMap::new(),
+        skipped: BTreeMap::new(),
+        system: BTreeMap::new(),
     };
     for w in workers {
         let r = w.await.map_err(|e| e.to_string())?;
@@ -316,6 +365,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
         summary.last_seq.extend(r.last_seq);
         summary.not_ok.extend(r.not_ok);
+        summary.skipped.extend(r.skipped);
+        summary.system.extend(r.system);
+    }
+    if let Some(path) = &args.history_out {
+        write_history(&args, &summary.last_seq, path)?;
     }
     summary.duration_s = started.elapsed().as_secs_f64();
     summary.ok_per_s = summary.ok as f64 / args.duration.as_secs_f64();
@@ -333,6 +387,41 @@ async fn run(args: RunArgs) -> Result<(), String> {
     }
     println!("{json}");
     Ok(())
+}
+
+/// Every message of the run, in the shape of `group_msg_get_simple`'s `RspMsgList` items plus
+/// `GroupId`, one per line.
+fn write_history(
+    args: &RunArgs,
+    last_seq: &BTreeMap<String, u64>,
+    path: &std::path::Path,
+) -> Result<(), String> {
+    let mut out = String::new();
+    for group in 0..args.groups {
+        let group_id = format!("{}{group}", args.group_prefix);
+        let Some(&last) = last_seq.get(&group_id) else {
+            continue;
+        };
+        for seq in 1..=last {
+            let body: serde_json::Value =
+                serde_json::from_str(&body::group_message(group, &group_id, seq))
+                    .map_err(|e| e.to_string())?;
+            let system = matches!(args.unsent(group, seq), Some(Unsent::System));
+            let item = serde_json::json!({
+                "GroupId": group_id,
+                "MsgSeq": seq,
+                "From_Account": body["From_Account"],
+                "MsgRandom": body["Random"],
+                "MsgTimeStamp": body["MsgTime"],
+                "MsgBody": if system { serde_json::json!([]) } else { body["MsgBody"].clone() },
+                "IsSystemMsg": u8::from(system),
+                "IsPlaceMsg": 0,
+            });
+            out.push_str(&item.to_string());
+            out.push('\n');
+        }
+    }
+    std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 struct Worker {
@@ -353,6 +442,8 @@ impl Worker {
             connection_errors: 0,
             last_seq: BTreeMap::new(),
             not_ok: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+            system: BTreeMap::new(),
         }
     }
 
@@ -364,6 +455,16 @@ impl Worker {
         seq: u64,
         since: Instant,
     ) {
+        if let Some(unsent) = self.args.unsent(group, seq) {
+            let group_id = format!("{}{group}", self.args.group_prefix);
+            r.last_seq.insert(group_id.clone(), seq);
+            let list = match unsent {
+                Unsent::Skipped => &mut r.skipped,
+                Unsent::System => &mut r.system,
+            };
+            list.entry(group_id).or_default().push(seq);
+            return;
+        }
         let request = encode(
             &self.args,
             &self.host,
@@ -455,7 +556,7 @@ async fn verify_command(args: VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = verify::check(&expected, &stored);
+    let report = verify::check(&expected, &stored, args.skipped_must_arrive);
     println!(
         "{}",
         serde_json::to_string_pretty(&report).unwrap_or_default()

@@ -14,7 +14,17 @@ pub struct Expected {
     pub last_seq: BTreeMap<String, u64>,
     #[serde(default)]
     pub not_ok: BTreeMap<String, Vec<u64>>,
+    /// Left out on purpose (`--skip-percent`): missing unless an auditor backfilled them.
+    #[serde(default)]
+    pub skipped: BTreeMap<String, Vec<u64>>,
+    /// System notices: never in the stream.
+    #[serde(default)]
+    pub system: BTreeMap<String, Vec<u64>>,
 }
+
+/// One stored group message: group, MsgSeq, and whether the auditor published it
+/// (`tim-source: backfill`, which comes after later seqs by nature).
+pub type StoredMessage = (String, u64, bool);
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -23,6 +33,8 @@ pub struct Report {
     pub missing: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    /// Records published by the auditor (`tim-source: backfill`); not counted as out of order.
+    pub backfilled: u64,
     /// Messages of groups no run sent (other traffic in the same stream).
     pub unexpected: u64,
     /// The first problems found, for a look.
@@ -35,8 +47,9 @@ impl Report {
     }
 }
 
-/// Compares `stored` (group, MsgSeq) in broker order with what was expected.
-pub fn check(expected: &[Expected], stored: &[(String, u64)]) -> Report {
+/// Compares `stored` in broker order with what was expected. Skipped seqs must be there when
+/// `skipped_must_arrive` (an auditor ran), and may be missing otherwise.
+pub fn check(expected: &[Expected], stored: &[StoredMessage], skipped_must_arrive: bool) -> Report {
     let mut report = Report {
         messages: stored.len() as u64,
         ..Report::default()
@@ -50,10 +63,18 @@ pub fn check(expected: &[Expected], stored: &[(String, u64)]) -> Report {
         for (g, seqs) in &e.not_ok {
             allowed_missing.extend(seqs.iter().map(|s| (g.as_str(), *s)));
         }
+        for (g, seqs) in &e.system {
+            allowed_missing.extend(seqs.iter().map(|s| (g.as_str(), *s)));
+        }
+        if !skipped_must_arrive {
+            for (g, seqs) in &e.skipped {
+                allowed_missing.extend(seqs.iter().map(|s| (g.as_str(), *s)));
+            }
+        }
     }
     let mut seen: HashMap<&str, HashSet<u64>> = HashMap::new();
     let mut highest: HashMap<&str, u64> = HashMap::new();
-    for (group, seq) in stored {
+    for (group, seq, backfill) in stored {
         let Some(_) = last_seq.get(group.as_str()) else {
             report.unexpected += 1;
             continue;
@@ -61,6 +82,10 @@ pub fn check(expected: &[Expected], stored: &[(String, u64)]) -> Report {
         if !seen.entry(group).or_default().insert(*seq) {
             report.duplicated += 1;
             note(&mut report, format!("{group}: MsgSeq {seq} stored twice"));
+        }
+        if *backfill {
+            report.backfilled += 1;
+            continue;
         }
         let top = highest.entry(group).or_insert(0);
         if *seq < *top {
@@ -92,7 +117,7 @@ fn note(report: &mut Report, example: String) {
 }
 
 /// Every message of a JetStream stream, in stream order.
-pub async fn read_nats(url: &str, stream: &str) -> Result<Vec<(String, u64)>, String> {
+pub async fn read_nats(url: &str, stream: &str) -> Result<Vec<StoredMessage>, String> {
     use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
     let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
     let js = async_nats::jetstream::new(client);
@@ -107,14 +132,15 @@ pub async fn read_nats(url: &str, stream: &str) -> Result<Vec<(String, u64)>, St
         .map_err(|e| e.to_string())?;
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(total as usize);
-    while (out.len() as u64) < total {
+    let mut read = 0u64;
+    while read < total {
         let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
         let Ok(Some(Ok(message))) = next else {
             return Err(format!(
-                "stream read stalled after {} of {total} messages",
-                out.len()
+                "stream read stalled after {read} of {total} messages"
             ));
         };
+        read += 1;
         let headers = message.headers.as_ref();
         let group = headers
             .and_then(|h| h.get("tim-group-id"))
@@ -124,14 +150,24 @@ pub async fn read_nats(url: &str, stream: &str) -> Result<Vec<(String, u64)>, St
             .and_then(|h| h.get("tim-msg-seq"))
             .and_then(|v| v.as_str().parse().ok())
             .unwrap_or(0);
-        out.push((group, seq));
+        let backfill = headers
+            .and_then(|h| h.get("tim-source"))
+            .is_some_and(|v| v.as_str() == "backfill");
+        if headers
+            .and_then(|h| h.get("tim-callback-command"))
+            .map(|v| v.as_str())
+            != Some("Group.CallbackAfterSendMsg")
+        {
+            continue; // the auditor's events and other commands
+        }
+        out.push((group, seq, backfill));
     }
     Ok(out)
 }
 
 /// Every record of a Kafka topic, partition by partition in offset order (a group lives in one
 /// partition, so this is each group's order).
-pub fn read_kafka(brokers: &str, topic: &str) -> Result<Vec<(String, u64)>, String> {
+pub fn read_kafka(brokers: &str, topic: &str) -> Result<Vec<StoredMessage>, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -164,7 +200,7 @@ pub fn read_kafka(brokers: &str, topic: &str) -> Result<Vec<(String, u64)>, Stri
     // The high watermarks are a lower bound only: some brokers (tansu) report them a few
     // records behind right after writes. Read until the topic stays quiet for 2 s past them.
     let total: i64 = ends.values().sum();
-    let mut by_partition: BTreeMap<i32, Vec<(i64, String, u64)>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<(i64, String, u64, bool)>> = BTreeMap::new();
     let mut read = 0i64;
     let mut idle = 0;
     while (read < total && idle < 50) || (read >= total && idle < 10) {
@@ -174,20 +210,24 @@ pub fn read_kafka(brokers: &str, topic: &str) -> Result<Vec<(String, u64)>, Stri
                 read += 1;
                 let mut group = String::new();
                 let mut seq = 0;
+                let mut backfill = false;
                 if let Some(headers) = m.headers() {
                     for h in headers.iter() {
                         let value = String::from_utf8_lossy(h.value.unwrap_or_default());
                         match h.key {
                             "tim-group-id" => group = value.into_owned(),
                             "tim-msg-seq" => seq = value.parse().unwrap_or(0),
+                            "tim-source" => backfill = value == "backfill",
                             _ => {}
                         }
                     }
                 }
-                by_partition
-                    .entry(m.partition())
-                    .or_default()
-                    .push((m.offset(), group, seq));
+                by_partition.entry(m.partition()).or_default().push((
+                    m.offset(),
+                    group,
+                    seq,
+                    backfill,
+                ));
             }
             Some(Err(e)) => return Err(e.to_string()),
             None => idle += 1,
@@ -197,7 +237,7 @@ pub fn read_kafka(brokers: &str, topic: &str) -> Result<Vec<(String, u64)>, Stri
         .into_values()
         .flat_map(|mut records| {
             records.sort_by_key(|r| r.0);
-            records.into_iter().map(|(_, g, s)| (g, s))
+            records.into_iter().map(|(_, g, s, b)| (g, s, b))
         })
         .collect())
 }
@@ -209,7 +249,7 @@ mod tests {
     fn expected(groups: &[(&str, u64)]) -> Expected {
         Expected {
             last_seq: groups.iter().map(|(g, s)| (g.to_string(), *s)).collect(),
-            not_ok: BTreeMap::new(),
+            ..Expected::default()
         }
     }
 
@@ -218,17 +258,38 @@ mod tests {
         let e = [expected(&[("a", 3), ("b", 2)])];
         let s = |v: &[(&str, u64)]| {
             v.iter()
-                .map(|(g, s)| (g.to_string(), *s))
+                .map(|(g, s)| (g.to_string(), *s, false))
                 .collect::<Vec<_>>()
         };
-        assert!(check(&e, &s(&[("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3)])).clean());
+        assert!(check(
+            &e,
+            &s(&[("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3)]),
+            false
+        )
+        .clean());
         let r = check(
             &e,
             &s(&[("a", 1), ("a", 3), ("a", 2), ("b", 1), ("b", 1), ("x", 9)]),
+            false,
         );
         assert_eq!(r.out_of_order, 1);
         assert_eq!(r.duplicated, 1);
         assert_eq!(r.missing, 1); // b/2
         assert_eq!(r.unexpected, 1);
+    }
+
+    #[test]
+    fn skipped_messages_count_only_when_an_auditor_ran_and_backfills_may_come_late() {
+        let mut e = expected(&[("a", 4)]);
+        e.skipped.insert("a".into(), vec![2]);
+        e.system.insert("a".into(), vec![3]);
+        let live = vec![("a".to_string(), 1, false), ("a".to_string(), 4, false)];
+        assert!(check(std::slice::from_ref(&e), &live, false).clean());
+        assert_eq!(check(std::slice::from_ref(&e), &live, true).missing, 1);
+        let mut repaired = live.clone();
+        repaired.push(("a".to_string(), 2, true));
+        let r = check(&[e], &repaired, true);
+        assert!(r.clean(), "{r:?}");
+        assert_eq!(r.backfilled, 1);
     }
 }
