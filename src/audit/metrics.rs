@@ -41,7 +41,7 @@ impl AuditMetrics {
         );
         let unrecoverable = counter(
             "timbridge_audit_unrecoverable_seqs_total",
-            "MsgSeqs that could not be repaired, by reason (no_history, expired, not_found, group_gone).",
+            "MsgSeqs that could not be repaired, by reason (no_history, expired, not_found, group_gone, refused).",
             &["reason"],
         );
         let seen = counter(
@@ -92,6 +92,7 @@ impl AuditMetrics {
             Reason::Expired,
             Reason::NotFound,
             Reason::GroupGone,
+            Reason::Refused,
         ] {
             unrecoverable.with_label_values(&[reason.label()]);
         }

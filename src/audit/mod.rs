@@ -145,7 +145,7 @@ pub async fn run(
     let checkpoint = checkpoint::Checkpoint::open(&js, &config.state_bucket).await?;
     let mut tracker = Tracker::new(config.max_groups, config.max_pending);
     for (key, state) in checkpoint.load().await? {
-        tracker.restore(key, state);
+        tracker.restore(key, state, now_ms());
     }
     tracing::info!(groups = tracker.len(), "audit: checkpoint loaded");
     let mut messages = consumer
@@ -159,8 +159,14 @@ pub async fn run(
     let mut dirty: HashSet<GroupKey> = HashSet::new();
     let mut forgotten: Vec<GroupKey> = Vec::new();
     let mut unacked = Vec::new();
-    let mut in_flight: HashSet<(GroupKey, u64)> = HashSet::new();
-    let mut retry_at: HashMap<(GroupKey, u64), u64> = HashMap::new();
+    // One lookup per group at a time (the tracker gives each group's lowest gap only); after
+    // a failed one the group waits `RETRY_MS`. Both bounded by the tracked groups.
+    let mut in_flight: HashSet<GroupKey> = HashSet::new();
+    let mut retry_at: HashMap<GroupKey, u64> = HashMap::new();
+    // The first seq of the last gap counted as found, per group: a retry is not found again.
+    let mut counted: HashMap<GroupKey, u64> = HashMap::new();
+    let (tail_tx, mut tail_rx) = mpsc::channel::<Vec<(GroupKey, u64)>>(1);
+    let mut tail_running = false;
     let mut checkpoint_tick = tokio::time::interval(config.checkpoint_interval);
     let mut gap_tick = tokio::time::interval(Duration::from_millis(250));
     let mut tail_tick = tokio::time::interval(config.tail_interval);
@@ -192,6 +198,8 @@ pub async fn run(
                         if let Some(evicted) = evicted {
                             metrics.evicted.with_label_values(&["cap"]).inc();
                             dirty.remove(&evicted);
+                            counted.remove(&evicted);
+                            retry_at.remove(&evicted);
                             forgotten.push(evicted);
                         }
                         dirty.insert(seen.key);
@@ -207,6 +215,8 @@ pub async fn run(
                 for key in tracker.evict_idle(now, config.group_idle.as_millis() as u64) {
                     metrics.evicted.with_label_values(&[eviction_label(Eviction::Idle)]).inc();
                     dirty.remove(&key);
+                    counted.remove(&key);
+                    retry_at.remove(&key);
                     forgotten.push(key);
                 }
                 metrics.groups.set(tracker.len() as i64);
@@ -215,45 +225,58 @@ pub async fn run(
             _ = gap_tick.tick() => {
                 let now = now_ms();
                 metrics.credentials_ok.set(i64::from(clients.values().all(|c| c.credentials_ok())));
-                let due = tracker.due(now, grace_ms);
+                retry_at.retain(|_, at| *at > now);
+                let due = tracker.due(now, grace_ms, MAX_LOOKUP_SEQS);
                 metrics.pending_gaps.set(due.len() as i64);
                 for gap in due {
-                    let id = (gap.key.clone(), gap.first);
-                    if in_flight.contains(&id) || retry_at.get(&id).is_some_and(|at| *at > now) {
+                    if in_flight.contains(&gap.key) || retry_at.contains_key(&gap.key) {
                         continue;
                     }
                     let Some(worker) = workers.get(&gap.key.sdkappid) else { continue };
-                    let seqs = gap.last - gap.first + 1;
-                    let gap_for_worker = gap.clone();
-                    if worker.try_send(gap_for_worker).is_ok() {
-                        if !retry_at.contains_key(&id) {
-                            metrics.gap_seqs.with_label_values(&["found"]).inc_by(seqs);
-                            tracing::info!(sdkappid = gap.key.sdkappid, group = %gap.key.group, first = gap.first,
-                                last = gap.last, "audit: gap due for a lookup");
-                        }
-                        in_flight.insert(id);
+                    if worker.try_send(gap.clone()).is_err() {
+                        continue; // the worker's queue is full: next tick
                     }
+                    if counted.get(&gap.key) != Some(&gap.first) {
+                        metrics.gap_seqs.with_label_values(&["found"]).inc_by(gap.last - gap.first + 1);
+                        tracing::info!(sdkappid = gap.key.sdkappid, group = %gap.key.group, first = gap.first,
+                            last = gap.last, "audit: gap due for a lookup");
+                        counted.insert(gap.key.clone(), gap.first);
+                    }
+                    in_flight.insert(gap.key);
                 }
             }
             Some(repaired) = done_rx.recv() => {
                 let Repaired { gap, done } = repaired;
-                let id = (gap.key.clone(), gap.first);
-                in_flight.remove(&id);
+                in_flight.remove(&gap.key);
                 if done {
-                    retry_at.remove(&id);
                     tracker.resolve(&gap.key, gap.first, gap.last, now_ms());
                     dirty.insert(gap.key);
                 } else {
-                    retry_at.insert(id, now_ms() + 5_000);
+                    retry_at.insert(gap.key, now_ms() + RETRY_MS);
                 }
             }
-            _ = tail_tick.tick() => {
-                tail::check(&tracker, &clients, config.tail_window).await.into_iter().for_each(|(key, latest)| {
+            _ = tail_tick.tick(), if !tail_running => {
+                // While the stream is being caught up with, Tencent's latest seq is ahead of
+                // what was consumed for no fault: no tail check then.
+                if metrics.lag.get() * 1000.0 <= grace_ms as f64 {
+                    let active = tracker.active(now_ms(), config.tail_window.as_millis() as u64);
+                    let clients = clients.clone();
+                    let tail_tx = tail_tx.clone();
+                    tail_running = true;
+                    // Off the loop: its calls wait for the rate limit and may retry.
+                    tokio::spawn(async move {
+                        let _ = tail_tx.send(tail::check(active, &clients).await).await;
+                    });
+                }
+            }
+            Some(found) = tail_rx.recv() => {
+                tail_running = false;
+                for (key, latest) in found {
                     if let Some((first, last)) = tracker.tail(&key, latest, now_ms()) {
                         tracing::info!(group = %key.group, first, last, "audit: tail gap (Tencent's NextMsgSeq is ahead of the stream)");
                         dirty.insert(key);
                     }
-                });
+                }
             }
         }
     }
@@ -270,6 +293,12 @@ pub async fn run(
     Ok(())
 }
 
+/// Seqs one lookup covers at most (50 history pages); a longer gap is looked up in turns,
+/// its lowest part first, so a day's outage is repaired step by step and never held in memory.
+const MAX_LOOKUP_SEQS: u64 = 1000;
+/// After a failed lookup, the group's next try waits this long.
+const RETRY_MS: u64 = 5_000;
+
 fn eviction_label(eviction: Eviction) -> &'static str {
     match eviction {
         Eviction::Idle => "idle",
@@ -277,8 +306,9 @@ fn eviction_label(eviction: Eviction) -> &'static str {
     }
 }
 
-/// Writes the changed groups, then acknowledges what they include. A failed write keeps the
-/// messages unacknowledged: they are redelivered after a restart, never lost.
+/// Purges the evicted groups, writes the changed ones, then acknowledges what they include (in
+/// that order: a group evicted and seen again is written after its purge). A failed write keeps
+/// the messages unacknowledged: they are redelivered after a restart, never lost.
 async fn save(
     checkpoint: &checkpoint::Checkpoint,
     tracker: &Tracker,
@@ -286,6 +316,9 @@ async fn save(
     forgotten: &mut Vec<GroupKey>,
     unacked: &mut Vec<async_nats::jetstream::Message>,
 ) {
+    for key in forgotten.drain(..) {
+        let _ = checkpoint.forget(&key).await;
+    }
     for key in dirty.iter() {
         if let Some(state) = tracker.get(key) {
             if let Err(err) = checkpoint.save(key, state).await {
@@ -295,9 +328,6 @@ async fn save(
         }
     }
     dirty.clear();
-    for key in forgotten.drain(..) {
-        let _ = checkpoint.forget(&key).await;
-    }
     for message in unacked.drain(..) {
         let _ = message.ack().await;
     }
@@ -309,12 +339,11 @@ mod tail {
 
     use super::*;
 
+    /// `active`: the tracker's groups active within the window, with their highest seq.
     pub async fn check(
-        tracker: &Tracker,
+        active: Vec<(GroupKey, u64, String)>,
         clients: &HashMap<u64, Arc<RestClient>>,
-        window: Duration,
     ) -> Vec<(GroupKey, u64)> {
-        let active = tracker.active(now_ms(), window.as_millis() as u64);
         let mut out = Vec::new();
         for (sdkappid, client) in clients {
             // Topics share their community's seq space with other topics: not checked here.

@@ -17,6 +17,9 @@ pub enum Reason {
     NotFound,
     /// The group was dismissed (10010).
     GroupGone,
+    /// Tencent refused the lookup itself (10015 invalid group id, or another refusal that a
+    /// retry would not change).
+    Refused,
 }
 
 impl Reason {
@@ -26,6 +29,7 @@ impl Reason {
             Reason::Expired => "expired",
             Reason::NotFound => "not_found",
             Reason::GroupGone => "group_gone",
+            Reason::Refused => "refused",
         }
     }
 }
@@ -64,6 +68,11 @@ pub async fn resolve(client: &RestClient, gap: &Gap) -> Result<Resolution, RestE
             Ok(page) => page,
             Err(RestError::GroupGone) => {
                 out.unrecoverable.push((gap.first, top, Reason::GroupGone));
+                break;
+            }
+            Err(RestError::Refused { code, info }) => {
+                tracing::warn!(group = %gap.key.group, code, info, "audit: Tencent refused a history lookup");
+                out.unrecoverable.push((gap.first, top, Reason::Refused));
                 break;
             }
             Err(err) => return Err(err),

@@ -121,8 +121,10 @@ impl Tracker {
         self.groups.iter()
     }
 
-    /// Puts back a checkpointed group (at start-up).
-    pub fn restore(&mut self, key: GroupKey, state: GroupState) {
+    /// Puts back a checkpointed group (at start-up, `now_ms`): its idle time counts from here,
+    /// so a restart after a long stop does not evict what it is about to replay.
+    pub fn restore(&mut self, key: GroupKey, mut state: GroupState, now_ms: u64) {
+        state.last_seen_ms = state.last_seen_ms.max(now_ms);
         self.groups.insert(key, state);
     }
 
@@ -185,46 +187,48 @@ impl Tracker {
         Some(oldest)
     }
 
-    /// Gaps that have waited `grace_ms` (or that a group's pending bound makes due at once).
-    pub fn due(&self, now_ms: u64, grace_ms: u64) -> Vec<Gap> {
+    /// Each group's lowest gap, once it has waited `grace_ms` (at once when the group holds
+    /// `max_pending` seqs above its contiguous point), at most `max_span` seqs of it. One gap
+    /// per group at a time: resolving it moves the contiguous point, so nothing is recorded
+    /// per seq and a gap's bounds cannot shift under a lookup in flight.
+    pub fn due(&self, now_ms: u64, grace_ms: u64, max_span: u64) -> Vec<Gap> {
         let mut gaps = Vec::new();
         for (key, state) in &self.groups {
+            let first = state.contiguous + 1;
+            // After `advance`, the first seq above is never `first` itself.
+            let (last, since) = match (state.above.first_key_value(), state.tail) {
+                (Some((&seq, &arrived)), _) => (seq - 1, arrived),
+                (None, Some((last, since))) if last >= first => (last, since),
+                _ => continue,
+            };
             let crowded = state.above.len() >= self.max_pending;
-            let mut below = state.contiguous;
-            for (&seq, &arrived) in &state.above {
-                if seq > below + 1 && (crowded || now_ms.saturating_sub(arrived) >= grace_ms) {
-                    gaps.push(Gap {
-                        key: key.clone(),
-                        first: below + 1,
-                        last: seq - 1,
-                        kind: state.kind.clone(),
-                    });
-                }
-                below = seq;
-            }
-            if let Some((last, since)) = state.tail {
-                if last > below && (crowded || now_ms.saturating_sub(since) >= grace_ms) {
-                    gaps.push(Gap {
-                        key: key.clone(),
-                        first: below + 1,
-                        last,
-                        kind: state.kind.clone(),
-                    });
-                }
+            if crowded || now_ms.saturating_sub(since) >= grace_ms {
+                gaps.push(Gap {
+                    key: key.clone(),
+                    first,
+                    last: last.min(first.saturating_add(max_span.max(1) - 1)),
+                    kind: state.kind.clone(),
+                });
             }
         }
         gaps.sort_by(|a, b| (&a.key, a.first).cmp(&(&b.key, b.first)));
         gaps
     }
 
-    /// Marks `first..=last` of `key` as accounted for (resolved by the resolver or the tail
-    /// check), at `now_ms`.
+    /// Marks `first..=last` of `key` as accounted for (a gap [`Tracker::due`] gave, looked up),
+    /// at `now_ms`.
     pub fn resolve(&mut self, key: &GroupKey, first: u64, last: u64, now_ms: u64) {
         let Some(state) = self.groups.get_mut(key) else {
             return;
         };
-        for seq in first.max(state.contiguous + 1)..=last {
-            state.above.entry(seq).or_insert(now_ms);
+        if first <= state.contiguous + 1 {
+            state.contiguous = state.contiguous.max(last);
+            // Seqs that arrived meanwhile inside the range are now below the point.
+            state.above = state.above.split_off(&(state.contiguous + 1));
+        } else {
+            for seq in first..=last {
+                state.above.entry(seq).or_insert(now_ms);
+            }
         }
         state.advance();
     }
@@ -251,15 +255,20 @@ impl Tracker {
         if latest <= highest || state.tail.is_some_and(|(last, _)| last >= latest) {
             return None;
         }
-        state.tail = Some((latest, now_ms));
+        // Extending a pending tail keeps when it was first seen: a busy group's tail must not
+        // be put off by every check.
+        let since = state.tail.map_or(now_ms, |(_, since)| since);
+        state.tail = Some((latest, since));
         Some((highest + 1, latest))
     }
 
-    /// Drops groups idle for `idle_ms` or more with nothing pending.
+    /// Drops groups idle for `idle_ms` or more with nothing pending (no seq above the
+    /// contiguous point, no tail gap).
     pub fn evict_idle(&mut self, now_ms: u64, idle_ms: u64) -> Vec<GroupKey> {
         let idle: Vec<GroupKey> = self
             .groups
             .iter()
+            .filter(|(_, s)| s.above.is_empty() && s.tail.is_none())
             .filter(|(_, s)| now_ms.saturating_sub(s.last_seen_ms) >= idle_ms)
             .map(|(k, _)| k.clone())
             .collect();
@@ -290,8 +299,8 @@ mod tests {
         assert_eq!(t.see(&g, 6, "Public", 0).0, Seen::InOrder);
         assert_eq!(t.see(&g, 9, "Public", 100).0, Seen::Ahead);
         assert_eq!(t.see(&g, 10, "Public", 100).0, Seen::Ahead);
-        assert!(t.due(100 + 29_999, 30_000).is_empty());
-        let due = t.due(100 + 30_000, 30_000);
+        assert!(t.due(100 + 29_999, 30_000, 1000).is_empty());
+        let due = t.due(100 + 30_000, 30_000, 1000);
         assert_eq!(
             due,
             vec![Gap {
@@ -304,7 +313,7 @@ mod tests {
         t.resolve(&g, 7, 8, 40_000);
         assert_eq!(t.get(&g).unwrap().contiguous, 10);
         assert!(t.get(&g).unwrap().above.is_empty());
-        assert!(t.due(100_000, 30_000).is_empty());
+        assert!(t.due(100_000, 30_000, 1000).is_empty());
     }
 
     #[test]
@@ -318,7 +327,7 @@ mod tests {
         assert_eq!(t.get(&g).unwrap().contiguous, 4);
         assert_eq!(t.see(&g, 4, "", 3).0, Seen::Repeat);
         assert_eq!(t.see(&g, 1, "", 3).0, Seen::Repeat);
-        assert!(t.due(1_000_000, 1).is_empty());
+        assert!(t.due(1_000_000, 1, 1000).is_empty());
     }
 
     #[test]
@@ -329,7 +338,7 @@ mod tests {
         for seq in [3, 4, 5] {
             t.see(&g, seq, "", 0);
         }
-        assert_eq!(t.due(0, 30_000).len(), 1);
+        assert_eq!(t.due(0, 30_000, 1000).len(), 1);
     }
 
     #[test]
@@ -352,7 +361,7 @@ mod tests {
         assert_eq!(t.tail(&g, 2, 10), None);
         assert_eq!(t.tail(&g, 5, 10), Some((3, 5)));
         assert_eq!(t.tail(&g, 5, 20), None, "asked again: no second gap");
-        assert_eq!(t.due(10 + 30_000, 30_000).len(), 1);
+        assert_eq!(t.due(10 + 30_000, 30_000, 1000).len(), 1);
         t.resolve(&g, 3, 5, 40_000);
         let state = t.get(&g).unwrap();
         assert_eq!((state.contiguous, state.tail), (5, None));
@@ -362,6 +371,55 @@ mod tests {
         t.see(&g, 7, "Public", 42_001);
         t.see(&g, 8, "Public", 42_002);
         assert_eq!(t.get(&g).unwrap().tail, None);
-        assert!(t.due(1_000_000, 30_000).is_empty());
+        assert!(t.due(1_000_000, 30_000, 1000).is_empty());
+    }
+
+    #[test]
+    fn one_gap_per_group_at_a_time_lowest_first_and_bounded() {
+        let mut t = Tracker::new(10, 1000);
+        let g = key("g");
+        t.see(&g, 1, "", 0);
+        t.see(&g, 5, "", 0);
+        t.see(&g, 5000, "", 0);
+        let due = t.due(30_000, 30_000, 100);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].first, due[0].last), (2, 4));
+        // A late arrival inside the gap while it is looked up: the resolution still closes it.
+        t.see(&g, 3, "", 30_001);
+        t.resolve(&g, 2, 4, 30_002);
+        assert_eq!(t.get(&g).unwrap().contiguous, 5);
+        assert_eq!(t.get(&g).unwrap().above.len(), 1, "only 5000 left above");
+        // The next gap (6..=4999) is looked up 100 seqs at a time.
+        let due = t.due(30_003, 30_000, 100);
+        assert_eq!((due[0].first, due[0].last), (6, 105));
+        t.resolve(&g, 6, 105, 30_004);
+        assert_eq!(t.get(&g).unwrap().contiguous, 105);
+        assert!(
+            t.get(&g).unwrap().above.len() <= 1,
+            "nothing recorded per seq"
+        );
+    }
+
+    #[test]
+    fn a_group_with_pending_work_is_not_evicted_for_idleness() {
+        let mut t = Tracker::new(10, 1000);
+        t.see(&key("busy"), 1, "", 0);
+        t.see(&key("busy"), 3, "", 0);
+        t.see(&key("done"), 1, "", 0);
+        assert_eq!(t.evict_idle(10_000, 1_000), vec![key("done")]);
+        let state = t.get(&key("busy")).unwrap().clone();
+        t.restore(key("busy"), state, 50_000);
+        assert_eq!(t.get(&key("busy")).unwrap().last_seen_ms, 50_000);
+    }
+
+    #[test]
+    fn a_growing_tail_keeps_its_first_sighting() {
+        let mut t = Tracker::new(10, 1000);
+        let g = key("g");
+        t.see(&g, 1, "", 0);
+        assert_eq!(t.tail(&g, 3, 100), Some((2, 3)));
+        assert_eq!(t.tail(&g, 6, 20_000), Some((2, 6)));
+        assert_eq!(t.get(&g).unwrap().tail, Some((6, 100)));
+        assert_eq!(t.due(30_100, 30_000, 1000).len(), 1);
     }
 }
