@@ -112,11 +112,7 @@ fn inspect(dir: &std::path::Path) -> ExitCode {
 
 /// `timbridge spool drain DIR`: forwards the spool's records and exits once it is empty.
 fn drain(args: DrainArgs) -> ExitCode {
-    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs(&args.log_level);
     let (sink, spool) = match args.into_config() {
         Ok(config) => config,
         Err(err) => {
@@ -124,14 +120,7 @@ fn drain(args: DrainArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("timbridge: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
+    block_on(async {
         match timbridge::spool::drain(sink, spool).await {
             Ok(forwarded) => {
                 eprintln!("timbridge: spool drained ({forwarded} records forwarded)");
@@ -147,12 +136,7 @@ fn drain(args: DrainArgs) -> ExitCode {
 
 /// `timbridge audit`: runs the auditor until SIGTERM/SIGINT.
 fn audit(args: AuditArgs) -> ExitCode {
-    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logs(&args.log_level);
     let config = match args.into_config() {
         Ok(config) => config,
         Err(err) => {
@@ -160,14 +144,7 @@ fn audit(args: AuditArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("timbridge: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
+    block_on(async {
         match timbridge::audit::run(config, shutdown::signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -176,4 +153,25 @@ fn audit(args: AuditArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// Text logs on stderr for the one-shot commands (colours only on a terminal).
+fn init_logs(level: &str) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Runs `command` on a multi-thread runtime to its exit code.
+fn block_on(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(command),
+        Err(err) => {
+            eprintln!("timbridge: cannot start the runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -86,10 +86,43 @@ fn audit_flags(config: &str, nats: &NatsServer, sim: &Tencent, admin: SocketAddr
     .collect()
 }
 
-/// Starts the auditor in-process; it stops when the returned sender is dropped.
-fn start_auditor(flags: &[String]) -> tokio::sync::oneshot::Sender<()> {
+/// What every test here runs against: nats-server, the bridge publishing to it (the test app,
+/// unsigned), the simulator of Tencent's REST API and an apps file with `key` as the app's
+/// secret key (the simulator's is always [`KEY`]).
+struct World {
+    nats: NatsServer,
+    bridge: timbridge::Bridge,
+    sim: Tencent,
+    dir: tempfile::TempDir,
+    config: String,
+}
+
+impl World {
+    async fn start(key: &str) -> World {
+        let nats = NatsServer::start();
+        let bridge = start_bridge(&nats, &[]).await;
+        let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), key);
+        World {
+            nats,
+            bridge,
+            sim,
+            dir,
+            config,
+        }
+    }
+}
+
+/// Starts the auditor in-process on a free admin port; it stops when the sender is dropped.
+fn start_auditor(
+    config: &str,
+    nats: &NatsServer,
+    sim: &Tencent,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut argv = vec!["timbridge".to_string(), "audit".to_string()];
-    argv.extend_from_slice(flags);
+    argv.extend(audit_flags(config, nats, sim, admin));
     let Sub::Audit(args) = Cli::try_parse_from(argv).expect("flags parse").command else {
         panic!("audit")
     };
@@ -102,7 +135,7 @@ fn start_auditor(flags: &[String]) -> tokio::sync::oneshot::Sender<()> {
         .await
         .expect("the auditor runs");
     });
-    stop
+    (admin, stop)
 }
 
 /// Group messages in the stream, per group: seq → records.
@@ -152,11 +185,13 @@ async fn admin_metrics(http: &Http, admin: SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_skipped_message_is_backfilled_once_and_system_seqs_are_settled() {
     let _serial = crate::common::serial().await;
-    let nats = NatsServer::start();
-    let bridge = start_bridge(&nats, &[]).await;
-    let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), KEY);
+    let World {
+        nats,
+        bridge,
+        sim,
+        dir: _dir,
+        config,
+    } = World::start(KEY).await;
     let system = |seq: u64| seq.is_multiple_of(10);
     let groups: Vec<String> = (0..8).map(|g| format!("@TGS#audit{g}")).collect();
     let last = |g: usize| if g == 0 { 205 } else { 200 };
@@ -188,8 +223,7 @@ async fn every_skipped_message_is_backfilled_once_and_system_seqs_are_settled() 
         "the tail gap is among them"
     );
 
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _auditor = start_auditor(&audit_flags(&config, &nats, &sim, admin));
+    let (admin, _auditor) = start_auditor(&config, &nats, &sim);
     let reader = nats.reader().await;
     let expected: usize = (0..groups.len())
         .map(|g| (1..=last(g)).filter(|s| !system(*s)).count())
@@ -308,11 +342,13 @@ async fn every_skipped_message_is_backfilled_once_and_system_seqs_are_settled() 
 async fn the_load_tools_verify_finds_nothing_missing_after_the_audit() {
     let _serial = crate::common::serial().await;
     let load = load_tool();
-    let nats = NatsServer::start();
-    let bridge = start_bridge(&nats, &[]).await;
-    let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), KEY);
+    let World {
+        nats,
+        bridge,
+        sim,
+        dir,
+        config,
+    } = World::start(KEY).await;
     let summary = dir.path().join("summary.json");
     let history = dir.path().join("history.jsonl");
     let status = Command::new(&load)
@@ -385,8 +421,7 @@ async fn the_load_tools_verify_finds_nothing_missing_after_the_audit() {
         sim.set_group(&id, group);
     }
 
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _auditor = start_auditor(&audit_flags(&config, &nats, &sim, admin));
+    let (_admin, _auditor) = start_auditor(&config, &nats, &sim);
     let reader = nats.reader().await;
     eventually(
         Duration::from_secs(60),
@@ -445,11 +480,13 @@ fn load_tool() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gaps_without_history_are_reported_unrecoverable_with_their_range() {
     let _serial = crate::common::serial().await;
-    let nats = NatsServer::start();
-    let bridge = start_bridge(&nats, &[]).await;
-    let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), KEY);
+    let World {
+        nats,
+        bridge,
+        sim,
+        dir: _dir,
+        config,
+    } = World::start(KEY).await;
     sim.set_group(
         "@TGS#live",
         sim_group("AVChatRoom", "@TGS#live", 5, |_| false),
@@ -482,8 +519,7 @@ async fn gaps_without_history_are_reported_unrecoverable_with_their_range() {
         );
     }
 
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _auditor = start_auditor(&audit_flags(&config, &nats, &sim, admin));
+    let (admin, _auditor) = start_auditor(&config, &nats, &sim);
     let reader = nats.reader().await;
     let events = eventually(Duration::from_secs(30), "two unrecoverable events", || {
         let reader = &reader;
@@ -559,11 +595,13 @@ async fn gaps_without_history_are_reported_unrecoverable_with_their_range() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_secret_key_makes_the_auditor_not_ready() {
     let _serial = crate::common::serial().await;
-    let nats = NatsServer::start();
-    let bridge = start_bridge(&nats, &[]).await;
-    let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "not-the-key");
+    let World {
+        nats,
+        bridge,
+        sim,
+        dir: _dir,
+        config,
+    } = World::start("not-the-key").await;
     sim.set_group("@TGS#g", sim_group("Public", "@TGS#g", 3, |_| false));
     let http = Http::default();
     for seq in [1, 3] {
@@ -574,8 +612,7 @@ async fn a_wrong_secret_key_makes_the_auditor_not_ready() {
             200
         );
     }
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _auditor = start_auditor(&audit_flags(&config, &nats, &sim, admin));
+    let (admin, _auditor) = start_auditor(&config, &nats, &sim);
     let text = eventually(Duration::from_secs(20), "the credentials refused", || {
         let http = http.clone();
         async move {
@@ -639,11 +676,13 @@ impl Drop for AuditProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_auditor_resumes_from_its_checkpoint() {
     let _serial = crate::common::serial().await;
-    let nats = NatsServer::start();
-    let bridge = start_bridge(&nats, &[]).await;
-    let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), KEY);
+    let World {
+        nats,
+        bridge,
+        sim,
+        dir: _dir,
+        config,
+    } = World::start(KEY).await;
     let groups: Vec<String> = (0..6).map(|g| format!("@TGS#kill{g}")).collect();
     for id in &groups {
         sim.set_group(id, sim_group("Public", id, 60, |_| false));
