@@ -21,7 +21,27 @@ pub struct Checkpoint {
     store: kv::Store,
 }
 
-fn kv_key(key: &GroupKey) -> String {
+/// One checkpoint entry: the group and its state, as JSON.
+pub fn encode(key: &GroupKey, state: &GroupState) -> Vec<u8> {
+    serde_json::to_vec(&Entry {
+        key: key.clone(),
+        state: state.clone(),
+    })
+    .expect("plain data")
+}
+
+/// An entry back; `None` (logged) when it cannot be read.
+pub fn decode(value: &[u8]) -> Option<(GroupKey, GroupState)> {
+    match serde_json::from_slice::<Entry>(value) {
+        Ok(entry) => Some((entry.key, entry.state)),
+        Err(err) => {
+            tracing::warn!(error = %err, "audit checkpoint: unreadable entry skipped");
+            None
+        }
+    }
+}
+
+pub fn kv_key(key: &GroupKey) -> String {
     let json = serde_json::to_vec(key).expect("plain data");
     URL_SAFE_NO_PAD.encode(json)
 }
@@ -58,25 +78,15 @@ impl Checkpoint {
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| e.to_string())?;
             if let Some(value) = self.store.get(&key).await.map_err(|e| e.to_string())? {
-                match serde_json::from_slice::<Entry>(&value) {
-                    Ok(entry) => out.push((entry.key, entry.state)),
-                    Err(err) => {
-                        tracing::warn!(key, error = %err, "audit checkpoint: unreadable entry skipped")
-                    }
-                }
+                out.extend(decode(&value));
             }
         }
         Ok(out)
     }
 
     pub async fn save(&self, key: &GroupKey, state: &GroupState) -> Result<(), String> {
-        let value = serde_json::to_vec(&Entry {
-            key: key.clone(),
-            state: state.clone(),
-        })
-        .expect("plain data");
         self.store
-            .put(kv_key(key), value.into())
+            .put(kv_key(key), encode(key, state).into())
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -87,5 +97,36 @@ impl Checkpoint {
             .purge(kv_key(key))
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Where the checkpoint lives: a JetStream key-value bucket, or a Kafka topic.
+// One per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Store {
+    Kv(Checkpoint),
+    Topic(super::kafka::TopicCheckpoint),
+}
+
+impl Store {
+    pub async fn load(&self) -> Result<Vec<(GroupKey, GroupState)>, String> {
+        match self {
+            Store::Kv(kv) => kv.load().await,
+            Store::Topic(topic) => topic.load().await,
+        }
+    }
+
+    pub async fn save(&self, key: &GroupKey, state: &GroupState) -> Result<(), String> {
+        match self {
+            Store::Kv(kv) => kv.save(key, state).await,
+            Store::Topic(topic) => topic.save(key, state).await,
+        }
+    }
+
+    pub async fn forget(&self, key: &GroupKey) -> Result<(), String> {
+        match self {
+            Store::Kv(kv) => kv.forget(key).await,
+            Store::Topic(topic) => topic.forget(key).await,
+        }
     }
 }

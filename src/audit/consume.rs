@@ -20,10 +20,20 @@ pub struct Observation {
     pub backfill: bool,
 }
 
-/// The group message in `message`, if it is one.
+/// The group message in a JetStream `message`, if it is one.
 pub fn observe(message: &Message) -> Option<Observation> {
     let headers = message.headers.as_ref()?;
-    let get = |name: &str| headers.get(name).map(|v| v.as_str());
+    observation(
+        |name| headers.get(name).map(|v| v.as_str()),
+        &message.payload,
+    )
+}
+
+/// The group message of a record with these headers (`get`) and body, if it is one.
+pub fn observation<'h>(
+    get: impl Fn(&str) -> Option<&'h str>,
+    payload: &[u8],
+) -> Option<Observation> {
     if get(header::COMMAND)? != super::backfill::COMMAND {
         return None;
     }
@@ -38,7 +48,7 @@ pub fn observe(message: &Message) -> Option<Observation> {
         #[serde(rename = "Type", borrow, default)]
         kind: Option<std::borrow::Cow<'a, str>>,
     }
-    let kind = serde_json::from_slice::<Kind>(&message.payload)
+    let kind = serde_json::from_slice::<Kind>(payload)
         .ok()
         .and_then(|k| k.kind)
         .map(|k| k.into_owned())

@@ -15,26 +15,29 @@
 pub mod backfill;
 pub mod checkpoint;
 pub mod consume;
+pub mod feed;
+pub mod kafka;
 pub mod metrics;
 pub mod repair;
 pub mod resolve;
 pub mod tracker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::config::apps::App;
 use crate::config::SinkConfig;
 use crate::deliver::Deliver;
-use crate::sink::{NatsConfig, NatsSink, RecordBuilder, Sink};
+use crate::sink::{KafkaSink, NatsSink, RecordBuilder, Sink};
 use crate::tencent::rest::group::MAX_GROUPS_PER_INFO;
 use crate::tencent::rest::{RestClient, RestConfig, SystemClock};
+use checkpoint::Store;
+use feed::Feed;
 use metrics::{seen_label, AuditMetrics};
 use repair::{now_ms, Repaired, Repairer};
 use tracker::{Eviction, Gap, GroupKey, Seen, Tracker};
@@ -42,7 +45,8 @@ use tracker::{Eviction, Gap, GroupKey, Seen, Tracker};
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub admin_listen: SocketAddr,
-    pub nats: NatsConfig,
+    /// Where the stream is read from and backfills go: NATS or Kafka, as the bridge's.
+    pub sink: SinkConfig,
     pub publish_timeout: Duration,
     /// Must be the bridge's `--partitions`: a backfill goes where the live record went.
     pub partitions: u32,
@@ -50,7 +54,10 @@ pub struct AuditConfig {
     pub apps: Vec<App>,
     pub rest: RestConfig,
     pub consumer: String,
+    /// NATS: the key-value bucket of the checkpoint.
     pub state_bucket: String,
+    /// Kafka: the (compacted) topic of the checkpoint.
+    pub state_topic: String,
     pub event_subject: String,
     pub gap_grace: Duration,
     pub tail_window: Duration,
@@ -70,22 +77,33 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let metrics = AuditMetrics::new();
-    let sink = NatsSink::connect(&config.nats, config.publish_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    let js = sink.jetstream();
-    let sink = Arc::new(Sink::Nats(sink));
+    let sink = match &config.sink {
+        SinkConfig::Nats(nats) => Sink::Nats(
+            NatsSink::connect(nats, config.publish_timeout)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        SinkConfig::Kafka(kafka) => {
+            let gauges = crate::metrics::Metrics::new()
+                .map_err(|e| e.to_string())?
+                .kafka_gauges();
+            Sink::Kafka(
+                KafkaSink::connect(kafka, config.publish_timeout, gauges)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        SinkConfig::Stdout => return Err("--sink: the auditor reads NATS or Kafka".into()),
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| format!("--admin-listen {}: {e}", config.admin_listen))?;
     tokio::spawn(admin::serve(admin, metrics.clone(), ready.clone()));
+    let (mut feed, store) = open_feed(&config, &sink).await?;
+    let sink = Arc::new(sink);
 
-    let builder = RecordBuilder::new(
-        SinkConfig::Nats(config.nats.clone()).destination(),
-        config.partitions,
-    )
-    .with_apps(&config.apps);
+    let builder =
+        RecordBuilder::new(config.sink.destination(), config.partitions).with_apps(&config.apps);
     let (done_tx, mut done_rx) = mpsc::channel::<Repaired>(config.max_queued_gaps.max(1));
     let mut workers = HashMap::new();
     let mut clients = HashMap::new();
@@ -125,40 +143,15 @@ pub async fn run(
         return Err("--config: no app has REST credentials (rest: region, identifier, secret_key); nothing to audit".into());
     }
 
-    // The stream exists once the first bridge (or this sink's keeper) created it.
-    let consumer = loop {
-        match consume::consumer(
-            &js,
-            &config.nats.stream,
-            &config.consumer,
-            config.max_ack_pending,
-        )
-        .await
-        {
-            Ok(consumer) => break consumer,
-            Err(err) => {
-                tracing::warn!(error = %err, "audit: waiting for the stream");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
-    let checkpoint = checkpoint::Checkpoint::open(&js, &config.state_bucket).await?;
     let mut tracker = Tracker::new(config.max_groups, config.max_pending);
-    for (key, state) in checkpoint.load().await? {
+    for (key, state) in store.load().await? {
         tracker.restore(key, state, now_ms());
     }
     tracing::info!(groups = tracker.len(), "audit: checkpoint loaded");
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(512)
-        .messages()
-        .await
-        .map_err(|e| format!("consumer: {e}"))?;
     ready.store(true, Ordering::Relaxed);
 
     let mut dirty: HashSet<GroupKey> = HashSet::new();
     let mut forgotten: Vec<GroupKey> = Vec::new();
-    let mut unacked = Vec::new();
     // One lookup per group at a time (the tracker gives each group's lowest gap only); after
     // a failed one the group waits `RETRY_MS`. Both bounded by the tracked groups.
     let mut in_flight: HashSet<GroupKey> = HashSet::new();
@@ -176,16 +169,16 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            message = messages.next() => {
-                let Some(message) = message else { return Err("the consumer's stream ended".into()) };
-                let message = match message {
-                    Ok(message) => message,
+            next = feed.next() => {
+                let Some(next) = next else { return Err("the consumer's stream ended".into()) };
+                let seen = match next {
+                    Ok(seen) => seen,
                     Err(err) => {
                         tracing::warn!(error = %err, "audit: consumer error");
                         continue;
                     }
                 };
-                if let Some(seen) = consume::observe(&message) {
+                if let Some(seen) = seen {
                     if seen.received_at_ms > 0 {
                         metrics.lag.set(now_ms().saturating_sub(seen.received_at_ms) as f64 / 1000.0);
                     }
@@ -205,9 +198,8 @@ pub async fn run(
                         dirty.insert(seen.key);
                     }
                 }
-                unacked.push(message);
-                if unacked.len() >= config.max_ack_pending / 2 {
-                    save(&checkpoint, &tracker, &mut dirty, &mut forgotten, &mut unacked).await;
+                if feed.pending() >= config.max_ack_pending / 2 {
+                    save(&store, &tracker, &mut dirty, &mut forgotten, &mut feed).await;
                 }
             }
             _ = checkpoint_tick.tick() => {
@@ -220,7 +212,7 @@ pub async fn run(
                     forgotten.push(key);
                 }
                 metrics.groups.set(tracker.len() as i64);
-                save(&checkpoint, &tracker, &mut dirty, &mut forgotten, &mut unacked).await;
+                save(&store, &tracker, &mut dirty, &mut forgotten, &mut feed).await;
             }
             _ = gap_tick.tick() => {
                 let now = now_ms();
@@ -281,14 +273,7 @@ pub async fn run(
         }
     }
     ready.store(false, Ordering::Relaxed);
-    save(
-        &checkpoint,
-        &tracker,
-        &mut dirty,
-        &mut forgotten,
-        &mut unacked,
-    )
-    .await;
+    save(&store, &tracker, &mut dirty, &mut forgotten, &mut feed).await;
     sink.close(Duration::from_secs(5)).await;
     Ok(())
 }
@@ -310,11 +295,11 @@ fn eviction_label(eviction: Eviction) -> &'static str {
 /// that order: a group evicted and seen again is written after its purge). A failed write keeps
 /// the messages unacknowledged: they are redelivered after a restart, never lost.
 async fn save(
-    checkpoint: &checkpoint::Checkpoint,
+    checkpoint: &Store,
     tracker: &Tracker,
     dirty: &mut HashSet<GroupKey>,
     forgotten: &mut Vec<GroupKey>,
-    unacked: &mut Vec<async_nats::jetstream::Message>,
+    feed: &mut Feed,
 ) {
     for key in forgotten.drain(..) {
         let _ = checkpoint.forget(&key).await;
@@ -328,8 +313,62 @@ async fn save(
         }
     }
     dirty.clear();
-    for message in unacked.drain(..) {
-        let _ = message.ack().await;
+    feed.commit().await;
+}
+
+/// The consumer of the published stream and the checkpoint store, on the sink's broker.
+async fn open_feed(config: &AuditConfig, sink: &Sink) -> Result<(Feed, Store), String> {
+    match (&config.sink, sink) {
+        (SinkConfig::Nats(nats), Sink::Nats(connected)) => {
+            let js = connected.jetstream();
+            // The stream exists once the first bridge (or this sink's keeper) created it.
+            let consumer = loop {
+                match consume::consumer(&js, &nats.stream, &config.consumer, config.max_ack_pending)
+                    .await
+                {
+                    Ok(consumer) => break consumer,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "audit: waiting for the stream");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            let store = Store::Kv(checkpoint::Checkpoint::open(&js, &config.state_bucket).await?);
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(512)
+                .messages()
+                .await
+                .map_err(|e| format!("consumer: {e}"))?;
+            let feed = Feed::Nats {
+                messages,
+                unacked: BTreeMap::new(),
+            };
+            Ok((feed, store))
+        }
+        (SinkConfig::Kafka(kafka), Sink::Kafka(_)) => {
+            // The topics group messages go to: the sink's template, and the apps' own.
+            let mut topics: Vec<String> = config
+                .apps
+                .iter()
+                .map(|app| {
+                    app.destination.as_ref().unwrap_or(&kafka.topic).render(
+                        backfill::COMMAND,
+                        0,
+                        app.sdkappid,
+                    )
+                })
+                .collect();
+            topics.sort();
+            topics.dedup();
+            let feed = Feed::Kafka {
+                feed: kafka::KafkaFeed::new(kafka, &config.consumer, &topics)?,
+                consumed: 0,
+            };
+            let store = Store::Topic(kafka::TopicCheckpoint::open(kafka, &config.state_topic)?);
+            Ok((feed, store))
+        }
+        _ => Err("--sink: the auditor reads NATS or Kafka".into()),
     }
 }
 

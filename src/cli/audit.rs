@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::parse::parse_duration;
-use super::NatsArgs;
+use super::{KafkaArgs, NatsArgs, SinkKind};
 use crate::audit::AuditConfig;
 use crate::config::{ConfigError, SinkConfig};
 use crate::tencent::rest::RestConfig;
@@ -23,6 +23,11 @@ pub struct AuditArgs {
     /// Address of the admin listener (/metrics, /healthz, /readyz).
     #[arg(long, env = "TIMBRIDGE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
+
+    /// The bridge's broker: where the stream is read back from and backfills go (`nats` or
+    /// `kafka`, with the same sink flags as the bridge's).
+    #[arg(long, env = "TIMBRIDGE_SINK", value_enum, default_value = "nats")]
+    pub sink: SinkKind,
 
     /// Longest wait for the broker's acknowledgement of a backfill or an event.
     #[arg(long, env = "TIMBRIDGE_PUBLISH_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
@@ -100,7 +105,17 @@ pub struct AuditArgs {
     )]
     pub audit_state_bucket: String,
 
-    /// Where unrecoverable gaps are published (must be in the stream's subjects).
+    /// Kafka: the topic of the per-group checkpoint (create it with cleanup.policy=compact).
+    #[arg(
+        long,
+        env = "TIMBRIDGE_AUDIT_STATE_TOPIC",
+        default_value = "timbridge-audit-state",
+        help_heading = "Auditor"
+    )]
+    pub audit_state_topic: String,
+
+    /// Where unrecoverable gaps are published: a subject inside the stream's subjects (NATS)
+    /// or a topic (Kafka, created beforehand).
     #[arg(
         long,
         env = "TIMBRIDGE_AUDIT_EVENT_SUBJECT",
@@ -163,6 +178,9 @@ pub struct AuditArgs {
 
     #[command(flatten)]
     pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 impl AuditArgs {
@@ -204,8 +222,16 @@ impl AuditArgs {
                 return Err(ConfigError::new(flag, "must be more than 0"));
             }
         }
-        let nats = self.nats.into_config()?;
-        let sink = SinkConfig::Nats(nats.clone());
+        let sink = match self.sink {
+            SinkKind::Nats => SinkConfig::Nats(self.nats.into_config()?),
+            SinkKind::Kafka => SinkConfig::Kafka(self.kafka.into_config(self.publish_timeout)?),
+            SinkKind::Stdout => {
+                return Err(ConfigError::new(
+                    "--sink",
+                    "the auditor reads NATS or Kafka, not stdout",
+                ))
+            }
+        };
         let apps = crate::config::file::read_apps(&self.config, &sink)?;
         if !apps.iter().any(|app| app.rest.is_some()) {
             return Err(ConfigError::new(
@@ -215,7 +241,7 @@ impl AuditArgs {
         }
         Ok(AuditConfig {
             admin_listen: self.admin_listen,
-            nats,
+            sink,
             publish_timeout: self.publish_timeout,
             partitions: self.partitions,
             apps,
@@ -229,6 +255,7 @@ impl AuditArgs {
             },
             consumer: self.audit_consumer,
             state_bucket: self.audit_state_bucket,
+            state_topic: self.audit_state_topic,
             event_subject: self.audit_event_subject,
             gap_grace: self.gap_grace,
             tail_window: self.tail_window,
@@ -269,6 +296,7 @@ mod tests {
         let shared = [
             "config",
             "admin-listen",
+            "sink",
             "publish-timeout",
             "partitions",
             "log-level",
@@ -277,7 +305,9 @@ mod tests {
         let actual: std::collections::BTreeMap<String, String> = audit
             .get_arguments()
             .filter_map(|arg| Some((arg.get_long()?, arg)))
-            .filter(|(long, _)| !long.starts_with("nats-") && !shared.contains(long))
+            .filter(|(long, _)| {
+                !long.starts_with("nats-") && !long.starts_with("kafka-") && !shared.contains(long)
+            })
             .map(|(long, arg)| {
                 let defaults: Vec<String> = arg
                     .get_default_values()

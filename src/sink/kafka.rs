@@ -198,6 +198,19 @@ impl Drop for KafkaSink {
     }
 }
 
+/// The connection settings alone (brokers, `--kafka-option`s: security, credentials), for the
+/// auditor's consumer and its checkpoint producer.
+pub fn connection_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", "timbridge-audit")
+        .set_log_level(RDKafkaLogLevel::Warning);
+    for (key, value) in config.all_options() {
+        c.set(key, value);
+    }
+    c
+}
+
 fn client_config(
     config: &KafkaConfig,
     publish_timeout: Duration,

@@ -56,12 +56,12 @@ fn write_config(dir: &Path, key: &str) -> String {
 }
 
 /// The auditor's flags for these tests: short grace and tail interval.
-fn audit_flags(config: &str, nats: &NatsServer, sim: &Tencent, admin: SocketAddr) -> Vec<String> {
+fn audit_flags(config: &str, nats_url: &str, sim: &Tencent, admin: SocketAddr) -> Vec<String> {
     [
         "--config",
         config,
         "--nats-url",
-        &nats.url(),
+        nats_url,
         "--rest-endpoint",
         &sim.endpoint(),
         "--rest-max-rate",
@@ -122,7 +122,7 @@ fn start_auditor(
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut argv = vec!["timbridge".to_string(), "audit".to_string()];
-    argv.extend(audit_flags(config, nats, sim, admin));
+    argv.extend(audit_flags(config, &nats.url(), sim, admin));
     let Sub::Audit(args) = Cli::try_parse_from(argv).expect("flags parse").command else {
         panic!("audit")
     };
@@ -696,7 +696,7 @@ async fn a_killed_auditor_resumes_from_its_checkpoint() {
         }
     }
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut flags = audit_flags(&config, &nats, &sim, admin);
+    let mut flags = audit_flags(&config, &nats.url(), &sim, admin);
     let rate = flags.iter().position(|f| f == "--rest-max-rate").unwrap() + 1;
     flags[rate] = "5".into();
     let mut auditor = AuditProcess::start(&flags);
@@ -748,5 +748,125 @@ async fn a_killed_auditor_resumes_from_its_checkpoint() {
         loaded.contains("groups=6"),
         "resumed with every group: {loaded}"
     );
+    drop(bridge);
+}
+
+/// The auditor on Kafka (tansu): a consumer group on the bridge's topic, backfills produced
+/// with the live record's partition and dedup id, the checkpoint in a topic of its own; an
+/// AVChatRoom gap reported on the event topic. Restarted, it resumes from the checkpoint topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auditor_repairs_a_kafka_topic_too() {
+    use crate::common::kafka::{consume_topics, start_bridge as start_kafka_bridge, Tansu};
+    let _serial = crate::common::serial().await;
+    const TOPIC: &str = "tim.Group.CallbackAfterSendMsg";
+    let broker = Tansu::start();
+    broker.create_topic(TOPIC, 16);
+    broker.create_topic("timbridge-audit-state", 1);
+    broker.create_topic("tim.audit.unrecoverable", 1);
+    let bridge = start_kafka_bridge(&broker.bootstrap(), &[]).await;
+    let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), KEY);
+    let groups = ["@TGS#kafka0", "@TGS#kafka1", "@TGS#kafka2"];
+    for id in groups {
+        sim.set_group(id, sim_group("Public", id, 30, |_| false));
+    }
+    sim.set_group(
+        "@TGS#kafkalive",
+        sim_group("AVChatRoom", "@TGS#kafkalive", 4, |_| false),
+    );
+    let lost = |seq: u64| seq.is_multiple_of(7) && seq < 30;
+    let http = Http::default();
+    for id in groups {
+        for seq in (1..=30).filter(|s| !lost(*s)) {
+            assert_eq!(http.group_message(bridge.addr(), id, seq).await.status, 200);
+        }
+    }
+    let live = |seq: u64| {
+        let body = String::from_utf8(group_message("@TGS#kafkalive", seq).to_vec()).unwrap();
+        bytes::Bytes::from(body.replace("\"Type\":\"Public\"", "\"Type\":\"AVChatRoom\""))
+    };
+    for seq in [1, 4] {
+        let query = crate::common::query("Group.CallbackAfterSendMsg");
+        assert_eq!(
+            http.callback(bridge.addr(), &query, live(seq)).await.status,
+            200
+        );
+    }
+
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let flags = |admin: SocketAddr| -> Vec<String> {
+        // The NATS URL is not used with --sink kafka.
+        let mut flags: Vec<String> = audit_flags(&config, "nats://127.0.0.1:1", &sim, admin);
+        flags.extend(["--sink", "kafka", "--kafka-brokers", &broker.bootstrap()].map(String::from));
+        flags
+    };
+    let mut auditor = AuditProcess::start(&flags(admin));
+    let bootstrap = broker.bootstrap();
+    // 4 lost per group (7, 14, 21, 28), 27 live records and 2 room messages before.
+    let expected = 3 * 30 + 2 + 1;
+    let records = tokio::task::spawn_blocking(move || {
+        consume_topics(
+            &bootstrap,
+            &[TOPIC, "tim.audit.unrecoverable"],
+            16,
+            expected,
+            Duration::from_secs(60),
+        )
+    })
+    .await
+    .unwrap();
+    auditor.kill();
+    let mut seen: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    let mut events = Vec::new();
+    for record in &records {
+        if record.topic == "tim.audit.unrecoverable" {
+            events.push(serde_json::from_slice::<Value>(&record.value).unwrap());
+            continue;
+        }
+        let group = record.header("tim-group-id").unwrap().to_string();
+        let seq: u64 = record.header("tim-msg-seq").unwrap().parse().unwrap();
+        *seen.entry((group.clone(), seq)).or_default() += 1;
+        if record.header("tim-source") == Some("backfill") {
+            assert!(lost(seq), "{group} {seq} backfilled but was not lost");
+            let expected_partition = timbridge::sink::partition::partition(group.as_bytes(), 16);
+            assert_eq!(
+                record.partition as u32, expected_partition,
+                "the live record's partition"
+            );
+        }
+    }
+    for id in groups {
+        for seq in 1..=30 {
+            assert_eq!(
+                seen.get(&(id.to_string(), seq)),
+                Some(&1),
+                "{id} seq {seq} once"
+            );
+        }
+    }
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (
+            events[0]["GroupId"].as_str(),
+            events[0]["FirstMsgSeq"].as_u64(),
+            events[0]["LastMsgSeq"].as_u64(),
+            events[0]["Reason"].as_str()
+        ),
+        (Some("@TGS#kafkalive"), Some(2), Some(3), Some("no_history"))
+    );
+    // Started again, it finds its groups in the checkpoint topic.
+    let admin2: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let again = AuditProcess::start(&flags(admin2));
+    let loaded = eventually(Duration::from_secs(30), "the checkpoint loaded", || {
+        let logs = again.logs();
+        async move {
+            logs.lines()
+                .find(|l| l.contains("audit: checkpoint loaded"))
+                .map(str::to_string)
+        }
+    })
+    .await;
+    assert!(loaded.contains("groups=4"), "{loaded}");
     drop(bridge);
 }
