@@ -550,9 +550,9 @@ def test_audit_scenario_runs_one_hardened_auditor_apart_from_the_bridge():
 
 
 @pytest.mark.parametrize("values,message", [
-    ({"audit": {"enabled": True}, "bridge": {"sink": "kafka"}, "apps": [APP]}, "needs bridge.sink=nats"),
+    ({"audit": {"enabled": True}, "bridge": {"sink": "stdout"}, "apps": [APP]}, "needs bridge.sink nats or kafka"),
     ({"audit": {"enabled": True}, "bridge": {"sink": "nats"}, "apps": [APP]}, "needs apps with rest"),
-], ids=["kafka", "no-rest"])
+], ids=["stdout", "no-rest"])
 def test_template_refuses_an_auditor_it_cannot_run(values, message):
     with pytest.raises(helm.HelmError, match=message):
         helmrender.render(values)
@@ -582,3 +582,19 @@ def test_the_auditor_accepts_the_pod_environment_the_audit_scenario_renders(tmp_
         assert http("GET", f"http://127.0.0.1:{admin}/readyz")[0] == 503
     finally:
         proc.stop()
+
+
+def test_the_auditor_follows_a_kafka_bridge():
+    values = helmrender.load_values(CHART / "ci" / "audit-values.yaml")
+    values["bridge"]["sink"] = "kafka"
+    values["kafka"] = {"tls": {"caSecretName": "kafka-ca"}}
+    objs = render_objects(values)
+    pod = auditor(objs)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert bridge_config(objs)["TIMBRIDGE_SINK"] == "kafka", "the auditor reads the bridge's sink setting"
+    assert {"name": "kafka-tls", "mountPath": "/etc/timbridge/kafka-tls", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "kafka-tls", "secret": {"secretName": "kafka-ca"}} in pod["volumes"]
+    env = {e["name"] for e in container["env"]}
+    assert "TIMBRIDGE_KAFKA_SASL_PASSWORD" in env and "TIMBRIDGE_NATS_TOKEN" not in env
+    for obj in by_kind(objs, "Deployment") + by_kind(objs, "Service"):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
