@@ -70,6 +70,7 @@ pub async fn consumer(
     js: &jetstream::Context,
     stream: &str,
     name: &str,
+    filter_subject: Option<String>,
     max_ack_pending: usize,
 ) -> Result<consumer::PullConsumer, String> {
     let stream = js
@@ -84,9 +85,24 @@ pub async fn consumer(
                 ack_policy: consumer::AckPolicy::Explicit,
                 max_ack_pending: i64::try_from(max_ack_pending).unwrap_or(i64::MAX),
                 ack_wait: std::time::Duration::from_secs(60),
+                filter_subject: filter_subject.unwrap_or_default(),
                 ..Default::default()
             },
         )
         .await
         .map_err(|e| format!("consumer {name}: {e}"))
+}
+
+/// A subject turned into a consumer-name part (names allow no `.`, `*`, `>`).
+pub fn name_part(subject: &str) -> String {
+    subject
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

@@ -15,7 +15,8 @@ use super::kafka::KafkaFeed;
 #[allow(clippy::large_enum_variant)]
 pub enum Feed {
     Nats {
-        messages: pull::Stream,
+        /// One consumer's messages, or (sharded) those of one consumer per subject.
+        messages: futures_util::stream::SelectAll<pull::Stream>,
         /// Consumed and not yet acknowledged, by stream sequence: a message redelivered while
         /// a checkpoint write keeps failing replaces its earlier copy instead of piling up.
         unacked: BTreeMap<u64, Message>,

@@ -23,18 +23,41 @@ pub struct KafkaFeed {
 
 impl KafkaFeed {
     /// Joins consumer group `group` on `topics`, from the oldest record when it has no
-    /// committed offsets yet.
-    pub fn new(config: &KafkaConfig, group: &str, topics: &[String]) -> Result<KafkaFeed, String> {
+    /// committed offsets yet; with `partitions` (a shard), takes those partitions of each topic
+    /// itself (the group's committed offsets still apply) instead of the group's assignment.
+    pub fn new(
+        config: &KafkaConfig,
+        group: &str,
+        topics: &[String],
+        partitions: Option<&[u32]>,
+    ) -> Result<KafkaFeed, String> {
         let consumer: StreamConsumer = connection_config(config)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .create()
             .map_err(|e| format!("Kafka consumer: {e}"))?;
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| format!("Kafka subscribe {topics:?}: {e}"))?;
+        match partitions {
+            None => {
+                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+                consumer
+                    .subscribe(&topics)
+                    .map_err(|e| format!("Kafka subscribe {topics:?}: {e}"))?;
+            }
+            Some(partitions) => {
+                let mut assignment = TopicPartitionList::new();
+                for topic in topics {
+                    for &p in partitions {
+                        assignment
+                            .add_partition_offset(topic, p as i32, Offset::Stored)
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                consumer
+                    .assign(&assignment)
+                    .map_err(|e| format!("Kafka assign {topics:?} {partitions:?}: {e}"))?;
+            }
+        }
         Ok(KafkaFeed { consumer })
     }
 

@@ -69,6 +69,32 @@ pub struct AuditConfig {
     pub max_ack_pending: usize,
     /// Gaps queued per app for its worker.
     pub max_queued_gaps: usize,
+    /// Which part of the partitions this replica audits.
+    pub shard: Shard,
+}
+
+/// `--audit-shard I` of `--audit-shards N`: this replica audits the groups whose partition
+/// (`murmur2(GroupId) % --partitions`, the bridge's) is `I` modulo `N`, and reads only those
+/// partitions, so replicas split the work without sharing a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// The partitions (of `partitions`) this shard reads.
+    pub fn partitions(self, partitions: u32) -> Vec<u32> {
+        (0..partitions)
+            .filter(|p| p % self.count == self.index)
+            .collect()
+    }
+
+    pub fn owns(self, group: &str, partitions: u32) -> bool {
+        crate::sink::partition::partition(group.as_bytes(), partitions) % self.count == self.index
+    }
 }
 
 /// Runs until `shutdown` resolves; an error when it cannot start.
@@ -145,7 +171,10 @@ pub async fn run(
 
     let mut tracker = Tracker::new(config.max_groups, config.max_pending);
     for (key, state) in store.load().await? {
-        tracker.restore(key, state, now_ms());
+        // Another shard's groups share the store.
+        if config.shard.owns(&key.group, config.partitions) {
+            tracker.restore(key, state, now_ms());
+        }
     }
     tracing::info!(groups = tracker.len(), "audit: checkpoint loaded");
     ready.store(true, Ordering::Relaxed);
@@ -321,27 +350,64 @@ async fn open_feed(config: &AuditConfig, sink: &Sink) -> Result<(Feed, Store), S
     match (&config.sink, sink) {
         (SinkConfig::Nats(nats), Sink::Nats(connected)) => {
             let js = connected.jetstream();
-            // The stream exists once the first bridge (or this sink's keeper) created it.
-            let consumer = loop {
-                match consume::consumer(&js, &nats.stream, &config.consumer, config.max_ack_pending)
-                    .await
-                {
-                    Ok(consumer) => break consumer,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "audit: waiting for the stream");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
+            // One consumer for the whole stream; with shards, one per subject of the shard's
+            // partitions (a 2.9 server filters on one subject per consumer).
+            let filters: Vec<Option<String>> = if config.shard == Shard::ALL {
+                vec![None]
+            } else {
+                let mut subjects: Vec<String> = config
+                    .shard
+                    .partitions(config.partitions)
+                    .into_iter()
+                    .flat_map(|p| {
+                        config.apps.iter().map(move |app| {
+                            app.destination.as_ref().unwrap_or(&nats.subject).render(
+                                backfill::COMMAND,
+                                p,
+                                app.sdkappid,
+                            )
+                        })
+                    })
+                    .collect();
+                subjects.sort();
+                subjects.dedup();
+                subjects.into_iter().map(Some).collect()
             };
+            let mut streams = Vec::with_capacity(filters.len());
+            for filter in filters {
+                let name = match &filter {
+                    None => config.consumer.clone(),
+                    Some(subject) => format!("{}-{}", config.consumer, consume::name_part(subject)),
+                };
+                // The stream exists once the first bridge (or this sink's keeper) created it.
+                let consumer = loop {
+                    let made = consume::consumer(
+                        &js,
+                        &nats.stream,
+                        &name,
+                        filter.clone(),
+                        config.max_ack_pending,
+                    );
+                    match made.await {
+                        Ok(consumer) => break consumer,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "audit: waiting for the stream");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                };
+                streams.push(
+                    consumer
+                        .stream()
+                        .max_messages_per_batch(512)
+                        .messages()
+                        .await
+                        .map_err(|e| format!("consumer: {e}"))?,
+                );
+            }
             let store = Store::Kv(checkpoint::Checkpoint::open(&js, &config.state_bucket).await?);
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(512)
-                .messages()
-                .await
-                .map_err(|e| format!("consumer: {e}"))?;
             let feed = Feed::Nats {
-                messages,
+                messages: futures_util::stream::select_all(streams),
                 unacked: BTreeMap::new(),
             };
             Ok((feed, store))
@@ -361,8 +427,10 @@ async fn open_feed(config: &AuditConfig, sink: &Sink) -> Result<(Feed, Store), S
                 .collect();
             topics.sort();
             topics.dedup();
+            let shard =
+                (config.shard != Shard::ALL).then(|| config.shard.partitions(config.partitions));
             let feed = Feed::Kafka {
-                feed: kafka::KafkaFeed::new(kafka, &config.consumer, &topics)?,
+                feed: kafka::KafkaFeed::new(kafka, &config.consumer, &topics, shard.as_deref())?,
                 consumed: 0,
             };
             let store = Store::Topic(kafka::TopicCheckpoint::open(kafka, &config.state_topic)?);

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::parse::parse_duration;
 use super::{KafkaArgs, NatsArgs, SinkKind};
-use crate::audit::AuditConfig;
+use crate::audit::{AuditConfig, Shard};
 use crate::config::{ConfigError, SinkConfig};
 use crate::tencent::rest::RestConfig;
 
@@ -137,6 +137,27 @@ pub struct AuditArgs {
     )]
     pub audit_max_ack_pending: usize,
 
+    /// Replicas splitting the work: each audits the groups of the partitions (the bridge's
+    /// --partitions) equal to its --audit-shard modulo this. On NATS the subject template
+    /// must contain {partition}. Split --rest-max-rate among them.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_AUDIT_SHARDS",
+        default_value_t = 1,
+        help_heading = "Auditor"
+    )]
+    pub audit_shards: u32,
+
+    /// This replica's shard, 0 to --audit-shards - 1, or `auto`: the number ending the host
+    /// name (a StatefulSet pod's ordinal, `timbridge-audit-2` → 2).
+    #[arg(
+        long,
+        env = "TIMBRIDGE_AUDIT_SHARD",
+        default_value = "0",
+        help_heading = "Auditor"
+    )]
+    pub audit_shard: String,
+
     /// Tencent REST calls per second per app, all kinds together (Tencent allows 200, shared
     /// with the app's own backend).
     #[arg(
@@ -232,6 +253,17 @@ impl AuditArgs {
                 ))
             }
         };
+        let shard = shard(&self.audit_shard, self.audit_shards, self.partitions)?;
+        if shard.count > 1 {
+            if let SinkConfig::Nats(nats) = &sink {
+                if !nats.subject.uses_partition() {
+                    return Err(ConfigError::new(
+                        "--audit-shards",
+                        "on NATS the subject template (--nats-subject) must contain {partition} to split the stream",
+                    ));
+                }
+            }
+        }
         let apps = crate::config::file::read_apps(&self.config, &sink)?;
         if !apps.iter().any(|app| app.rest.is_some()) {
             return Err(ConfigError::new(
@@ -266,8 +298,42 @@ impl AuditArgs {
             checkpoint_interval: self.audit_checkpoint_interval,
             max_ack_pending: self.audit_max_ack_pending,
             max_queued_gaps: self.audit_max_queued_gaps,
+            shard,
         })
     }
+}
+
+/// `--audit-shard` (a number or `auto`) of `--audit-shards`.
+fn shard(index: &str, count: u32, partitions: u32) -> Result<Shard, ConfigError> {
+    if count == 0 || count > partitions {
+        return Err(ConfigError::new(
+            "--audit-shards",
+            "must be between 1 and --partitions (a shard reads whole partitions)",
+        ));
+    }
+    let index: u32 = if index == "auto" {
+        let host = std::env::var("HOSTNAME").unwrap_or_default();
+        host.rsplit('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "--audit-shard",
+                    format!("auto: the host name {host:?} does not end in -<number>"),
+                )
+            })?
+    } else {
+        index
+            .parse()
+            .map_err(|_| ConfigError::new("--audit-shard", "a number or auto"))?
+    };
+    if index >= count {
+        return Err(ConfigError::new(
+            "--audit-shard",
+            format!("{index} is not below --audit-shards ({count})"),
+        ));
+    }
+    Ok(Shard { index, count })
 }
 
 #[cfg(test)]

@@ -870,3 +870,88 @@ async fn the_auditor_repairs_a_kafka_topic_too() {
     assert!(loaded.contains("groups=4"), "{loaded}");
     drop(bridge);
 }
+
+/// Two auditors, `--audit-shards 2`, split the partitions: each repairs only its own groups
+/// (its backfill count is exactly their lost messages), and together everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_split_the_groups_between_them() {
+    let _serial = crate::common::serial().await;
+    let World {
+        nats,
+        bridge,
+        sim,
+        dir: _dir,
+        config,
+    } = World::start(KEY).await;
+    let shard_of = |g: &str| timbridge::sink::partition::partition(g.as_bytes(), 16) % 2;
+    let groups: Vec<String> = (0..40).map(|g| format!("@TGS#shard{g}")).collect();
+    let mut mine: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for g in groups {
+        let s = shard_of(&g) as usize;
+        if mine[s].len() < 3 {
+            mine[s].push(g);
+        }
+    }
+    assert!(mine.iter().all(|m| m.len() == 3), "{mine:?}");
+    let lost = |seq: u64| seq.is_multiple_of(5) && seq < 20;
+    let http = Http::default();
+    for id in mine.iter().flatten() {
+        sim.set_group(id, sim_group("Public", id, 20, |_| false));
+        for seq in (1..=20).filter(|s| !lost(*s)) {
+            assert_eq!(http.group_message(bridge.addr(), id, seq).await.status, 200);
+        }
+    }
+    let mut admins = Vec::new();
+    let mut stops = Vec::new();
+    for shard in ["0", "1"] {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut argv = vec!["timbridge".to_string(), "audit".to_string()];
+        argv.extend(audit_flags(&config, &nats.url(), &sim, admin));
+        argv.extend(["--audit-shards", "2", "--audit-shard", shard].map(String::from));
+        let Sub::Audit(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("audit")
+        };
+        let config = args.into_config().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            timbridge::audit::run(config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the auditor runs");
+        });
+        admins.push(admin);
+        stops.push(stop);
+    }
+    let reader = nats.reader().await;
+    let all = eventually(Duration::from_secs(60), "every message once", || {
+        let reader = &reader;
+        async move {
+            let all = reader.all(STREAM).await;
+            let count = by_group(&all).values().map(|s| s.len()).sum::<usize>();
+            (count == 6 * 20).then_some(all)
+        }
+    })
+    .await;
+    for (id, seqs) in by_group(&all) {
+        assert_eq!(
+            seqs.keys().copied().collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>(),
+            "{id}"
+        );
+        assert!(seqs.values().all(|r| r.len() == 1), "{id}: each seq once");
+    }
+    for (shard, admin) in admins.iter().enumerate() {
+        let text = admin_metrics(&http, *admin).await;
+        assert_eq!(
+            metric(
+                &text,
+                "timbridge_audit_gap_seqs_total{outcome=\"backfilled\"}"
+            ),
+            9.0,
+            "shard {shard}: its 3 groups' 3 lost messages each, no other"
+        );
+    }
+    drop(stops);
+    drop(bridge);
+}
