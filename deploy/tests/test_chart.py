@@ -504,7 +504,7 @@ def test_template_refuses_inconsistent_shutdown():
 # --- The auditor (audit.enabled) ---------------------------------------------------------------
 
 def auditor(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    (found,) = [o for o in by_kind(objs, "Deployment") if is_auditor(o)]
+    (found,) = [o for o in by_kind(objs, "Deployment") + by_kind(objs, "StatefulSet") if is_auditor(o)]
     return found
 
 
@@ -597,4 +597,18 @@ def test_the_auditor_follows_a_kafka_bridge():
     env = {e["name"] for e in container["env"]}
     assert "TIMBRIDGE_KAFKA_SASL_PASSWORD" in env and "TIMBRIDGE_NATS_TOKEN" not in env
     for obj in by_kind(objs, "Deployment") + by_kind(objs, "Service"):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_audit_shards_are_a_statefulset_whose_ordinals_are_the_shards():
+    values = helmrender.load_values(CHART / "ci" / "audit-values.yaml")
+    values["audit"]["shards"] = 3
+    objs = render_objects(values)
+    audit = auditor(objs)
+    assert audit["kind"] == "StatefulSet" and audit["spec"]["replicas"] == 3
+    (service,) = [o for o in by_kind(objs, "Service") if is_auditor(o)]
+    assert audit["spec"]["serviceName"] == service["metadata"]["name"]
+    env = {e["name"]: e.get("value") for e in audit["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TIMBRIDGE_AUDIT_SHARDS"] == "3" and env["TIMBRIDGE_AUDIT_SHARD"] == "auto"
+    for obj in by_kind(objs, "StatefulSet"):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

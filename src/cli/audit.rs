@@ -253,7 +253,8 @@ impl AuditArgs {
                 ))
             }
         };
-        let shard = shard(&self.audit_shard, self.audit_shards, self.partitions)?;
+        let host = || std::env::var("HOSTNAME").unwrap_or_default();
+        let shard = shard(&self.audit_shard, self.audit_shards, self.partitions, host)?;
         if shard.count > 1 {
             if let SinkConfig::Nats(nats) = &sink {
                 if !nats.subject.uses_partition() {
@@ -304,7 +305,12 @@ impl AuditArgs {
 }
 
 /// `--audit-shard` (a number or `auto`) of `--audit-shards`.
-fn shard(index: &str, count: u32, partitions: u32) -> Result<Shard, ConfigError> {
+fn shard(
+    index: &str,
+    count: u32,
+    partitions: u32,
+    host: impl FnOnce() -> String,
+) -> Result<Shard, ConfigError> {
     if count == 0 || count > partitions {
         return Err(ConfigError::new(
             "--audit-shards",
@@ -312,7 +318,7 @@ fn shard(index: &str, count: u32, partitions: u32) -> Result<Shard, ConfigError>
         ));
     }
     let index: u32 = if index == "auto" {
-        let host = std::env::var("HOSTNAME").unwrap_or_default();
+        let host = host();
         host.rsplit('-')
             .next()
             .and_then(|n| n.parse().ok())
@@ -339,6 +345,30 @@ fn shard(index: &str, count: u32, partitions: u32) -> Result<Shard, ConfigError>
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    use super::shard;
+    use crate::audit::Shard;
+
+    #[test]
+    fn a_shard_is_a_number_below_the_count_or_the_pods_ordinal() {
+        let host = || "prod-timbridge-audit-2".to_string();
+        assert_eq!(
+            shard("1", 2, 16, host).unwrap(),
+            Shard { index: 1, count: 2 }
+        );
+        assert_eq!(
+            shard("auto", 3, 16, host).unwrap(),
+            Shard { index: 2, count: 3 }
+        );
+        assert!(shard("auto", 2, 16, host).is_err(), "ordinal 2 of 2 shards");
+        assert!(shard("auto", 3, 16, || "audit".into()).is_err());
+        assert!(shard("x", 2, 16, host).is_err());
+        assert!(
+            shard("0", 17, 16, host).is_err(),
+            "more shards than partitions"
+        );
+        assert!(shard("0", 0, 16, host).is_err());
+    }
 
     /// The README's auditor table lists exactly the auditor's own flags, with their defaults
     /// (the NATS flags and those shared with `serve` are documented in its table).
