@@ -178,10 +178,12 @@ async fn admin_metrics(http: &Http, admin: SocketAddr) -> String {
 }
 
 /// The load skips 1% of callbacks at random (never a group's first, which is where the auditor
-/// starts watching) and one group's last message; every tenth seq is a system notice, which
-/// Tencent sends no callback for. After the grace every message is in the stream exactly once,
-/// the notices are settled (not loss), the backfills carry the documented fields, and the
-/// simulator saw the rate limit respected and a 60007 ride out.
+/// starts watching) and one group's last message; every tenth seq is a system notice and some
+/// are deleted messages (placeholders in the history), which Tencent sends no callback for.
+/// After the grace every message is in the stream exactly once, notices and placeholders are
+/// settled (not loss), the backfills carry the documented fields, a late live callback of a
+/// backfilled message is dropped as a duplicate, and the simulator saw the rate limit
+/// respected and a 60007 ride out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_skipped_message_is_backfilled_once_and_system_seqs_are_settled() {
     let _serial = crate::common::serial().await;
@@ -192,11 +194,21 @@ async fn every_skipped_message_is_backfilled_once_and_system_seqs_are_settled() 
         dir: _dir,
         config,
     } = World::start(KEY).await;
-    let system = |seq: u64| seq.is_multiple_of(10);
+    // Seqs without a callback: system notices (10, 20, ...) and deleted messages, which
+    // Tencent's history shows as placeholders (25, 75, ...).
+    let notice = |seq: u64| seq.is_multiple_of(10);
+    let placeholder = |seq: u64| seq % 50 == 25;
+    let system = |seq: u64| notice(seq) || placeholder(seq);
     let groups: Vec<String> = (0..8).map(|g| format!("@TGS#audit{g}")).collect();
     let last = |g: usize| if g == 0 { 205 } else { 200 };
     for (g, id) in groups.iter().enumerate() {
-        sim.set_group(id, sim_group("Public", id, last(g), system));
+        let mut group = sim_group("Public", id, last(g), notice);
+        for (seq, message) in group.messages.iter_mut() {
+            if placeholder(*seq) {
+                message.placeholder = 1;
+            }
+        }
+        sim.set_group(id, group);
     }
     // Tencent answers the auditor's first calls "too many calls".
     sim.inject_rate_limit(5);
@@ -286,20 +298,40 @@ async fn every_skipped_message_is_backfilled_once_and_system_seqs_are_settled() 
         backfilled, skipped,
         "exactly the skipped messages were backfilled"
     );
+    // The live callback of a backfilled message arriving late is a duplicate JetStream drops.
+    let (late_group, late_seq) = skipped.iter().next().unwrap().clone();
+    let answer = http
+        .group_message(bridge.addr(), &late_group, late_seq)
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        reader.count(STREAM).await as usize,
+        stored.len(),
+        "nothing added"
+    );
+    let (_, bridge_metrics) = http.admin(bridge.admin_addr(), "/metrics").await;
+    assert_eq!(
+        metric(
+            &bridge_metrics,
+            "timbridge_broker_duplicates_total{sink=\"nats\"}"
+        ),
+        1.0
+    );
 
     let text = eventually(Duration::from_secs(10), "the settled count", || {
         let http = http.clone();
         async move {
             let text = admin_metrics(&http, admin).await;
-            (metric(&text, "timbridge_audit_gap_seqs_total{outcome=\"settled\"}") >= 160.0)
+            (metric(&text, "timbridge_audit_gap_seqs_total{outcome=\"settled\"}") >= 192.0)
                 .then_some(text)
         }
     })
     .await;
-    // 20 notices per group (10, 20, ... 200), none reported as loss.
+    // 20 notices (10, 20, ... 200) and 4 placeholders (25, 75, 125, 175) per group, none
+    // reported as loss.
     assert_eq!(
         metric(&text, "timbridge_audit_gap_seqs_total{outcome=\"settled\"}"),
-        160.0
+        192.0
     );
     assert_eq!(
         metric(
