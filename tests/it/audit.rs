@@ -119,10 +119,12 @@ fn start_auditor(
     config: &str,
     nats: &NatsServer,
     sim: &Tencent,
+    extra: &[&str],
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut argv = vec!["timbridge".to_string(), "audit".to_string()];
     argv.extend(audit_flags(config, &nats.url(), sim, admin));
+    argv.extend(extra.iter().map(|f| f.to_string()));
     let Sub::Audit(args) = Cli::try_parse_from(argv).expect("flags parse").command else {
         panic!("audit")
     };
@@ -235,7 +237,7 @@ async fn every_skipped_message_is_backfilled_once_and_system_seqs_are_settled() 
         "the tail gap is among them"
     );
 
-    let (admin, _auditor) = start_auditor(&config, &nats, &sim);
+    let (admin, _auditor) = start_auditor(&config, &nats, &sim, &[]);
     let reader = nats.reader().await;
     let expected: usize = (0..groups.len())
         .map(|g| (1..=last(g)).filter(|s| !system(*s)).count())
@@ -453,7 +455,7 @@ async fn the_load_tools_verify_finds_nothing_missing_after_the_audit() {
         sim.set_group(&id, group);
     }
 
-    let (_admin, _auditor) = start_auditor(&config, &nats, &sim);
+    let (_admin, _auditor) = start_auditor(&config, &nats, &sim, &[]);
     let reader = nats.reader().await;
     eventually(
         Duration::from_secs(60),
@@ -551,7 +553,7 @@ async fn gaps_without_history_are_reported_unrecoverable_with_their_range() {
         );
     }
 
-    let (admin, _auditor) = start_auditor(&config, &nats, &sim);
+    let (admin, _auditor) = start_auditor(&config, &nats, &sim, &[]);
     let reader = nats.reader().await;
     let events = eventually(Duration::from_secs(30), "two unrecoverable events", || {
         let reader = &reader;
@@ -644,7 +646,7 @@ async fn a_wrong_secret_key_makes_the_auditor_not_ready() {
             200
         );
     }
-    let (admin, _auditor) = start_auditor(&config, &nats, &sim);
+    let (admin, _auditor) = start_auditor(&config, &nats, &sim, &[]);
     let text = eventually(Duration::from_secs(20), "the credentials refused", || {
         let http = http.clone();
         async move {
@@ -936,22 +938,8 @@ async fn two_shards_split_the_groups_between_them() {
     let mut admins = Vec::new();
     let mut stops = Vec::new();
     for shard in ["0", "1"] {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut argv = vec!["timbridge".to_string(), "audit".to_string()];
-        argv.extend(audit_flags(&config, &nats.url(), &sim, admin));
-        argv.extend(["--audit-shards", "2", "--audit-shard", shard].map(String::from));
-        let Sub::Audit(args) = Cli::try_parse_from(argv).unwrap().command else {
-            panic!("audit")
-        };
-        let config = args.into_config().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            timbridge::audit::run(config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the auditor runs");
-        });
+        let flags = ["--audit-shards", "2", "--audit-shard", shard];
+        let (admin, stop) = start_auditor(&config, &nats, &sim, &flags);
         admins.push(admin);
         stops.push(stop);
     }
