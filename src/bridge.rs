@@ -69,6 +69,13 @@ impl Deliver for Delivery {
         }
     }
 
+    fn unready_reason(&self) -> Option<&'static str> {
+        match self {
+            Delivery::Direct(sink) => sink.unready_reason(),
+            Delivery::Spooled(spool) => spool.unready_reason(),
+        }
+    }
+
     fn is_healthy(&self) -> bool {
         match self {
             Delivery::Direct(sink) => sink.is_healthy(),

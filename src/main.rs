@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use timbridge::cli::{AuditArgs, Cli, Command, DrainArgs, LogFormat, SpoolCommand};
+use timbridge::cli::{
+    AuditArgs, Cli, Command, DeadLettersAction, DeadLettersArgs, DrainArgs, LogFormat, SpoolCommand,
+};
 use timbridge::{shutdown, Bridge, StartError};
 use tracing_subscriber::EnvFilter;
 
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args,
         Command::Spool(SpoolCommand::Inspect { dir }) => return inspect(&dir),
         Command::Spool(SpoolCommand::Drain(args)) => return drain(*args),
+        Command::Spool(SpoolCommand::DeadLetters(args)) => return dead_letters(*args),
         Command::Audit(args) => return audit(*args),
     };
 
@@ -112,7 +115,7 @@ fn inspect(dir: &std::path::Path) -> ExitCode {
 
 /// `timbridge spool drain DIR`: forwards the spool's records and exits once it is empty.
 fn drain(args: DrainArgs) -> ExitCode {
-    init_logs(&args.log_level);
+    init_logs(&args.broker.log_level);
     let (sink, spool) = match args.into_config() {
         Ok(config) => config,
         Err(err) => {
@@ -125,6 +128,71 @@ fn drain(args: DrainArgs) -> ExitCode {
             Ok(forwarded) => {
                 eprintln!("timbridge: spool drained ({forwarded} records forwarded)");
                 ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("timbridge: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// `timbridge spool dead-letters DIR [replay …]`: lists the dead letters, or sends them again.
+fn dead_letters(args: DeadLettersArgs) -> ExitCode {
+    let dir = args.dir;
+    let Some(DeadLettersAction::Replay(broker)) = args.action else {
+        return match timbridge::spool::dead_letters::list(&dir) {
+            Ok((letters, damaged)) => {
+                for letter in &letters {
+                    match &letter.record {
+                        Ok(r) => println!(
+                            "seq {}  {}  key {}  dedup {}  {} bytes",
+                            letter.seq,
+                            r.destination,
+                            r.key,
+                            r.dedup_id().unwrap_or("-"),
+                            r.body.len()
+                        ),
+                        Err(why) => println!("seq {}  unreadable by this build: {why}", letter.seq),
+                    }
+                }
+                println!("dead letters: {}", letters.len());
+                if damaged > 0 {
+                    println!("DAMAGED: {damaged} places in the file could not be read");
+                    return ExitCode::FAILURE;
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("timbridge: {}: {err}", dir.display());
+                ExitCode::from(EXIT_IO)
+            }
+        };
+    };
+    init_logs(&broker.log_level);
+    let timeout = broker.publish_timeout;
+    let sink = match broker.into_sink() {
+        Ok(sink) => sink,
+        Err(err) => {
+            eprintln!("timbridge: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    block_on(async move {
+        match timbridge::spool::dead_letters::replay(&dir, sink, timeout).await {
+            Ok(r) => {
+                eprintln!(
+                    "timbridge: dead letters: {} sent, {} refused again, {} not tried (kept: {})",
+                    r.sent,
+                    r.refused,
+                    r.left,
+                    r.refused + r.left
+                );
+                if r.refused + r.left > 0 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(err) => {
                 eprintln!("timbridge: {err}");

@@ -58,6 +58,9 @@ pub struct SpoolMetrics {
     pub corrupt_records: IntCounter,
     pub corrupt_segments: IntGauge,
     pub dead_letters: IntCounter,
+    pub forward_stopped: IntGaugeVec,
+    pub refusals: IntCounter,
+    pub unreadable_segments: IntGauge,
 }
 
 impl SpoolMetrics {
@@ -117,6 +120,21 @@ impl SpoolMetrics {
                 "timbridge_spool_dead_letters_total",
                 "Records the broker refused for good, written to DIR/dead-letters.log.",
             )?,
+            forward_stopped: IntGaugeVec::new(
+                Opts::new(
+                    "timbridge_spool_forward_stopped",
+                    "1 when the forwarder stopped at a record this build cannot read (a newer build's format); nothing after it is forwarded until a build that reads it runs.",
+                ),
+                &["reason"],
+            )?,
+            refusals: IntCounter::new(
+                "timbridge_spool_forward_refusals_total",
+                "Publishes the broker refused for a reason an operator can fix (a missing topic, an ACL, credentials); the record waits, its key only, and is tried again.",
+            )?,
+            unreadable_segments: IntGauge::new(
+                "timbridge_spool_unreadable_segments",
+                "Segments that could not be read at start-up (an I/O error, permissions), set aside as .seg.unreadable for an operator; their records are not forwarded.",
+            )?,
         };
         registry.register(Box::new(m.bytes.clone()))?;
         registry.register(Box::new(m.max_bytes.clone()))?;
@@ -130,6 +148,13 @@ impl SpoolMetrics {
         registry.register(Box::new(m.corrupt_records.clone()))?;
         registry.register(Box::new(m.corrupt_segments.clone()))?;
         registry.register(Box::new(m.dead_letters.clone()))?;
+        registry.register(Box::new(m.forward_stopped.clone()))?;
+        // Every reason's series from the first scrape (at 0), for the alert.
+        for reason in ["newer_version", "unknown_header", "malformed"] {
+            m.forward_stopped.with_label_values(&[reason]).set(0);
+        }
+        registry.register(Box::new(m.refusals.clone()))?;
+        registry.register(Box::new(m.unreadable_segments.clone()))?;
         Ok(m)
     }
 

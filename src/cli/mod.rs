@@ -60,7 +60,11 @@ pub enum SpoolCommand {
     },
     /// Forwards everything a spool holds to the broker and exits when it is empty (for the
     /// volume of a pod that will not come back). Takes the spool's lock: stop its bridge first.
+    /// Exits 1, saying how many, while any record is left unforwarded.
     Drain(Box<DrainArgs>),
+    /// Lists the records the broker refused for good (DIR/dead-letters.log); `replay` sends
+    /// them again once the cause is fixed.
+    DeadLetters(Box<DeadLettersArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +72,16 @@ pub struct DrainArgs {
     /// The spool directory.
     pub dir: PathBuf,
 
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub forward: ForwardArgs,
+}
+
+/// The broker a one-shot spool command sends to.
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
     /// Where the records go.
     #[arg(long, env = "TIMBRIDGE_SINK", value_enum, default_value = "nats")]
     pub sink: SinkKind,
@@ -81,28 +95,47 @@ pub struct DrainArgs {
     pub log_level: String,
 
     #[command(flatten)]
-    pub forward: ForwardArgs,
-
-    #[command(flatten)]
     pub nats: NatsArgs,
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
 }
 
+impl BrokerArgs {
+    pub fn into_sink(self) -> Result<SinkConfig, ConfigError> {
+        Ok(match self.sink {
+            SinkKind::Stdout => SinkConfig::Stdout,
+            SinkKind::Nats => SinkConfig::Nats(self.nats.into_config()?),
+            SinkKind::Kafka => SinkConfig::Kafka(self.kafka.into_config(self.publish_timeout)?),
+        })
+    }
+}
+
 impl DrainArgs {
     /// The sink and the spool configuration (its storage bounds do not matter: nothing is
     /// appended).
     pub fn into_config(self) -> Result<(SinkConfig, crate::spool::SpoolConfig), ConfigError> {
-        let sink = match self.sink {
-            SinkKind::Stdout => SinkConfig::Stdout,
-            SinkKind::Nats => SinkConfig::Nats(self.nats.into_config()?),
-            SinkKind::Kafka => SinkConfig::Kafka(self.kafka.into_config(self.publish_timeout)?),
-        };
-        let mut spool = crate::spool::SpoolConfig::for_drain(self.dir, self.publish_timeout);
+        let mut spool = crate::spool::SpoolConfig::for_drain(self.dir, self.broker.publish_timeout);
         self.forward.apply(&mut spool)?;
-        Ok((sink, spool))
+        Ok((self.broker.into_sink()?, spool))
     }
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    /// The spool directory.
+    pub dir: PathBuf,
+
+    #[command(subcommand)]
+    pub action: Option<DeadLettersAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersAction {
+    /// Sends every dead letter to the broker once, in order, and keeps in the file only those
+    /// refused again or not tried (the broker failed). Takes the spool's lock: stop its bridge
+    /// first. Exits 1 when any is kept.
+    Replay(Box<BrokerArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -373,6 +406,18 @@ impl ServeArgs {
             self.max_inflight + self.before_callback_queue,
             self.publish_timeout,
         )?;
+        // A body the spool's frame cannot hold would be answered 200 and never read back.
+        if spool.is_some() && self.max_body_bytes > crate::spool::frame::MAX_BODY_BYTES {
+            return Err(ConfigError::new(
+                "--max-body-bytes",
+                format!(
+                    "must be at most {} in spooled mode (a spool frame holds {} bytes with the \
+                     record's headers)",
+                    crate::spool::frame::MAX_BODY_BYTES,
+                    crate::spool::frame::MAX_FRAME_BYTES
+                ),
+            ));
+        }
         let apps = match &self.config {
             Some(file) => Apps::Listed(crate::config::file::read_apps(file, &sink)?),
             None => apps_from_flags(
@@ -709,5 +754,35 @@ mod tests {
                 token: Some(Token::new("xxxxyyyy".into()))
             }
         );
+    }
+
+    /// A body larger than a spool frame holds would be answered 200 and be unreadable: refused
+    /// at start-up (an earlier build started with any size).
+    #[test]
+    fn a_body_limit_the_spool_cannot_hold_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().to_str().unwrap();
+        let base = ["--allow-any-sdkappid", "--spool-dir", spool];
+        let too_big = (crate::spool::frame::MAX_BODY_BYTES + 1).to_string();
+        let inflight = (2 * crate::spool::frame::MAX_FRAME_BYTES).to_string();
+        let limits = [
+            "--max-body-bytes",
+            &too_big,
+            "--max-inflight-bytes",
+            &inflight,
+        ];
+        let err = serve(&[&base[..], &limits[..]].concat()).unwrap_err();
+        assert!(err.contains("--max-body-bytes"), "{err}");
+        // Without a spool, or at the limit, it starts.
+        serve(&[&base[..1], &limits[..]].concat()).unwrap();
+        let fits = crate::spool::frame::MAX_BODY_BYTES.to_string();
+        serve(
+            &[
+                &base[..],
+                &["--max-body-bytes", &fits, "--max-inflight-bytes", &inflight],
+            ]
+            .concat(),
+        )
+        .unwrap();
     }
 }

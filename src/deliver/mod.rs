@@ -26,9 +26,15 @@ pub enum DeliveryError {
     /// The broker cannot take records now (down, disconnected); a later attempt may succeed.
     #[error("{0}")]
     Unavailable(String),
-    /// The broker refused this record and would refuse it again (too large, not authorised).
+    /// The broker refused this record and would refuse it again whatever an operator does
+    /// (too large, invalid for the broker).
     #[error("{0}")]
     Rejected(String),
+    /// The broker refuses records of this destination for a reason an operator can fix (a
+    /// topic missing or re-created, an ACL, credentials): the record itself is fine. Direct
+    /// mode answers it like a refusal; the spool keeps the record and tries again.
+    #[error("{0}")]
+    Misconfigured(String),
     /// A bound of the client is full (producer queue, pending acks): the broker is not keeping
     /// up with the offered load.
     #[error("{0}")]
@@ -60,6 +66,11 @@ pub trait Deliver: Send + Sync + 'static {
 
     /// Whether a delivery can succeed now (connected, stream present).
     fn is_ready(&self) -> bool;
+
+    /// Why it is not ready (the `/readyz` body), `None` when it is.
+    fn unready_reason(&self) -> Option<&'static str> {
+        (!self.is_ready()).then_some("sink not ready")
+    }
 
     /// False only when deliveries can never succeed again without a restart (a fatal producer
     /// error): `/healthz` fails so that Kubernetes restarts the pod.

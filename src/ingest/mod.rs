@@ -185,8 +185,8 @@ impl<D: Deliver> Handler<D> {
     pub fn unready_reason(&self) -> Option<&'static str> {
         if self.is_draining() {
             Some("draining")
-        } else if !self.delivery.is_ready() {
-            Some("sink not ready")
+        } else if let Some(reason) = self.delivery.unready_reason() {
+            Some(reason)
         } else if self.admission.is_saturated() {
             Some("saturated")
         } else {

@@ -178,7 +178,9 @@ impl Rejection {
     pub fn from_delivery(err: DeliveryError, publish_timeout: Duration) -> Rejection {
         match err {
             DeliveryError::Unavailable(why) => Rejection::SinkUnavailable(why),
-            DeliveryError::Rejected(why) => Rejection::SinkRejected(why),
+            DeliveryError::Rejected(why) | DeliveryError::Misconfigured(why) => {
+                Rejection::SinkRejected(why)
+            }
             DeliveryError::Backpressure(why) => Rejection::SinkBackpressure(why),
             DeliveryError::TimedOut => Rejection::PublishTimeout(publish_timeout),
             DeliveryError::Full(why) => Rejection::SpoolFull(why),

@@ -292,22 +292,28 @@ fn classify(err: &KafkaError) -> DeliveryError {
         Some(RDKafkaErrorCode::QueueFull) => {
             DeliveryError::Backpressure("the producer queue is full".into())
         }
+        // The record itself can never be accepted.
         Some(
             RDKafkaErrorCode::MessageSizeTooLarge
             | RDKafkaErrorCode::InvalidMessageSize
             | RDKafkaErrorCode::InvalidMessage
             | RDKafkaErrorCode::InvalidRecord
-            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::PolicyViolation,
+        ) => DeliveryError::Rejected(err.to_string()),
+        // An operator can fix these (a topic deleted and re-created, an ACL slip, rotated
+        // credentials): a spooled record waits for the fix instead of being dead-lettered.
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
             | RDKafkaErrorCode::UnknownTopic
             | RDKafkaErrorCode::UnknownPartition
             | RDKafkaErrorCode::InvalidTopic
             | RDKafkaErrorCode::TopicAuthorizationFailed
             | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
             | RDKafkaErrorCode::SaslAuthenticationFailed
             | RDKafkaErrorCode::Authentication
-            | RDKafkaErrorCode::InvalidRequiredAcks
-            | RDKafkaErrorCode::PolicyViolation,
-        ) => DeliveryError::Rejected(err.to_string()),
+            | RDKafkaErrorCode::InvalidRequiredAcks,
+        ) => DeliveryError::Misconfigured(err.to_string()),
         _ => DeliveryError::Unavailable(err.to_string()),
     }
 }
@@ -421,8 +427,19 @@ mod tests {
     fn permanent_errors_are_told_from_transient_ones() {
         let permanent = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
         assert!(matches!(classify(&permanent), DeliveryError::Rejected(_)));
-        let auth = KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed);
-        assert!(matches!(classify(&auth), DeliveryError::Rejected(_)));
+        // What an operator can fix is not the record's fault: a spooled record waits.
+        for fixable in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::SaslAuthenticationFailed,
+            RDKafkaErrorCode::Authentication,
+        ] {
+            let err = KafkaError::MessageProduction(fixable);
+            assert!(
+                matches!(classify(&err), DeliveryError::Misconfigured(_)),
+                "{fixable:?}"
+            );
+        }
         let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
         assert!(matches!(classify(&full), DeliveryError::Backpressure(_)));
         let timeout = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);

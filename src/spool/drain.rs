@@ -18,9 +18,17 @@ pub enum DrainError {
     Open(#[from] OpenError),
     #[error("the spool could not be recovered or read (see the log)")]
     Failed,
+    /// The forwarder stopped with records left: never reported as drained.
+    #[error("{left} records are still in the spool, unforwarded ({forwarded} forwarded){}", stopped.as_ref().map(|s| format!("; forwarding stopped at {s}")).unwrap_or_default())]
+    Left {
+        forwarded: u64,
+        left: u64,
+        stopped: Option<String>,
+    },
 }
 
-/// Forwards every record of the spool to `sink`; the number forwarded.
+/// Forwards every record of the spool to `sink`; the number forwarded. An error when any
+/// record is left unforwarded (unreadable, or of a newer build's format), with how many.
 pub async fn drain(sink: SinkConfig, config: SpoolConfig) -> Result<u64, DrainError> {
     let metrics = Metrics::new().map_err(|e| ConfigError::new("metrics", e.to_string()))?;
     let sink = Sink::connect(&sink, config.publish_timeout, &metrics).await?;
@@ -34,5 +42,19 @@ pub async fn drain(sink: SinkConfig, config: SpoolConfig) -> Result<u64, DrainEr
     // No deadline: the point is to empty it. A signal kills the process; the position is
     // durable every few hundred ms, so a second run forwards only what is left (again).
     spool.close(Duration::from_secs(365 * 24 * 3600)).await;
-    Ok(metrics.spool().forwarded.get())
+    let forwarded = metrics.spool().forwarded.get();
+    // The forwarder stops early only when it cannot read on: what it did not pass is left.
+    let left = metrics.spool().unforwarded.get().max(0) as u64;
+    if left > 0 {
+        let stopped = spool
+            .shared()
+            .stopped_at()
+            .map(|(seq, why)| format!("seq {seq}: {why}"));
+        return Err(DrainError::Left {
+            forwarded,
+            left,
+            stopped,
+        });
+    }
+    Ok(forwarded)
 }

@@ -4,13 +4,12 @@
 //!
 //! Per-key order under retries: a key (the GroupId, else the account, else the app) has at
 //! most one record in flight; the records behind it wait in its queue, while other keys go on
-//! in parallel. Transient errors retry the same record with backoff, without limit; a
-//! permanent refusal goes to the dead-letter file and the key moves on.
+//! in parallel. Transient errors, and refusals an operator can fix (a missing topic, an ACL),
+//! retry the same record with backoff, without limit; only a record the broker can never
+//! accept (too large, invalid) goes to the dead-letter file, durably, and the key moves on.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::fs::OpenOptions;
 use std::future::Future;
-use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{decode_payload, encode_payload, put_frame};
 use super::segment::{self, Reader, Step};
-use super::{position, Shared};
+use super::{dead_letters, position, Shared};
 use crate::deliver::{Deliver, DeliveryError};
 use crate::sink::record::header;
 use crate::sink::Record;
@@ -29,6 +28,9 @@ use crate::sink::Record;
 const READ_AHEAD_RECORDS: usize = 256;
 /// Body bytes read ahead from disk, at most.
 const READ_AHEAD_BYTES: usize = 4 << 20;
+/// A record refused for what an operator can fix is logged at its first attempt and then
+/// every this many (the counter counts each).
+const REFUSAL_LOG_EVERY: u32 = 20;
 
 /// A record on its way to the broker.
 struct Item {
@@ -141,8 +143,12 @@ impl<S: Deliver> Forwarder<S> {
         }
     }
 
+    /// Nothing in flight and nothing more to read (or nothing more this build can read).
     fn caught_up(&self) -> bool {
-        self.outstanding.is_empty() && (self.dry || self.next_read > self.shared.durable_seq())
+        self.outstanding.is_empty()
+            && (self.dry
+                || self.shared.forwarding_stopped()
+                || self.next_read > self.shared.durable_seq())
     }
 
     /// Everything up to here is acknowledged.
@@ -201,6 +207,10 @@ impl<S: Deliver> Forwarder<S> {
         if let Some(found) = self.pop_read_ahead() {
             return Some(found);
         }
+        // What was read ahead comes before the record forwarding stopped at; nothing after.
+        if self.shared.forwarding_stopped() {
+            return None;
+        }
         if let Some(found) = self.shared.lock_tail().take(self.next_read) {
             return Some(found);
         }
@@ -250,13 +260,14 @@ impl<S: Deliver> Forwarder<S> {
                 match cursor.reader.next_step() {
                     Ok(Step::Record { seq, payload }) if seq >= want => {
                         match decode_payload(&payload) {
-                            Some(record) => return Some((seq, Arc::new(record))),
-                            None => {
-                                tracing::error!(
-                                    seq,
-                                    "spool: a record of an unknown format is skipped"
-                                );
-                                self.shared.metrics.corrupt_records.inc();
+                            Ok(record) => return Some((seq, Arc::new(record))),
+                            Err(why) => {
+                                // Never skipped: a downgrade during a backlog must not lose
+                                // what the newer build answered 200. Forwarding stops here
+                                // until a build that reads it takes the spool.
+                                self.shared.stop_forwarding(seq, why);
+                                self.disk = None;
+                                return None;
                             }
                         }
                     }
@@ -265,7 +276,11 @@ impl<S: Deliver> Forwarder<S> {
                         damaged_end = trailing > 0;
                         break;
                     }
-                    Err(_) => break,
+                    Err(err) => {
+                        // Tried again at the next fill; `spool drain` reports what is left.
+                        tracing::error!(error = %err, segment = %cursor.path.display(), "spool: cannot read a segment");
+                        break;
+                    }
                 }
             }
             // The end of what could be read: more of this segment when it grew since (it was
@@ -369,7 +384,26 @@ impl<S: Deliver> Forwarder<S> {
                     "spool: forwarded"
                 );
             }
-            Err(DeliveryError::Rejected(why)) => self.dead_letter(&item, &why),
+            Err(DeliveryError::Rejected(why)) => {
+                if let Err(err) = self.dead_letter(&item, &why) {
+                    // Not durable in the dead-letter file: the record stays where it is and
+                    // the position does not pass it; the next attempt tries both again.
+                    tracing::error!(error = %err, seq = item.seq, "spool: cannot make the dead letter durable; the record is kept and tried again");
+                    self.shared.metrics.retries.inc();
+                    item.attempt += 1;
+                    return self.publish(item);
+                }
+            }
+            Err(DeliveryError::Misconfigured(why)) => {
+                // Never dropped for what an operator can fix: the record waits (its key only),
+                // counted and alerted on; readiness is unchanged.
+                if item.attempt.is_multiple_of(REFUSAL_LOG_EVERY) {
+                    tracing::error!(seq = item.seq, destination = %item.record.destination, key = %item.record.key, error = %why, attempt = item.attempt, "spool: the broker refuses this destination (a missing topic, an ACL, credentials?); the record waits until it is fixed");
+                }
+                self.shared.metrics.refusals.inc();
+                item.attempt += 1;
+                return self.publish(item);
+            }
             Err(err) => {
                 if item.attempt == 0 {
                     tracing::warn!(seq = item.seq, error = %err, "spool: publish failed; retrying with backoff (the key's later records wait)");
@@ -392,21 +426,16 @@ impl<S: Deliver> Forwarder<S> {
     }
 
     /// A record the broker refuses for good: kept in `DIR/dead-letters.log` (frames, like the
-    /// segments) and counted; the key goes on.
-    fn dead_letter(&mut self, item: &Item, why: &str) {
-        self.shared.metrics.dead_letters.inc();
-        tracing::error!(seq = item.seq, destination = %item.record.destination, key = %item.record.key, error = %why, "spool: the broker refuses this record for good; written to dead-letters.log");
+    /// segments) and counted; the key goes on. Durable, file and directory entry, before the
+    /// caller lets the position pass it.
+    fn dead_letter(&mut self, item: &Item, why: &str) -> std::io::Result<()> {
         let mut frame = Vec::new();
         put_frame(&mut frame, item.seq, &encode_payload(&item.record));
-        let path = self.shared.config.dir.join("dead-letters.log");
-        let written = tokio::task::block_in_place(|| {
-            let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-            file.write_all(&frame)?;
-            file.sync_data()
-        });
-        if let Err(err) = written {
-            tracing::error!(error = %err, seq = item.seq, "spool: cannot write the dead letter");
-        }
+        let dir = self.shared.config.dir.clone();
+        tokio::task::block_in_place(|| dead_letters::append(&dir, &frame))?;
+        self.shared.metrics.dead_letters.inc();
+        tracing::error!(seq = item.seq, destination = %item.record.destination, key = %item.record.key, error = %why, "spool: the broker refuses this record for good; written to dead-letters.log");
+        Ok(())
     }
 
     /// Makes the position durable and deletes the segments wholly behind it.
@@ -447,10 +476,14 @@ impl<S: Deliver> Forwarder<S> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             for segment in removable {
-                let bytes = segment.bytes();
+                // A set-aside segment is not counted in --spool-max-bytes (it is kept until an
+                // operator deletes it), so nothing is taken off for it either.
                 if segment.corrupt {
                     tracing::warn!(segment = %segment.path.display(), "spool: a set-aside segment is forwarded; kept for inspection (delete it by hand)");
-                } else if let Err(err) = std::fs::remove_file(&segment.path) {
+                    continue;
+                }
+                let bytes = segment.bytes();
+                if let Err(err) = std::fs::remove_file(&segment.path) {
                     tracing::error!(error = %err, segment = %segment.path.display(), "spool: cannot delete a forwarded segment");
                     continue;
                 }

@@ -17,6 +17,11 @@ const VERSION: u8 = 1;
 /// Far above any record (bodies are bounded by --max-body-bytes, at most a few MiB): a length
 /// past it is corruption, not a record to allocate for.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Room kept in a frame for everything but the body: the destination and key (at most 64 KiB
+/// each) and the headers (the bridge's own, well under this).
+const MAX_RECORD_OVERHEAD: usize = 256 << 10;
+/// The largest body a frame holds (`--max-body-bytes` is refused above it in spooled mode).
+pub const MAX_BODY_BYTES: usize = MAX_FRAME_BYTES - 8 - MAX_RECORD_OVERHEAD;
 
 /// The record's payload.
 pub fn encode_payload(record: &Record) -> Vec<u8> {
@@ -131,33 +136,63 @@ pub fn read_frame(bytes: &Bytes) -> Read {
     }
 }
 
-/// The record of a payload; `None` when it does not decode (a frame of another format).
-pub fn decode_payload(payload: &Bytes) -> Option<Record> {
-    let mut buf = payload.clone();
-    if buf.remaining() < 1 || buf.get_u8() != VERSION {
-        return None;
+/// Why a payload with a valid CRC is not a record to this build. Never damage (the CRC
+/// matched): a newer build wrote it, or this build has a bug. Either way the frame is kept and
+/// forwarding stops at it; it is never skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Undecodable {
+    #[error("payload version {0} (this build reads version {VERSION}): written by a newer build")]
+    Version(u8),
+    #[error("header {0:?} unknown to this build: written by a newer build")]
+    Header(String),
+    #[error("the payload does not decode although its CRC matched")]
+    Malformed,
+}
+
+impl Undecodable {
+    /// The metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Undecodable::Version(_) => "newer_version",
+            Undecodable::Header(_) => "unknown_header",
+            Undecodable::Malformed => "malformed",
+        }
     }
-    let destination = get_string(&mut buf, 2)?;
-    let key = get_string(&mut buf, 2)?;
+}
+
+/// The record of a payload, or why this build cannot read it.
+pub fn decode_payload(payload: &Bytes) -> Result<Record, Undecodable> {
+    let mut buf = payload.clone();
+    if buf.remaining() < 1 {
+        return Err(Undecodable::Malformed);
+    }
+    let version = buf.get_u8();
+    if version != VERSION {
+        return Err(Undecodable::Version(version));
+    }
+    let malformed = Undecodable::Malformed;
+    let destination = get_string(&mut buf, 2).ok_or(malformed.clone())?;
+    let key = get_string(&mut buf, 2).ok_or(malformed.clone())?;
     if buf.remaining() < 5 {
-        return None;
+        return Err(malformed);
     }
     let partition = buf.get_u32_le();
     let count = buf.get_u8() as usize;
     let mut headers = Vec::with_capacity(count);
     for _ in 0..count {
-        let name = get_string(&mut buf, 1)?;
-        let value = get_string(&mut buf, 4)?;
-        headers.push((header::lookup(&name)?, value));
+        let name = get_string(&mut buf, 1).ok_or(malformed.clone())?;
+        let value = get_string(&mut buf, 4).ok_or(malformed.clone())?;
+        let name = header::lookup(&name).ok_or(Undecodable::Header(name))?;
+        headers.push((name, value));
     }
     if buf.remaining() < 4 {
-        return None;
+        return Err(malformed);
     }
     let len = buf.get_u32_le() as usize;
     if buf.remaining() != len {
-        return None;
+        return Err(malformed);
     }
-    Some(Record {
+    Ok(Record {
         destination,
         key,
         partition,
@@ -212,7 +247,30 @@ pub(crate) mod tests {
             panic!("a frame")
         };
         assert_eq!((seq, len), (42, bytes.len()));
-        assert_eq!(decode_payload(&payload), Some(r));
+        assert_eq!(decode_payload(&payload), Ok(r));
+    }
+
+    /// A frame from "the future": a payload version or a header name this build does not know
+    /// is reported as such (the forwarder stops there), never as damage to skip.
+    #[test]
+    fn a_newer_builds_payload_is_told_apart_from_damage() {
+        let mut payload = encode_payload(&record("@TGS#1", 7));
+        payload[0] = VERSION + 1;
+        assert_eq!(
+            decode_payload(&Bytes::from(payload)),
+            Err(Undecodable::Version(VERSION + 1))
+        );
+        let mut newer = record("@TGS#1", 7);
+        newer.headers.push(("tim-from-the-future", "1".into()));
+        assert_eq!(
+            decode_payload(&Bytes::from(encode_payload(&newer))),
+            Err(Undecodable::Header("tim-from-the-future".into()))
+        );
+        let whole = encode_payload(&record("@TGS#1", 7));
+        assert_eq!(
+            decode_payload(&Bytes::from(whole[..whole.len() - 1].to_vec())),
+            Err(Undecodable::Malformed)
+        );
     }
 
     #[test]

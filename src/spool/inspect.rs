@@ -21,6 +21,11 @@ pub struct Report {
     /// Received-at (unix ms) of the oldest unforwarded record.
     pub oldest_unforwarded_ms: Option<u64>,
     pub dead_letters: u64,
+    /// Records this build cannot read (a newer build's format): forwarding stops at the first.
+    pub unreadable: u64,
+    pub first_unreadable: Option<(u64, String)>,
+    /// Segments set aside at start-up because they could not be read.
+    pub unreadable_segments: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -44,12 +49,13 @@ impl Report {
             .iter()
             .enumerate()
             .any(|(i, s)| s.corrupt > 0 || s.set_aside || (i < last && s.trailing > 0))
+            || !self.unreadable_segments.is_empty()
     }
 }
 
 pub fn inspect(dir: &Path) -> io::Result<Report> {
     let mut report = Report {
-        position: position::read(dir),
+        position: position::read(dir)?,
         ..Report::default()
     };
     for segment in segment::list(dir)? {
@@ -73,11 +79,18 @@ pub fn inspect(dir: &Path) -> io::Result<Report> {
                 Step::Record { seq, payload } => {
                     s.records += 1;
                     s.first_seq.get_or_insert(seq);
+                    let decoded = decode_payload(&payload);
+                    if let Err(why) = &decoded {
+                        report.unreadable += 1;
+                        report
+                            .first_unreadable
+                            .get_or_insert_with(|| (seq, why.to_string()));
+                    }
                     s.last_seq = Some(seq);
                     if seq > report.position {
                         report.unforwarded += 1;
                         if report.oldest_unforwarded_ms.is_none() {
-                            report.oldest_unforwarded_ms = decode_payload(&payload).and_then(|r| {
+                            report.oldest_unforwarded_ms = decoded.ok().and_then(|r| {
                                 r.headers
                                     .iter()
                                     .find(|(n, _)| *n == header::RECEIVED_AT)
@@ -94,6 +107,9 @@ pub fn inspect(dir: &Path) -> io::Result<Report> {
             }
         }
         report.segments.push(s);
+    }
+    for (_, path) in segment::list_unreadable(dir)? {
+        report.unreadable_segments.push(path.display().to_string());
     }
     let dead = dir.join("dead-letters.log");
     if dead.exists() {
@@ -123,6 +139,17 @@ impl fmt::Display for Report {
             None => writeln!(f, "oldest unforwarded record: none")?,
         }
         writeln!(f, "dead letters: {}", self.dead_letters)?;
+        if let Some((seq, why)) = &self.first_unreadable {
+            writeln!(
+                f,
+                "records of a newer build's format: {} (the first, seq {seq}: {why}); this \
+                 build's forwarder stops there",
+                self.unreadable
+            )?;
+        }
+        for path in &self.unreadable_segments {
+            writeln!(f, "UNREADABLE segment set aside (not forwarded): {path}")?;
+        }
         writeln!(f, "segments: {}", self.segments.len())?;
         for s in &self.segments {
             let range = match (s.first_seq, s.last_seq) {

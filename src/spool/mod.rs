@@ -14,6 +14,7 @@
 //!
 //! The invariants and the tests that show them are in `docs/spool.md`.
 
+pub mod dead_letters;
 pub mod drain;
 pub mod forwarder;
 pub mod frame;
@@ -115,6 +116,9 @@ pub struct Shared {
     pub fatal: CancellationToken,
     /// The highest durable sequence number.
     pub durable: watch::Sender<u64>,
+    /// Set once when the forwarder met a record this build cannot read (a newer build's):
+    /// forwarding stops there, the record and everything after it stay in the spool.
+    stopped_at: std::sync::OnceLock<(u64, frame::Undecodable)>,
     segments: Mutex<Vec<Segment>>,
     /// The segment being appended to (its first seq) and its durable length: readers never
     /// read past it.
@@ -132,10 +136,16 @@ impl Shared {
         self.metrics.bytes.set(now as i64);
     }
 
+    /// One atomic read-modify-write (a load, then a subtraction of what was loaded, raced
+    /// with the writer's additions); never below zero.
     fn sub_bytes(&self, n: u64) {
-        let now =
-            self.bytes.fetch_sub(n.min(self.bytes()), Ordering::Relaxed) - n.min(self.bytes());
-        self.metrics.bytes.set(now as i64);
+        let before = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(n))
+            })
+            .unwrap_or_else(|b| b);
+        self.metrics.bytes.set(before.saturating_sub(n) as i64);
         self.no_room.store(false, Ordering::Relaxed);
     }
 
@@ -154,6 +164,32 @@ impl Shared {
 
     fn is_disk_full(&self) -> bool {
         self.epoch.elapsed().as_millis() as u64 <= self.full_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Forwarding stops for good (in this process) at `seq`, which this build cannot read.
+    fn stop_forwarding(&self, seq: u64, why: frame::Undecodable) {
+        if self.stopped_at.set((seq, why.clone())).is_ok() {
+            tracing::error!(
+                seq,
+                reason = %why,
+                dir = %self.config.dir.display(),
+                "spool: forwarding stopped at a record this build cannot read; nothing is skipped: \
+                 run the build that wrote it (or a newer one) on this spool"
+            );
+            self.metrics
+                .forward_stopped
+                .with_label_values(&[why.label()])
+                .set(1);
+        }
+    }
+
+    /// The record forwarding stopped at, and why.
+    pub fn stopped_at(&self) -> Option<&(u64, frame::Undecodable)> {
+        self.stopped_at.get()
+    }
+
+    fn forwarding_stopped(&self) -> bool {
+        self.stopped_at.get().is_some()
     }
 
     fn lock_segments(&self) -> MutexGuard<'_, Vec<Segment>> {
@@ -232,6 +268,20 @@ pub enum OpenError {
     Locked(PathBuf),
 }
 
+/// Takes `DIR/lock` (held until the file is dropped or unlocked): one process per spool.
+pub(crate) fn lock(dir: &std::path::Path) -> Result<File, OpenError> {
+    let io = |source| OpenError::Io {
+        dir: dir.to_owned(),
+        source,
+    };
+    let lock = File::create(dir.join("lock")).map_err(io)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(err)) => Err(io(err)),
+    }
+}
+
 /// The spooled delivery: `deliver` returns once the record is fsynced; the forwarder takes it
 /// from there to `S`.
 pub struct Spool<S> {
@@ -264,14 +314,7 @@ impl<S: Deliver> Spool<S> {
             source,
         };
         std::fs::create_dir_all(&config.dir).map_err(io)?;
-        let lock = File::create(config.dir.join("lock")).map_err(io)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(OpenError::Locked(config.dir.clone()))
-            }
-            Err(std::fs::TryLockError::Error(err)) => return Err(io(err)),
-        }
+        let lock = lock(&config.dir)?;
         let (appends, rx) = mpsc::channel(config.queue.max(1));
         metrics
             .spool()
@@ -286,6 +329,7 @@ impl<S: Deliver> Spool<S> {
             recovered: AtomicBool::new(false),
             fatal: CancellationToken::new(),
             durable: watch::Sender::new(0),
+            stopped_at: std::sync::OnceLock::new(),
             segments: Mutex::new(Vec::new()),
             active: Mutex::new((0, 0)),
             tail: Mutex::new(Tail {
@@ -373,7 +417,7 @@ fn start(
     rx: mpsc::Receiver<Msg>,
 ) -> std::io::Result<(u64, u64, Option<position::PositionFile>)> {
     let dir = shared.config.dir.clone();
-    let position = position::read(&dir);
+    let position = position::read(&dir)?;
     let position_file = position::PositionFile::open(&dir, position)
         .inspect_err(|err| tracing::error!(error = %err, "spool: cannot create the position file (tried again at each checkpoint)"))
         .ok();
@@ -389,6 +433,8 @@ fn start(
         .metrics
         .corrupt_segments
         .set(found.corrupt_segments.len() as i64);
+    let unreadable = segment::list_unreadable(&dir)?.len();
+    shared.metrics.unreadable_segments.set(unreadable as i64);
     shared.metrics.corrupt_records.inc_by(found.corrupt_records);
     let last_seq = found.last_seq.max(position);
     tracing::info!(
@@ -442,9 +488,16 @@ impl<S: Deliver> Spool<S> {
         // connection's read buffer (which would keep kilobytes alive per record, beyond what
         // --spool-memory-bytes counts).
         record.body = Bytes::copy_from_slice(&record.body);
+        let frame_len = frame::payload_len(&record) + frame::HEADER_BYTES;
+        if frame_len - 8 > frame::MAX_FRAME_BYTES {
+            // Start-up bounds the body below this; headers alone cannot reach it.
+            return Err(DeliveryError::Rejected(format!(
+                "the record ({frame_len} bytes) is larger than a spool frame holds"
+            )));
+        }
         let (reply, answer) = oneshot::channel();
         let append = Append {
-            frame_len: frame::payload_len(&record) + frame::HEADER_BYTES,
+            frame_len,
             record: Arc::new(record),
             reply,
         };
@@ -474,10 +527,25 @@ impl<S: Deliver> Deliver for Spool<S> {
 
     /// Ready while there is room: a broker outage does not matter (that is the point).
     fn is_ready(&self) -> bool {
-        self.is_recovered()
-            && !self.shared.fatal.is_cancelled()
-            && !self.shared.is_disk_full()
-            && self.shared.has_room()
+        self.unready_reason().is_none()
+    }
+
+    /// A spool whose forwarder stopped at a newer build's record is not ready: a rollback
+    /// during a backlog halts at its first pod, and the pods of the newer build keep serving.
+    fn unready_reason(&self) -> Option<&'static str> {
+        if !self.is_recovered() {
+            Some("spool recovering")
+        } else if self.shared.fatal.is_cancelled() {
+            Some("spool failed")
+        } else if self.shared.forwarding_stopped() {
+            Some("spool forwarding stopped: a record of a newer build's format (see the log)")
+        } else if self.shared.is_disk_full() {
+            Some("spool disk full")
+        } else if !self.shared.has_room() {
+            Some("spool full (--spool-max-bytes)")
+        } else {
+            None
+        }
     }
 
     fn is_healthy(&self) -> bool {
@@ -517,3 +585,6 @@ impl<S: Deliver> Deliver for Spool<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

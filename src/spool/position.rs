@@ -17,22 +17,34 @@ const FILE: &str = "position";
 const TEMPORARY: &str = "position.tmp";
 const SLOT: usize = 16;
 
-/// The position in `dir`; 0 when there is none yet. A file with no valid slot reads as 0
-/// (everything is forwarded again: duplicates, which carry their dedup id, rather than a loss).
-pub fn read(dir: &Path) -> u64 {
-    let Ok(bytes) = fs::read(dir.join(FILE)) else {
-        return 0;
-    };
-    match decode(&bytes) {
-        Some(seq) => seq,
-        None => {
-            tracing::error!(
-                dir = %dir.display(),
-                "the spool's position file is damaged: forwarding everything in the spool again"
-            );
-            0
+/// The position in `dir`; 0 only when there is no file yet (a new spool).
+///
+/// Any other failure is an error, and nothing is written: reading 0 after an EIO or a damaged
+/// file, then writing it to both slots (as an earlier build did), would forward the whole spool
+/// again and make the replay permanent. An operator who wants exactly that removes the file.
+pub fn read(dir: &Path) -> io::Result<u64> {
+    let path = dir.join(FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => {
+            return Err(io::Error::new(
+                err.kind(),
+                format!("cannot read the position file {}: {err}", path.display()),
+            ))
         }
-    }
+    };
+    decode(&bytes).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the position file {} has no valid slot ({} bytes); remove it to forward \
+                 everything in the spool again (duplicates carry their dedup id)",
+                path.display(),
+                bytes.len()
+            ),
+        )
+    })
 }
 
 /// The position file, open for writing.
@@ -116,26 +128,47 @@ mod tests {
     #[test]
     fn written_positions_read_back_and_a_torn_slot_leaves_the_other() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read(dir.path()), 0);
+        assert_eq!(read(dir.path()).unwrap(), 0);
         let mut file = PositionFile::open(dir.path(), 0).unwrap();
         file.write(41).unwrap();
         file.write(42).unwrap();
-        assert_eq!(read(dir.path()), 42);
+        assert_eq!(read(dir.path()).unwrap(), 42);
         assert_eq!(fs::metadata(dir.path().join(FILE)).unwrap().len(), 32);
         // The slot written last is torn: the one before it holds.
         let mut bytes = fs::read(dir.path().join(FILE)).unwrap();
         bytes[SLOT] ^= 1;
         fs::write(dir.path().join(FILE), &bytes).unwrap();
-        assert_eq!(read(dir.path()), 41);
-        // Both damaged: 0, everything is forwarded again.
+        assert_eq!(read(dir.path()).unwrap(), 41);
+        // Both damaged: an error, never 0 (which would forward everything again).
         bytes[0] ^= 1;
         fs::write(dir.path().join(FILE), &bytes).unwrap();
-        assert_eq!(read(dir.path()), 0);
+        assert_eq!(
+            read(dir.path()).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
         // Reopened, it goes on from the position it is given.
         let mut file = PositionFile::open(dir.path(), 7).unwrap();
-        assert_eq!(read(dir.path()), 7);
+        assert_eq!(read(dir.path()).unwrap(), 7);
         file.write(8).unwrap();
-        assert_eq!(read(dir.path()), 8);
+        assert_eq!(read(dir.path()).unwrap(), 8);
+    }
+
+    /// Only a missing file is position 0: a read error is an error, and the file is left as it
+    /// is (an earlier build read 0 and wrote it to both slots: the whole spool replayed).
+    #[test]
+    fn a_position_file_that_cannot_be_read_is_an_error_and_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(FILE)).unwrap();
+        assert!(read(dir.path()).is_err());
+        assert!(dir.path().join(FILE).is_dir());
+        // A file of the wrong size (a truncated one) is no position either.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE), [0u8; 7]).unwrap();
+        assert_eq!(
+            read(dir.path()).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        assert_eq!(fs::read(dir.path().join(FILE)).unwrap(), [0u8; 7]);
     }
 
     #[test]
@@ -143,8 +176,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let old = slot(99);
         fs::write(dir.path().join(FILE), &old[..12]).unwrap();
-        assert_eq!(read(dir.path()), 99);
-        PositionFile::open(dir.path(), read(dir.path())).unwrap();
-        assert_eq!(read(dir.path()), 99);
+        assert_eq!(read(dir.path()).unwrap(), 99);
+        PositionFile::open(dir.path(), read(dir.path()).unwrap()).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), 99);
     }
 }

@@ -22,6 +22,9 @@ pub struct Recovered {
     /// Records that failed their check (skipped), and segments set aside because of them.
     pub corrupt_records: u64,
     pub corrupt_segments: Vec<Segment>,
+    /// Segments that could not be read at all (EIO, EACCES, a directory in their place):
+    /// renamed `….seg.unreadable`, kept for an operator, and stepped over.
+    pub unreadable_segments: Vec<std::path::PathBuf>,
 }
 
 /// Recovers the spool in `dir`, whose forwarder had acknowledged everything up to `position`.
@@ -29,9 +32,33 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
     let mut found = Recovered::default();
     let segments = segment::list(dir)?;
     let count = segments.len();
+    // Sequence numbers that set-aside unreadable segments may hold: never given out again.
+    for (first_seq, path) in segment::list_unreadable(dir)? {
+        found.last_seq = found.last_seq.max(reserved_until(first_seq, &path));
+    }
     for (i, mut segment) in segments.into_iter().enumerate() {
         let last = i + 1 == count;
-        let scan = scan(&segment.path, position)?;
+        let scan = match scan(&segment.path, position) {
+            Ok(scan) => scan,
+            Err(err) => {
+                // One bad file must not make every start exit: it is set aside (a rename
+                // needs the directory only) and the rest is served. Only a directory that
+                // cannot be changed is fatal.
+                let aside = segment::set_aside_unreadable(&segment.path)?;
+                found.last_seq = found
+                    .last_seq
+                    .max(reserved_until(segment.first_seq, &aside));
+                tracing::error!(
+                    segment = %segment.path.display(),
+                    set_aside_as = %aside.display(),
+                    error = %err,
+                    "spool recovery: a segment cannot be read; set aside, the rest is forwarded \
+                     (its records stay in that file: docs/spool.md says how to forward them)"
+                );
+                found.unreadable_segments.push(aside);
+                continue;
+            }
+        };
         found.last_seq = found.last_seq.max(scan.last_seq);
         found.unforwarded += scan.unforwarded;
         let mut damaged = scan.skipped;
@@ -72,6 +99,13 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
         found.segments.push(segment);
     }
     Ok(found)
+}
+
+/// The highest sequence number a segment starting at `first_seq` can hold, from its size
+/// (every frame takes more than a header): numbers up to it are not reused.
+fn reserved_until(first_seq: u64, path: &Path) -> u64 {
+    let len = std::fs::symlink_metadata(path).map_or(0, |m| m.len());
+    first_seq + len / segment::HEADER_BYTES_U64
 }
 
 struct Scan {

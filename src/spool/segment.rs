@@ -19,6 +19,9 @@ use super::frame::{self, Read, HEADER_BYTES};
 
 const SUFFIX: &str = ".seg";
 const CORRUPT_SUFFIX: &str = ".seg.corrupt";
+const UNREADABLE_SUFFIX: &str = ".seg.unreadable";
+/// A frame header's length, as a file offset.
+pub const HEADER_BYTES_U64: u64 = HEADER_BYTES as u64;
 
 /// A segment on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +77,36 @@ pub fn list(dir: &Path) -> io::Result<Vec<Segment>> {
     }
     segments.sort_by_key(|s| s.first_seq);
     Ok(segments)
+}
+
+/// Renames a segment that cannot be read `….seg.unreadable` (durably): never read or deleted
+/// by the spool again.
+pub fn set_aside_unreadable(path: &Path) -> io::Result<PathBuf> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".unreadable");
+    let aside = PathBuf::from(name);
+    fs::rename(path, &aside)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(aside)
+}
+
+/// Segments set aside as unreadable, with the first sequence number of each.
+pub fn list_unreadable(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let first = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(UNREADABLE_SUFFIX))
+            .and_then(|stem| stem.parse().ok());
+        if let Some(first) = first {
+            found.push((first, path));
+        }
+    }
+    Ok(found)
 }
 
 /// The preallocated file the next segment is made from.
@@ -254,6 +287,15 @@ impl Reader {
         }
         let left = self.len - self.offset;
         if left < HEADER_BYTES as u64 {
+            // A sealed preallocated segment whose last batch left less room than a frame
+            // header: zero slack is its clean end, not damage.
+            let mut slack = [0u8; HEADER_BYTES];
+            let slack = &mut slack[..left as usize];
+            self.file.read_exact(slack)?;
+            if slack.iter().all(|b| *b == 0) {
+                self.unwritten = left > 0;
+                return Ok(self.end(0));
+            }
             return Ok(self.end(left));
         }
         let mut head = [0u8; HEADER_BYTES];
@@ -384,6 +426,30 @@ mod tests {
         assert!(unwritten);
         // Nothing to zero after the last record.
         assert_eq!(zero_from(&path, written).unwrap(), 0);
+    }
+
+    /// A sealed segment whose records end 1 to 15 bytes before its preallocated size: the
+    /// zero slack is its end (an earlier build counted it as damage and set the segment aside).
+    #[test]
+    fn zero_slack_shorter_than_a_header_is_a_clean_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, written) = preallocated(dir.path(), 1, 10, 64 << 10);
+        for slack in 1..HEADER_BYTES as u64 {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(written + slack)
+                .unwrap();
+            let (seqs, skipped, trailing, _) = read_all(&path);
+            assert_eq!(seqs.len(), 10, "slack {slack}");
+            assert_eq!((skipped.len(), trailing), (0, 0), "slack {slack}");
+        }
+        // Non-zero bytes there are still a torn write.
+        let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[7], written + 3).unwrap();
+        let (_, _, trailing, _) = read_all(&path);
+        assert!(trailing > 0);
     }
 
     #[test]

@@ -250,3 +250,63 @@ async fn a_permanent_broker_refusal_is_500_sink_rejected_not_503() {
     );
     bridge.shutdown().await;
 }
+
+/// An ACL slip (or a topic deleted and re-created) makes the broker refuse a spooled record
+/// for a reason an operator can fix. The record waits, counted, with readiness unchanged, and
+/// arrives once the broker takes it again: nothing is dead-lettered. An earlier build classed
+/// these refusals as permanent, wrote the records to dead-letters.log and deleted the segment:
+/// every 200 of that command left the broker's reach at full rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_record_the_broker_refuses_for_an_operator_mistake_waits_and_arrives() {
+    let _serial = serial().await;
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = start_bridge(
+        &bootstrap,
+        &[
+            "--partitions",
+            "8",
+            "--spool-dir",
+            spool.path().to_str().unwrap(),
+            "--forward-retry-max",
+            "200ms",
+            "--kafka-option",
+            "max.in.flight.requests.per.connection=1",
+        ],
+    )
+    .await;
+    // The next produce requests are refused: not authorised for the topic.
+    let refused = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 6];
+    mock.request_errors(RDKafkaApiKey::Produce, &refused);
+    let http = Http::default();
+    const GROUP: &str = "@TGS#acl";
+    for seq in 1..=10 {
+        assert_ok(&http.group_message(bridge.addr(), GROUP, seq).await);
+    }
+    let admin = bridge.admin_addr();
+    eventually(Duration::from_secs(20), "the refusals counted", || {
+        let http = http.clone();
+        async move {
+            let (_, metrics) = http.admin(admin, "/metrics").await;
+            (metric(&metrics, "timbridge_spool_forward_refusals_total") >= 1.0).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(http.admin(admin, "/readyz").await.0, 200);
+    let records = tokio::task::spawn_blocking(move || {
+        consume(&bootstrap, TOPIC, PARTITIONS, 10, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    let seqs: Vec<u64> = records
+        .iter()
+        .map(|r| r.header("tim-msg-seq").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    let (_, metrics) = http.admin(admin, "/metrics").await;
+    assert_eq!(metric(&metrics, "timbridge_spool_dead_letters_total"), 0.0);
+    assert!(!spool.path().join("dead-letters.log").exists());
+    bridge.shutdown().await;
+}

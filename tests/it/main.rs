@@ -17,3 +17,4 @@ mod overload;
 mod rejections;
 mod slow_clients;
 mod spool;
+mod spool_faults;

@@ -12,15 +12,23 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
+    /// More nats-server flags (e.g. `--max_payload`).
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts `nats-server -js` with file storage in a fresh directory.
     pub fn start() -> NatsServer {
+        NatsServer::start_with_args(&[])
+    }
+
+    /// The same, with more nats-server flags.
+    pub fn start_with_args(extra: &[&str]) -> NatsServer {
         let mut server = NatsServer {
             port: super::free_port(),
             store: tempfile::tempdir().expect("store dir"),
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         server.run();
         server
@@ -42,6 +50,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -15,10 +15,23 @@ pub struct BridgeProcess {
 impl BridgeProcess {
     /// Starts `timbridge serve` on free loopback ports with `args`, and waits for /healthz.
     pub async fn start(args: &[&str]) -> BridgeProcess {
+        BridgeProcess::start_via(&[], args).await
+    }
+
+    /// The same, run through `wrapper` (e.g. `setpriv` with its flags, to run as another user).
+    pub async fn start_via(wrapper: &[&str], args: &[&str]) -> BridgeProcess {
         let port = super::free_port();
         let admin_port = super::free_port();
         let log = tempfile::NamedTempFile::new().expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_timbridge"))
+        let mut command = match wrapper.split_first() {
+            Some((program, flags)) => {
+                let mut command = Command::new(program);
+                command.args(flags).arg(env!("CARGO_BIN_EXE_timbridge"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_timbridge")),
+        };
+        let child = command
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
