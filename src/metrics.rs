@@ -61,6 +61,8 @@ pub struct SpoolMetrics {
     pub forward_stopped: IntGaugeVec,
     pub refusals: IntCounter,
     pub unreadable_segments: IntGauge,
+    pub parked_keys: IntGauge,
+    pub parked_records: IntGauge,
 }
 
 impl SpoolMetrics {
@@ -135,6 +137,14 @@ impl SpoolMetrics {
                 "timbridge_spool_unreadable_segments",
                 "Segments that could not be read at start-up (an I/O error, permissions), set aside as .seg.unreadable for an operator; their records are not forwarded.",
             )?,
+            parked_keys: IntGauge::new(
+                "timbridge_spool_parked_keys",
+                "Keys (groups) whose record in flight keeps failing: their later records wait on disk, outside the forwarder's window, while other keys go on.",
+            )?,
+            parked_records: IntGauge::new(
+                "timbridge_spool_parked_records",
+                "Records waiting behind a parked key, kept on disk (bounded by --forward-max-parked).",
+            )?,
         };
         registry.register(Box::new(m.bytes.clone()))?;
         registry.register(Box::new(m.max_bytes.clone()))?;
@@ -155,6 +165,8 @@ impl SpoolMetrics {
         }
         registry.register(Box::new(m.refusals.clone()))?;
         registry.register(Box::new(m.unreadable_segments.clone()))?;
+        registry.register(Box::new(m.parked_keys.clone()))?;
+        registry.register(Box::new(m.parked_records.clone()))?;
         Ok(m)
     }
 

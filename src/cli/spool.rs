@@ -59,6 +59,12 @@ pub struct ForwardArgs {
     #[arg(long, env = "TIMBRIDGE_FORWARD_MAX_INFLIGHT", default_value_t = 1024)]
     pub forward_max_inflight: usize,
 
+    /// Records waiting behind keys whose publish keeps failing (parked: tracked by their place
+    /// on disk, about 50 bytes each, outside --forward-max-inflight), at most; past it the
+    /// forwarder stops reading until a parked key's records go out.
+    #[arg(long, env = "TIMBRIDGE_FORWARD_MAX_PARKED", default_value_t = crate::spool::DEFAULT_MAX_PARKED)]
+    pub forward_max_parked: usize,
+
     /// Publishes per second the forwarder starts at most, so that a returning broker is not
     /// flattened by the backlog; 0: no limit. Keep it well above the steady callback rate.
     #[arg(long, env = "TIMBRIDGE_FORWARD_MAX_RATE", default_value_t = 10000)]
@@ -129,6 +135,7 @@ impl SpoolArgs {
             queue,
             memory_bytes: self.spool_memory_bytes,
             forward_max_inflight: 0,
+            forward_max_parked: 0,
             forward_max_rate: None,
             forward_retry_max: Duration::ZERO,
             forward_nice: 0,
@@ -157,7 +164,14 @@ impl ForwardArgs {
                 "must be between 100ms and 10m",
             ));
         }
+        if self.forward_max_parked == 0 {
+            return Err(ConfigError::new(
+                "--forward-max-parked",
+                "must be more than 0",
+            ));
+        }
         config.forward_max_inflight = self.forward_max_inflight;
+        config.forward_max_parked = self.forward_max_parked;
         config.forward_max_rate = Some(self.forward_max_rate).filter(|r| *r > 0);
         config.forward_retry_max = self.forward_retry_max;
         config.forward_nice = self.forward_nice;

@@ -28,6 +28,8 @@ pub struct Scripted {
     default: Outcome,
     delivered: Mutex<Vec<Record>>,
     ready: AtomicBool,
+    /// Keys whose records are always refused with this error (a broker refusing one group).
+    refused_keys: Mutex<Vec<(String, DeliveryError)>>,
 }
 
 impl Scripted {
@@ -38,6 +40,7 @@ impl Scripted {
             default,
             delivered: Mutex::new(Vec::new()),
             ready: AtomicBool::new(true),
+            refused_keys: Mutex::new(Vec::new()),
         }
     }
 
@@ -45,6 +48,16 @@ impl Scripted {
     pub fn then(&self, outcomes: impl IntoIterator<Item = Outcome>) -> &Self {
         lock(&self.script).extend(outcomes);
         self
+    }
+
+    /// Every record of `key` is refused with `err` from now on (before any script).
+    pub fn refuse_key(&self, key: &str, err: DeliveryError) {
+        lock(&self.refused_keys).push((key.to_owned(), err));
+    }
+
+    /// No key is refused any more.
+    pub fn clear_refusals(&self) {
+        lock(&self.refused_keys).clear();
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -67,6 +80,13 @@ impl Deliver for Scripted {
     }
 
     async fn deliver(&self, record: &Record) -> Result<Ack, DeliveryError> {
+        let refused = lock(&self.refused_keys)
+            .iter()
+            .find(|(key, _)| *key == record.key)
+            .map(|(_, err)| err.clone());
+        if let Some(err) = refused {
+            return Err(err);
+        }
         let mut outcome = lock(&self.script)
             .pop_front()
             .unwrap_or_else(|| self.default.clone());

@@ -7,6 +7,10 @@
 //! in parallel. Transient errors, and refusals an operator can fix (a missing topic, an ACL),
 //! retry the same record with backoff, without limit; only a record the broker can never
 //! accept (too large, invalid) goes to the dead-letter file, durably, and the key moves on.
+//!
+//! A key whose record keeps failing is parked: the records behind it leave memory and the
+//! window (only their place on disk is kept) and are read back when it recovers, so one stuck
+//! group cannot stop the others.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -19,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{decode_payload, encode_payload, put_frame};
 use super::segment::{self, Reader, Step};
-use super::{dead_letters, position, Shared};
+use super::{dead_letters, position, Location, Shared};
 use crate::deliver::{Deliver, DeliveryError};
 use crate::sink::record::header;
 use crate::sink::Record;
@@ -37,6 +41,14 @@ struct Item {
     seq: u64,
     record: Arc<Record>,
     attempt: u32,
+    /// Where its frame is, to read it again once its key is parked.
+    at: Location,
+}
+
+/// A record of a parked key: kept on disk only, read again when its turn comes.
+struct Parked {
+    seq: u64,
+    at: Location,
 }
 
 struct Done {
@@ -61,10 +73,19 @@ pub struct Forwarder<S> {
     outstanding: BTreeSet<u64>,
     /// Keys with a record in flight, and the records queued behind it.
     waiting: HashMap<String, VecDeque<Item>>,
+    /// Keys whose record in flight failed (it is retried): the records behind it are not
+    /// kept in memory nor counted in the window, only where they are on disk, so one stuck
+    /// key cannot fill the window and stop every other key. In sequence order; the key stays
+    /// parked until its queue is empty (records read meanwhile join the queue).
+    parked: HashMap<String, VecDeque<Parked>>,
+    /// Records in `parked` queues (bounded by `--forward-max-parked`).
+    parked_records: usize,
+    /// `--forward-max-parked` was reached (logged once per episode).
+    parked_full: bool,
     inflight: FuturesUnordered<Publish>,
     disk: Option<Cursor>,
     /// Records read from disk ahead of `next_read` (bounded: `READ_AHEAD_*`), and their bytes.
-    read_ahead: VecDeque<(u64, Arc<Record>)>,
+    read_ahead: VecDeque<(u64, Arc<Record>, Location)>,
     read_ahead_bytes: usize,
     pacer: Pacer,
     /// Received-at (unix ms) of outstanding records, for the oldest record's age.
@@ -99,6 +120,9 @@ impl<S: Deliver> Forwarder<S> {
             position_file,
             outstanding: BTreeSet::new(),
             waiting: HashMap::new(),
+            parked: HashMap::new(),
+            parked_records: 0,
+            parked_full: false,
             inflight: FuturesUnordered::new(),
             disk: None,
             read_ahead: VecDeque::new(),
@@ -159,12 +183,26 @@ impl<S: Deliver> Forwarder<S> {
         }
     }
 
-    /// Reads records while the window has room and durable records are left.
+    /// Reads records while the window has room and durable records are left. The window
+    /// counts records held in memory: a parked key's queue is not in it.
     fn fill(&mut self) {
         let max = self.shared.config.forward_max_inflight;
         self.dry = false;
-        while self.outstanding.len() < max && self.next_read <= self.shared.durable_seq() {
-            let Some((seq, record)) = self.read_next() else {
+        while self.outstanding.len() - self.parked_records < max
+            && self.next_read <= self.shared.durable_seq()
+        {
+            if self.parked_records >= self.shared.config.forward_max_parked {
+                if !self.parked_full {
+                    tracing::warn!(
+                        parked = self.parked_records,
+                        "spool: --forward-max-parked reached; reading stops until a parked key's records go out"
+                    );
+                    self.parked_full = true;
+                }
+                break;
+            }
+            self.parked_full = false;
+            let Some((seq, record, at)) = self.read_next() else {
                 self.dry = true;
                 break;
             };
@@ -176,16 +214,19 @@ impl<S: Deliver> Forwarder<S> {
             );
             self.next_read = seq + 1;
             self.outstanding.insert(seq);
-            if let Some(at) = received_at(&record) {
-                self.received.insert(seq, at);
-            }
             if seq <= self.replay_until {
                 self.shared.metrics.replayed.inc();
+            }
+            if let Some(queue) = self.parked.get_mut(&record.key) {
+                queue.push_back(Parked { seq, at });
+                self.parked_records += 1;
+                continue;
             }
             let item = Item {
                 seq,
                 record,
                 attempt: 0,
+                at,
             };
             match self.waiting.get_mut(&item.record.key) {
                 Some(queue) => queue.push_back(item),
@@ -203,7 +244,7 @@ impl<S: Deliver> Forwarder<S> {
     /// from what was read ahead from disk, else from disk, a batch at a time (each trip off
     /// the runtime's thread costs a hand-off of the worker: one per record made a backlog's
     /// drain cost more CPU than the callbacks themselves).
-    fn read_next(&mut self) -> Option<(u64, Arc<Record>)> {
+    fn read_next(&mut self) -> Option<(u64, Arc<Record>, Location)> {
         if let Some(found) = self.pop_read_ahead() {
             return Some(found);
         }
@@ -227,29 +268,29 @@ impl<S: Deliver> Forwarder<S> {
                 && self.read_ahead_bytes < READ_AHEAD_BYTES
                 && want <= durable
             {
-                let Some((seq, record)) = self.read_disk(want) else {
+                let Some((seq, record, at)) = self.read_disk(want) else {
                     break;
                 };
                 want = seq + 1;
                 self.read_ahead_bytes += record.body.len();
-                self.read_ahead.push_back((seq, record));
+                self.read_ahead.push_back((seq, record, at));
             }
         });
         self.pop_read_ahead()
     }
 
     /// The next record read ahead at or after `next_read` (older ones are dropped).
-    fn pop_read_ahead(&mut self) -> Option<(u64, Arc<Record>)> {
-        while let Some((seq, record)) = self.read_ahead.pop_front() {
+    fn pop_read_ahead(&mut self) -> Option<(u64, Arc<Record>, Location)> {
+        while let Some((seq, record, at)) = self.read_ahead.pop_front() {
             self.read_ahead_bytes -= record.body.len();
             if seq >= self.next_read {
-                return Some((seq, record));
+                return Some((seq, record, at));
             }
         }
         None
     }
 
-    fn read_disk(&mut self, want: u64) -> Option<(u64, Arc<Record>)> {
+    fn read_disk(&mut self, want: u64) -> Option<(u64, Arc<Record>, Location)> {
         for _ in 0..3 {
             if self.disk.is_none() {
                 self.disk = self.open_cursor(want);
@@ -257,10 +298,15 @@ impl<S: Deliver> Forwarder<S> {
             let cursor = self.disk.as_mut()?;
             let mut damaged_end = false;
             loop {
+                // A record's frame starts where the reader stood (damage is its own step).
+                let at = Location {
+                    segment: cursor.first_seq,
+                    offset: cursor.reader.offset(),
+                };
                 match cursor.reader.next_step() {
                     Ok(Step::Record { seq, payload }) if seq >= want => {
                         match decode_payload(&payload) {
-                            Ok(record) => return Some((seq, Arc::new(record))),
+                            Ok(record) => return Some((seq, Arc::new(record), at)),
                             Err(why) => {
                                 // Never skipped: a downgrade during a backlog must not lose
                                 // what the newer build answered 200. Forwarding stops here
@@ -348,7 +394,14 @@ impl<S: Deliver> Forwarder<S> {
             .find(|f| *f > first_seq)
     }
 
+    /// Sends a key's record in flight (the lowest outstanding record is always one: the age
+    /// of the oldest comes from these).
     fn publish(&mut self, item: Item) {
+        if item.attempt == 0 {
+            if let Some(at) = received_at(&item.record) {
+                self.received.insert(item.seq, at);
+            }
+        }
         let sink = self.sink.clone();
         let timeout = self.shared.config.publish_timeout;
         let backoff = backoff(item.attempt, self.shared.config.forward_retry_max);
@@ -391,6 +444,7 @@ impl<S: Deliver> Forwarder<S> {
                     tracing::error!(error = %err, seq = item.seq, "spool: cannot make the dead letter durable; the record is kept and tried again");
                     self.shared.metrics.retries.inc();
                     item.attempt += 1;
+                    self.park(&item.record.key);
                     return self.publish(item);
                 }
             }
@@ -402,6 +456,7 @@ impl<S: Deliver> Forwarder<S> {
                 }
                 self.shared.metrics.refusals.inc();
                 item.attempt += 1;
+                self.park(&item.record.key);
                 return self.publish(item);
             }
             Err(err) => {
@@ -410,17 +465,89 @@ impl<S: Deliver> Forwarder<S> {
                 }
                 self.shared.metrics.retries.inc();
                 item.attempt += 1;
+                self.park(&item.record.key);
                 return self.publish(item);
             }
         }
         self.outstanding.remove(&item.seq);
         self.received.remove(&item.seq);
         let key = item.record.key.clone();
+        // A parked key goes on with its queue, read back from disk, before anything else.
+        while let Some(parked) = self.parked.get_mut(&key).and_then(VecDeque::pop_front) {
+            self.parked_records -= 1;
+            match self.read_parked(&parked) {
+                Some(next) => return self.publish(next),
+                None => {
+                    self.outstanding.remove(&parked.seq);
+                }
+            }
+        }
+        if self.parked.remove(&key).is_some() {
+            tracing::info!(key = %key, "spool: a parked key's records are all out; it is unparked");
+        }
         let next = self.waiting.get_mut(&key).and_then(VecDeque::pop_front);
         match next {
             Some(next) => self.publish(next),
             None => {
                 self.waiting.remove(&key);
+            }
+        }
+    }
+
+    /// The key's record in flight failed: the records queued behind it leave memory (they are
+    /// on disk) and the window, so that the other keys keep it.
+    fn park(&mut self, key: &str) {
+        if self.parked.contains_key(key) {
+            return;
+        }
+        let queued = self
+            .waiting
+            .get_mut(key)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let queue: VecDeque<Parked> = queued
+            .into_iter()
+            .map(|item| Parked {
+                seq: item.seq,
+                at: item.at,
+            })
+            .collect();
+        self.parked_records += queue.len();
+        tracing::info!(key = %key, queued = queue.len(), "spool: a key's publish failed; its later records wait on disk (parked) while other keys go on");
+        self.parked.insert(key.to_owned(), queue);
+    }
+
+    /// A parked record, read back from its place on disk (or, should that fail, found by a
+    /// scan of its segment). `None` only when it cannot be read at all: reported and counted,
+    /// as damage is.
+    fn read_parked(&self, parked: &Parked) -> Option<Item> {
+        let path = self
+            .shared
+            .lock_segments()
+            .iter()
+            .find(|s| s.first_seq == parked.at.segment)
+            .map(|s| s.path.clone());
+        let found = path.as_ref().and_then(|path| {
+            tokio::task::block_in_place(|| {
+                segment::read_record_at(path, parked.at.offset, parked.seq)
+                    .or_else(|| segment::find_record(path, parked.seq))
+            })
+        });
+        match found.map(|payload| decode_payload(&payload)) {
+            Some(Ok(record)) => Some(Item {
+                seq: parked.seq,
+                record: Arc::new(record),
+                attempt: 0,
+                at: parked.at,
+            }),
+            _ => {
+                tracing::error!(
+                    seq = parked.seq,
+                    segment = parked.at.segment,
+                    "spool: a parked record cannot be read back from disk; counted as corrupt"
+                );
+                self.shared.metrics.corrupt_records.inc();
+                None
             }
         }
     }
@@ -500,6 +627,8 @@ impl<S: Deliver> Forwarder<S> {
         let age = oldest.map_or(0.0, |at| now_ms().saturating_sub(*at) as f64 / 1000.0);
         m.oldest_age.set(age);
         m.bytes.set(self.shared.bytes() as i64);
+        m.parked_keys.set(self.parked.len() as i64);
+        m.parked_records.set(self.parked_records as i64);
     }
 }
 

@@ -60,8 +60,12 @@ pub struct SpoolConfig {
     pub queue: usize,
     /// The newest records kept in memory for the forwarder; older ones are read from disk.
     pub memory_bytes: usize,
-    /// Records the forwarder has read and not yet had acknowledged, at most.
+    /// Records the forwarder has read and not yet had acknowledged, at most (held in memory;
+    /// a parked key's records are not counted).
     pub forward_max_inflight: usize,
+    /// Records of parked keys (their publish failing) the forwarder tracks by their place on
+    /// disk, at most; past it reading stops.
+    pub forward_max_parked: usize,
     /// Publishes per second the forwarder starts at most (`None`: no limit).
     pub forward_max_rate: Option<u32>,
     /// The longest wait between two attempts of one record.
@@ -89,6 +93,7 @@ impl SpoolConfig {
             queue: 1,
             memory_bytes: 0,
             forward_max_inflight: 1024,
+            forward_max_parked: DEFAULT_MAX_PARKED,
             forward_max_rate: None,
             forward_retry_max: Duration::from_secs(5),
             forward_nice: 0,
@@ -98,6 +103,9 @@ impl SpoolConfig {
         }
     }
 }
+
+/// `--forward-max-parked`'s default: about 50 MB of places on disk.
+pub const DEFAULT_MAX_PARKED: usize = 1_000_000;
 
 /// What the request path, the writer and the forwarder share.
 pub struct Shared {
@@ -218,17 +226,17 @@ const DISK_FULL_PAUSE: Duration = Duration::from_millis(250);
 /// The newest durable records, for the forwarder to take without reading the disk; bounded in
 /// bytes (the oldest leave first: they are on disk).
 struct Tail {
-    records: VecDeque<(u64, Arc<Record>, usize)>,
+    records: VecDeque<(u64, Arc<Record>, usize, Location)>,
     bytes: usize,
     max_bytes: usize,
 }
 
 impl Tail {
-    fn push(&mut self, seq: u64, record: Arc<Record>, bytes: usize) {
-        self.records.push_back((seq, record, bytes));
+    fn push(&mut self, seq: u64, record: Arc<Record>, bytes: usize, at: Location) {
+        self.records.push_back((seq, record, bytes, at));
         self.bytes += bytes;
         while self.bytes > self.max_bytes {
-            let Some((_, _, b)) = self.records.pop_front() else {
+            let Some((_, _, b, _)) = self.records.pop_front() else {
                 break;
             };
             self.bytes -= b;
@@ -238,22 +246,30 @@ impl Tail {
     /// Takes the record `seq` when it is in memory (the writer's sequence numbers are
     /// contiguous), with every older one: the forwarder has them from here on, and the frees
     /// happen on its task, not the writer's thread.
-    fn take(&mut self, seq: u64) -> Option<(u64, Arc<Record>)> {
-        while let Some((first, _, bytes)) = self.records.front() {
+    fn take(&mut self, seq: u64) -> Option<(u64, Arc<Record>, Location)> {
+        while let Some((first, _, bytes, _)) = self.records.front() {
             if *first >= seq {
                 break;
             }
             self.bytes -= bytes;
             self.records.pop_front();
         }
-        let (found, _, _) = self.records.front()?;
+        let (found, _, _, _) = self.records.front()?;
         if *found != seq {
             return None;
         }
-        let (found, record, bytes) = self.records.pop_front()?;
+        let (found, record, bytes, at) = self.records.pop_front()?;
         self.bytes -= bytes;
-        Some((found, record))
+        Some((found, record, at))
     }
+}
+
+/// Where a record's frame is on disk: its segment (the segment's first sequence number) and
+/// the frame's offset in it. The forwarder reads a parked key's records back from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub segment: u64,
+    pub offset: u64,
 }
 
 /// Why the spool could not be opened.

@@ -375,6 +375,34 @@ impl Reader {
     }
 }
 
+/// The payload of record `seq` whose frame starts at `offset` in `path`; `None` when it is not
+/// there.
+pub fn read_record_at(path: &Path, offset: u64, seq: u64) -> Option<Bytes> {
+    let mut reader = Reader::open_at(path, offset, None).ok()?;
+    match reader.next_step() {
+        Ok(Step::Record {
+            seq: found,
+            payload,
+        }) if found == seq => Some(payload),
+        _ => None,
+    }
+}
+
+/// The payload of record `seq`, found by reading `path` from its start.
+pub fn find_record(path: &Path, seq: u64) -> Option<Bytes> {
+    let mut reader = Reader::open(path).ok()?;
+    loop {
+        match reader.next_step().ok()? {
+            Step::Record {
+                seq: found,
+                payload,
+            } if found == seq => return Some(payload),
+            Step::Record { .. } | Step::Skipped { .. } => {}
+            Step::End { .. } => return None,
+        }
+    }
+}
+
 /// `file` from `offset` up to `len`, buffered.
 fn bounded(mut file: File, offset: u64, len: u64) -> io::Result<BufReader<io::Take<File>>> {
     io::Seek::seek(&mut file, io::SeekFrom::Start(offset))?;

@@ -200,9 +200,16 @@ impl Writer {
         let last_seq = self.next_seq - 1;
         let mut replies = std::mem::take(&mut self.replies);
         {
+            // Each frame's place, for the forwarder to read it back (a parked key's records).
+            let mut offset = self.segment_len - buf.len() as u64;
             let mut tail = self.shared.lock_tail();
             for (i, append) in batch.into_iter().enumerate() {
-                tail.push(first_seq + i as u64, append.record, append.frame_len);
+                let at = super::Location {
+                    segment: self.segment_first,
+                    offset,
+                };
+                offset += append.frame_len as u64;
+                tail.push(first_seq + i as u64, append.record, append.frame_len, at);
                 replies.push(append.reply);
             }
         }
