@@ -1,10 +1,11 @@
 //! The auditor's Prometheus metrics, on a registry of its own (`timbridge audit` is its own
-//! process). Labels come from fixed sets: never group ids.
+//! process), its Kafka producer's gauges included. Labels come from fixed sets: never group ids.
 
 use prometheus::{Encoder, Gauge, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use super::resolve::Reason;
 use super::tracker::Seen;
+use crate::metrics::KafkaGauges;
 use crate::tencent::rest::group;
 
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct AuditMetrics {
     pub lag: Gauge,
     pub pending_gaps: IntGauge,
     pub credentials_ok: IntGauge,
+    /// librdkafka's statistics of the backfill producer (`--sink kafka`).
+    pub kafka: KafkaGauges,
 }
 
 impl AuditMetrics {
@@ -75,6 +78,7 @@ impl AuditMetrics {
             "timbridge_audit_rest_credentials_ok",
             "1 while Tencent accepts every app's REST credentials, 0 once one was refused.",
         );
+        let kafka = KafkaGauges::new(&registry).expect("registered once");
         credentials_ok.set(1);
         let lag = Gauge::new(
             "timbridge_audit_lag_seconds",
@@ -119,6 +123,7 @@ impl AuditMetrics {
             lag,
             pending_gaps,
             credentials_ok,
+            kafka,
         }
     }
 
@@ -165,5 +170,23 @@ mod tests {
             .map(|family| family.name().to_owned())
             .collect();
         assert_eq!(documented, registered, "README (left) vs registry (right)");
+    }
+
+    /// With `--sink kafka` the auditor's producer reports librdkafka's statistics into these
+    /// gauges: they are on the auditor's `/metrics`, not on a registry nobody serves.
+    #[test]
+    fn the_kafka_client_gauges_are_exported() {
+        let text = super::AuditMetrics::new().encode();
+        for family in [
+            "timbridge_kafka_producer_queue_messages",
+            "timbridge_kafka_producer_queue_bytes",
+            "timbridge_kafka_broker_rtt_seconds",
+            "timbridge_kafka_broker_inflight_messages",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{family} "))),
+                "{family} is not exported"
+            );
+        }
     }
 }

@@ -109,15 +109,11 @@ pub async fn run(
                 .await
                 .map_err(|e| e.to_string())?,
         ),
-        SinkConfig::Kafka(kafka) => {
-            let gauges = crate::metrics::Metrics::new()
-                .map_err(|e| e.to_string())?
-                .kafka_gauges();
-            Sink::Kafka(
-                KafkaSink::connect(kafka, config.publish_timeout, gauges)
-                    .map_err(|e| e.to_string())?,
-            )
-        }
+        // librdkafka's statistics go to the auditor's own registry, which its /metrics serves.
+        SinkConfig::Kafka(kafka) => Sink::Kafka(
+            KafkaSink::connect(kafka, config.publish_timeout, metrics.kafka.clone())
+                .map_err(|e| e.to_string())?,
+        ),
         SinkConfig::Stdout => return Err("--sink: the auditor reads NATS or Kafka".into()),
     };
     let ready = Arc::new(AtomicBool::new(false));

@@ -850,6 +850,19 @@ async fn the_auditor_repairs_a_kafka_topic_too() {
     })
     .await
     .unwrap();
+    // Its producer's librdkafka statistics (every 5 s) are on its own /metrics.
+    eventually(
+        Duration::from_secs(30),
+        "the auditor's Kafka gauges",
+        || {
+            let http = &http;
+            async move {
+                let text = admin_metrics(http, admin).await;
+                (metric(&text, "timbridge_kafka_broker_rtt_seconds") > 0.0).then_some(())
+            }
+        },
+    )
+    .await;
     auditor.kill();
     let mut seen: BTreeMap<(String, u64), usize> = BTreeMap::new();
     let mut events = Vec::new();
