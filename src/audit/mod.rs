@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use crate::config::apps::App;
 use crate::config::SinkConfig;
 use crate::deliver::Deliver;
+use crate::http::admin::Status;
 use crate::sink::{KafkaSink, NatsSink, RecordBuilder, Sink};
 use crate::tencent::rest::group::MAX_GROUPS_PER_INFO;
 use crate::tencent::rest::{RestClient, RestConfig, SystemClock};
@@ -120,7 +121,18 @@ pub async fn run(
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| format!("--admin-listen {}: {e}", config.admin_listen))?;
-    tokio::spawn(admin::serve(admin, metrics.clone(), ready.clone()));
+    // The admin listener stops when this function returns, however it returns.
+    let (_admin_running, admin_stop) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(crate::http::admin::serve(
+        admin,
+        Arc::new(AdminStatus {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        }),
+        async {
+            let _ = admin_stop.await;
+        },
+    ));
     let (mut feed, store) = open_feed(&config, &sink).await?;
     let sink = Arc::new(sink);
 
@@ -476,56 +488,133 @@ mod tail {
     }
 }
 
-mod admin {
-    //! `/metrics`, `/healthz`, `/readyz` (consumer attached and every app's REST credentials
-    //! accepted) of the auditor.
+/// What the auditor's `/healthz` and `/readyz` answer (served by the bridge's admin listener):
+/// ready once the consumer is attached and while every app's REST credentials are accepted.
+struct AdminStatus {
+    metrics: AuditMetrics,
+    ready: Arc<AtomicBool>,
+}
 
-    use std::convert::Infallible;
+impl Status for AdminStatus {
+    fn exposition(&self) -> Vec<u8> {
+        self.metrics.encode().into_bytes()
+    }
 
-    use bytes::Bytes;
-    use http::{Response, StatusCode};
-    use http_body_util::Full;
-    use hyper::server::conn::http1;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
+    fn unhealthy(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn unready(&self) -> Option<&'static str> {
+        if !self.ready.load(Ordering::Relaxed) {
+            Some("not ready: consumer not attached\n")
+        } else if self.metrics.credentials_ok.get() == 0 {
+            Some("not ready: Tencent refused an app's REST credentials\n")
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
-    pub async fn serve(
-        listener: tokio::net::TcpListener,
-        metrics: AuditMetrics,
-        ready: Arc<AtomicBool>,
-    ) {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let metrics = metrics.clone();
-            let ready = ready.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let (status, body) = match request.uri().path() {
-                        "/metrics" => (StatusCode::OK, metrics.encode()),
-                        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
-                        "/readyz" if !ready.load(Ordering::Relaxed) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: consumer not attached\n".into(),
-                        ),
-                        "/readyz" if metrics.credentials_ok.get() == 0 => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: Tencent refused an app's REST credentials\n".into(),
-                        ),
-                        "/readyz" => (StatusCode::OK, "ready\n".into()),
-                        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
-                    };
-                    let mut response = Response::new(Full::new(Bytes::from(body)));
-                    *response.status_mut() = status;
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    /// The auditor's admin endpoints, as `run` serves them, until the task is aborted.
+    async fn serve_admin(listener: tokio::net::TcpListener, ready: bool) {
+        let status = AdminStatus {
+            metrics: AuditMetrics::new(),
+            ready: Arc::new(AtomicBool::new(ready)),
+        };
+        crate::http::admin::serve(listener, Arc::new(status), std::future::pending()).await
+    }
+
+    async fn start_admin(ready: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_admin(listener, ready));
+        (addr, server)
+    }
+
+    /// One request on its own connection; (status, body).
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        let status = answer[9..12].parse().unwrap();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn the_admin_listener_answers_readiness_and_metrics() {
+        let (addr, server) = start_admin(false).await;
+        assert_eq!(get(addr, "/readyz").await.0, 503, "consumer not attached");
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        let (status, body) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(body.contains("timbridge_audit_groups "), "{body}");
+        server.abort();
+        let (addr, server) = start_admin(true).await;
+        assert_eq!(get(addr, "/readyz").await.0, 200);
+        server.abort();
+    }
+
+    /// A connection that never finishes its request head is cut (the admin listener's head
+    /// deadline), not held open for ever.
+    #[tokio::test]
+    async fn the_admin_listener_closes_a_silent_connection() {
+        let (addr, server) = start_admin(true).await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await;
+        assert!(read.is_ok(), "a half-sent head still open after 10 s");
+        server.abort();
+    }
+
+    /// A listener whose accept keeps failing (shut down for reading, accept says EINVAL at
+    /// once, as it says EMFILE when the process is out of descriptors) must not make the admin
+    /// server spin: over half a second, the thread running it stays nearly idle.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_admin_listener_backs_off_on_accept_errors() {
+        use std::os::fd::AsRawFd;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // SAFETY: a plain syscall on a descriptor the listener owns and keeps open.
+        assert_eq!(
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) },
+            0
+        );
+        let before = thread_cpu();
+        let server = tokio::spawn(serve_admin(listener, true));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let busy = thread_cpu() - before;
+        server.abort();
+        assert!(
+            busy < Duration::from_millis(100),
+            "the admin listener spun: {busy:?} of CPU in 500 ms"
+        );
+    }
+
+    /// CPU time (user and system) of the calling thread.
+    #[cfg(target_os = "linux")]
+    fn thread_cpu() -> Duration {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage fills the struct it is given.
+        let usage = unsafe {
+            assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()), 0);
+            usage.assume_init()
+        };
+        let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
     }
 }
