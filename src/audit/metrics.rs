@@ -1,7 +1,9 @@
 //! The auditor's Prometheus metrics, on a registry of its own (`timbridge audit` is its own
 //! process), its Kafka producer's gauges included. Labels come from fixed sets: never group ids.
 
-use prometheus::{Encoder, Gauge, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use super::resolve::Reason;
 use super::tracker::Seen;
@@ -23,6 +25,10 @@ pub struct AuditMetrics {
     pub lag: Gauge,
     pub pending_gaps: IntGauge,
     pub credentials_ok: IntGauge,
+    /// Lookups that failed (the REST reads, or publishing what they found).
+    pub lookup_failures: IntCounter,
+    /// Groups whose last lookup failed: waiting for their next try, or due for it.
+    pub backing_off: IntGauge,
     /// librdkafka's statistics of the backfill producer (`--sink kafka`).
     pub kafka: KafkaGauges,
 }
@@ -78,6 +84,18 @@ impl AuditMetrics {
             "timbridge_audit_rest_credentials_ok",
             "1 while Tencent accepts every app's REST credentials, 0 once one was refused.",
         );
+        let backing_off = gauge(
+            "timbridge_audit_groups_backing_off",
+            "Groups whose last lookup failed: each waits 5 s after its first failure in a row, twice as long after each next one, up to --audit-retry-max.",
+        );
+        let lookup_failures = IntCounter::new(
+            "timbridge_audit_lookup_failures_total",
+            "Gap lookups that failed (Tencent's history unreadable after every attempt, or its backfills not published); the gap is tried again after the group's backoff.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(lookup_failures.clone()))
+            .expect("registered once");
         let kafka = KafkaGauges::new(&registry).expect("registered once");
         credentials_ok.set(1);
         let lag = Gauge::new(
@@ -123,6 +141,8 @@ impl AuditMetrics {
             lag,
             pending_gaps,
             credentials_ok,
+            lookup_failures,
+            backing_off,
             kafka,
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  the bridge's stream ──▶ consume (durable pull consumer) ──▶ tracker (per group: contiguous
-//!  seq, seqs above it) ──gap past --gap-grace──▶ repair (one worker per app, rate-limited REST)
+//!  seq, seqs above it) ──gap past --gap-grace──▶ repair (one worker per app, rate-limited REST;
+//!     a failed lookup makes the group back off)
 //!     resolve: group_msg_get_simple pages ──▶ backfill: the callback Tencent would have sent,
 //!     published like the live one + tim-source: backfill │ settled: system notice, placeholder
 //!     │ unrecoverable: an event on --audit-event-subject
@@ -13,6 +14,7 @@
 //! ```
 
 pub mod backfill;
+pub mod backoff;
 pub mod checkpoint;
 pub mod consume;
 pub mod feed;
@@ -37,6 +39,7 @@ use crate::http::admin::Status;
 use crate::sink::{KafkaSink, NatsSink, RecordBuilder, Sink};
 use crate::tencent::rest::group::MAX_GROUPS_PER_INFO;
 use crate::tencent::rest::{RestClient, RestConfig, SystemClock};
+use backoff::Backoff;
 use checkpoint::Store;
 use feed::Feed;
 use metrics::{seen_label, AuditMetrics};
@@ -70,6 +73,8 @@ pub struct AuditConfig {
     pub max_ack_pending: usize,
     /// Gaps queued per app for its worker.
     pub max_queued_gaps: usize,
+    /// The longest a group waits after failed lookups (the wait doubles from 5 s per failure).
+    pub retry_max: Duration,
     /// Which part of the partitions this replica audits.
     pub shard: Shard,
 }
@@ -190,9 +195,13 @@ pub async fn run(
     let mut dirty: HashSet<GroupKey> = HashSet::new();
     let mut forgotten: Vec<GroupKey> = Vec::new();
     // One lookup per group at a time (the tracker gives each group's lowest gap only); after
-    // a failed one the group waits `RETRY_MS`. Both bounded by the tracked groups.
+    // failed ones the group backs off. Both bounded by the tracked groups: an evicted group is
+    // forgotten here too.
     let mut in_flight: HashSet<GroupKey> = HashSet::new();
-    let mut retry_at: HashMap<GroupKey, u64> = HashMap::new();
+    let mut backoff = Backoff::new(
+        u64::try_from(config.retry_max.as_millis()).unwrap_or(u64::MAX),
+        config.max_groups,
+    );
     // The first seq of the last gap counted as found, per group: a retry is not found again.
     let mut counted: HashMap<GroupKey, u64> = HashMap::new();
     let (tail_tx, mut tail_rx) = mpsc::channel::<Vec<(GroupKey, u64)>>(1);
@@ -229,7 +238,7 @@ pub async fn run(
                             metrics.evicted.with_label_values(&["cap"]).inc();
                             dirty.remove(&evicted);
                             counted.remove(&evicted);
-                            retry_at.remove(&evicted);
+                            backoff.forget(&evicted);
                             forgotten.push(evicted);
                         }
                         dirty.insert(seen.key);
@@ -245,7 +254,7 @@ pub async fn run(
                     metrics.evicted.with_label_values(&[eviction_label(Eviction::Idle)]).inc();
                     dirty.remove(&key);
                     counted.remove(&key);
-                    retry_at.remove(&key);
+                    backoff.forget(&key);
                     forgotten.push(key);
                 }
                 metrics.groups.set(tracker.len() as i64);
@@ -254,11 +263,11 @@ pub async fn run(
             _ = gap_tick.tick() => {
                 let now = now_ms();
                 metrics.credentials_ok.set(i64::from(clients.values().all(|c| c.credentials_ok())));
-                retry_at.retain(|_, at| *at > now);
                 let due = tracker.due(now, grace_ms, MAX_LOOKUP_SEQS);
                 metrics.pending_gaps.set(due.len() as i64);
+                metrics.backing_off.set(backoff.len() as i64);
                 for gap in due {
-                    if in_flight.contains(&gap.key) || retry_at.contains_key(&gap.key) {
+                    if in_flight.contains(&gap.key) || backoff.waiting(&gap.key, now) {
                         continue;
                     }
                     let Some(worker) = workers.get(&gap.key.sdkappid) else { continue };
@@ -278,11 +287,19 @@ pub async fn run(
                 let Repaired { gap, done } = repaired;
                 in_flight.remove(&gap.key);
                 if done {
+                    backoff.succeeded(&gap.key);
                     tracker.resolve(&gap.key, gap.first, gap.last, now_ms());
                     dirty.insert(gap.key);
                 } else {
-                    retry_at.insert(gap.key, now_ms() + RETRY_MS);
+                    metrics.lookup_failures.inc();
+                    // A group evicted during its lookup is not tracked, so not kept here either.
+                    if tracker.get(&gap.key).is_some() {
+                        let wait_ms = backoff.failed(&gap.key, now_ms());
+                        tracing::info!(sdkappid = gap.key.sdkappid, group = %gap.key.group, wait_ms,
+                            "audit: the group's next lookup waits");
+                    }
                 }
+                metrics.backing_off.set(backoff.len() as i64);
             }
             _ = tail_tick.tick(), if !tail_running => {
                 // While the stream is being caught up with, Tencent's latest seq is ahead of
@@ -318,8 +335,6 @@ pub async fn run(
 /// Seqs one lookup covers at most (50 history pages); a longer gap is looked up in turns,
 /// its lowest part first, so a day's outage is repaired step by step and never held in memory.
 const MAX_LOOKUP_SEQS: u64 = 1000;
-/// After a failed lookup, the group's next try waits this long.
-const RETRY_MS: u64 = 5_000;
 
 fn eviction_label(eviction: Eviction) -> &'static str {
     match eviction {

@@ -988,3 +988,65 @@ async fn two_shards_split_the_groups_between_them() {
     drop(stops);
     drop(bridge);
 }
+
+/// A group whose lookups keep failing waits longer after each failure (5 s, then 10 s, ...),
+/// each failure counted and the group shown as backing off; once Tencent answers again its gap
+/// is repaired and the group no longer backs off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_lookups_keep_failing_backs_off() {
+    let _serial = crate::common::serial().await;
+    let World {
+        nats,
+        bridge,
+        sim,
+        dir: _dir,
+        config,
+    } = World::start(KEY).await;
+    let group = "@TGS#failing";
+    sim.set_group(group, sim_group("Public", group, 3, |_| false));
+    // Every call answered 60007, and one attempt per call: one history call per lookup.
+    sim.inject_rate_limit(u32::MAX);
+    let http = Http::default();
+    for seq in [1, 3] {
+        assert_eq!(
+            http.group_message(bridge.addr(), group, seq).await.status,
+            200
+        );
+    }
+    let (admin, _auditor) = start_auditor(&config, &nats, &sim, &["--rest-attempts", "1"]);
+    eventually(Duration::from_secs(20), "the first lookup", || {
+        let sim = &sim;
+        async move { (sim.history_calls(group) >= 1).then_some(()) }
+    })
+    .await;
+    // The window measured: a fixed 5 s wait fits 3 more lookups in it, backing off (5 s, then
+    // 10 s) 2.
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    let calls = sim.history_calls(group);
+    assert!(
+        (2..=3).contains(&calls),
+        "{calls} lookups within 18 s of the first (3 with the backoff, 4 without)"
+    );
+    let text = admin_metrics(&http, admin).await;
+    assert_eq!(
+        metric(&text, "timbridge_audit_lookup_failures_total"),
+        calls as f64
+    );
+    assert_eq!(metric(&text, "timbridge_audit_groups_backing_off"), 1.0);
+    // Tencent answers again: the next try (20 s after the third) repairs the gap.
+    sim.inject_rate_limit(0);
+    eventually(Duration::from_secs(40), "the gap repaired", || {
+        let http = &http;
+        async move {
+            let text = admin_metrics(http, admin).await;
+            (metric(
+                &text,
+                "timbridge_audit_gap_seqs_total{outcome=\"backfilled\"}",
+            ) == 1.0
+                && metric(&text, "timbridge_audit_groups_backing_off") == 0.0)
+                .then_some(())
+        }
+    })
+    .await;
+    drop(bridge);
+}
