@@ -4,7 +4,8 @@
 //! ```text
 //!  the bridge's stream ──▶ consume (durable pull consumer) ──▶ tracker (per group: contiguous
 //!  seq, seqs above it) ──gap past --gap-grace──▶ repair (one worker per app, rate-limited REST;
-//!     a failed lookup makes the group back off)
+//!     before a lookup the tracker says what of the gap is still missing; a failed lookup makes
+//!     the group back off)
 //!     resolve: group_msg_get_simple pages ──▶ backfill: the callback Tencent would have sent,
 //!     published like the live one + tim-source: backfill │ settled: system notice, placeholder
 //!     │ unrecoverable: an event on --audit-event-subject
@@ -43,7 +44,7 @@ use backoff::Backoff;
 use checkpoint::Store;
 use feed::Feed;
 use metrics::{seen_label, AuditMetrics};
-use repair::{now_ms, Repaired, Repairer};
+use repair::{now_ms, Recheck, Repaired, Repairer};
 use tracker::{Eviction, Gap, GroupKey, Seen, Tracker};
 
 #[derive(Debug, Clone)]
@@ -144,6 +145,8 @@ pub async fn run(
     let builder =
         RecordBuilder::new(config.sink.destination(), config.partitions).with_apps(&config.apps);
     let (done_tx, mut done_rx) = mpsc::channel::<Repaired>(config.max_queued_gaps.max(1));
+    // A worker asks one question at a time and waits for the answer: one slot per app.
+    let (recheck_tx, mut recheck_rx) = mpsc::channel::<Recheck>(config.apps.len().max(1));
     let mut workers = HashMap::new();
     let mut clients = HashMap::new();
     for app in &config.apps {
@@ -174,7 +177,7 @@ pub async fn run(
             partitions: config.partitions,
             metrics: metrics.clone(),
         };
-        tokio::spawn(repairer.run(rx, done_tx.clone()));
+        tokio::spawn(repairer.run(rx, recheck_tx.clone(), done_tx.clone()));
         workers.insert(app.sdkappid, tx);
         clients.insert(app.sdkappid, client);
     }
@@ -202,7 +205,8 @@ pub async fn run(
         u64::try_from(config.retry_max.as_millis()).unwrap_or(u64::MAX),
         config.max_groups,
     );
-    // The first seq of the last gap counted as found, per group: a retry is not found again.
+    // The highest seq counted as found, per group: a retry, or the rest of a gap its re-check
+    // narrowed, is not found again.
     let mut counted: HashMap<GroupKey, u64> = HashMap::new();
     let (tail_tx, mut tail_rx) = mpsc::channel::<Vec<(GroupKey, u64)>>(1);
     let mut tail_running = false;
@@ -274,14 +278,20 @@ pub async fn run(
                     if worker.try_send(gap.clone()).is_err() {
                         continue; // the worker's queue is full: next tick
                     }
-                    if counted.get(&gap.key) != Some(&gap.first) {
-                        metrics.gap_seqs.with_label_values(&["found"]).inc_by(gap.last - gap.first + 1);
+                    let counted_to = counted.get(&gap.key).copied().unwrap_or(0);
+                    if gap.last > counted_to {
+                        let found = gap.last - counted_to.max(gap.first - 1);
+                        metrics.gap_seqs.with_label_values(&["found"]).inc_by(found);
                         tracing::info!(sdkappid = gap.key.sdkappid, group = %gap.key.group, first = gap.first,
                             last = gap.last, "audit: gap due for a lookup");
-                        counted.insert(gap.key.clone(), gap.first);
+                        counted.insert(gap.key.clone(), gap.last);
                     }
                     in_flight.insert(gap.key);
                 }
+            }
+            Some(Recheck { gap, reply }) = recheck_rx.recv() => {
+                // The worker waits for this; the tracker answers at once.
+                let _ = reply.send(tracker.still_missing(&gap));
             }
             Some(repaired) = done_rx.recv() => {
                 let Repaired { gap, done } = repaired;
