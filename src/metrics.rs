@@ -187,7 +187,8 @@ pub struct KafkaGauges {
 }
 
 impl KafkaGauges {
-    fn new(registry: &Registry) -> prometheus::Result<KafkaGauges> {
+    /// Registers the gauges on `registry`: the bridge's, or the auditor's own.
+    pub fn new(registry: &Registry) -> prometheus::Result<KafkaGauges> {
         let gauges = KafkaGauges {
             queue_messages: IntGauge::new(
                 "timbridge_kafka_producer_queue_messages",

@@ -1,10 +1,13 @@
 //! The auditor's Prometheus metrics, on a registry of its own (`timbridge audit` is its own
-//! process). Labels come from fixed sets: never group ids.
+//! process), its Kafka producer's gauges included. Labels come from fixed sets: never group ids.
 
-use prometheus::{Encoder, Gauge, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use super::resolve::Reason;
 use super::tracker::Seen;
+use crate::metrics::KafkaGauges;
 use crate::tencent::rest::group;
 
 #[derive(Clone)]
@@ -22,6 +25,12 @@ pub struct AuditMetrics {
     pub lag: Gauge,
     pub pending_gaps: IntGauge,
     pub credentials_ok: IntGauge,
+    /// Lookups that failed (the REST reads, or publishing what they found).
+    pub lookup_failures: IntCounter,
+    /// Groups whose last lookup failed: waiting for their next try, or due for it.
+    pub backing_off: IntGauge,
+    /// librdkafka's statistics of the backfill producer (`--sink kafka`).
+    pub kafka: KafkaGauges,
 }
 
 impl AuditMetrics {
@@ -75,6 +84,19 @@ impl AuditMetrics {
             "timbridge_audit_rest_credentials_ok",
             "1 while Tencent accepts every app's REST credentials, 0 once one was refused.",
         );
+        let backing_off = gauge(
+            "timbridge_audit_groups_backing_off",
+            "Groups whose last lookup failed: each waits 5 s after its first failure in a row, twice as long after each next one, up to --audit-retry-max.",
+        );
+        let lookup_failures = IntCounter::new(
+            "timbridge_audit_lookup_failures_total",
+            "Gap lookups that failed (Tencent's history unreadable after every attempt, or its backfills not published); the gap is tried again after the group's backoff.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(lookup_failures.clone()))
+            .expect("registered once");
+        let kafka = KafkaGauges::new(&registry).expect("registered once");
         credentials_ok.set(1);
         let lag = Gauge::new(
             "timbridge_audit_lag_seconds",
@@ -119,6 +141,9 @@ impl AuditMetrics {
             lag,
             pending_gaps,
             credentials_ok,
+            lookup_failures,
+            backing_off,
+            kafka,
         }
     }
 
@@ -165,5 +190,23 @@ mod tests {
             .map(|family| family.name().to_owned())
             .collect();
         assert_eq!(documented, registered, "README (left) vs registry (right)");
+    }
+
+    /// With `--sink kafka` the auditor's producer reports librdkafka's statistics into these
+    /// gauges: they are on the auditor's `/metrics`, not on a registry nobody serves.
+    #[test]
+    fn the_kafka_client_gauges_are_exported() {
+        let text = super::AuditMetrics::new().encode();
+        for family in [
+            "timbridge_kafka_producer_queue_messages",
+            "timbridge_kafka_producer_queue_bytes",
+            "timbridge_kafka_broker_rtt_seconds",
+            "timbridge_kafka_broker_inflight_messages",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{family} "))),
+                "{family} is not exported"
+            );
+        }
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! ```text
 //!  the bridge's stream ──▶ consume (durable pull consumer) ──▶ tracker (per group: contiguous
-//!  seq, seqs above it) ──gap past --gap-grace──▶ repair (one worker per app, rate-limited REST)
+//!  seq, seqs above it) ──gap past --gap-grace──▶ repair (one worker per app, rate-limited REST;
+//!     before a lookup the tracker says what of the gap is still missing; a failed lookup makes
+//!     the group back off)
 //!     resolve: group_msg_get_simple pages ──▶ backfill: the callback Tencent would have sent,
 //!     published like the live one + tim-source: backfill │ settled: system notice, placeholder
 //!     │ unrecoverable: an event on --audit-event-subject
@@ -13,6 +15,7 @@
 //! ```
 
 pub mod backfill;
+pub mod backoff;
 pub mod checkpoint;
 pub mod consume;
 pub mod feed;
@@ -33,13 +36,15 @@ use tokio::sync::mpsc;
 use crate::config::apps::App;
 use crate::config::SinkConfig;
 use crate::deliver::Deliver;
+use crate::http::admin::Status;
 use crate::sink::{KafkaSink, NatsSink, RecordBuilder, Sink};
 use crate::tencent::rest::group::MAX_GROUPS_PER_INFO;
 use crate::tencent::rest::{RestClient, RestConfig, SystemClock};
+use backoff::Backoff;
 use checkpoint::Store;
 use feed::Feed;
 use metrics::{seen_label, AuditMetrics};
-use repair::{now_ms, Repaired, Repairer};
+use repair::{now_ms, Recheck, Repaired, Repairer};
 use tracker::{Eviction, Gap, GroupKey, Seen, Tracker};
 
 #[derive(Debug, Clone)]
@@ -69,6 +74,8 @@ pub struct AuditConfig {
     pub max_ack_pending: usize,
     /// Gaps queued per app for its worker.
     pub max_queued_gaps: usize,
+    /// The longest a group waits after failed lookups (the wait doubles from 5 s per failure).
+    pub retry_max: Duration,
     /// Which part of the partitions this replica audits.
     pub shard: Shard,
 }
@@ -109,28 +116,37 @@ pub async fn run(
                 .await
                 .map_err(|e| e.to_string())?,
         ),
-        SinkConfig::Kafka(kafka) => {
-            let gauges = crate::metrics::Metrics::new()
-                .map_err(|e| e.to_string())?
-                .kafka_gauges();
-            Sink::Kafka(
-                KafkaSink::connect(kafka, config.publish_timeout, gauges)
-                    .map_err(|e| e.to_string())?,
-            )
-        }
+        // librdkafka's statistics go to the auditor's own registry, which its /metrics serves.
+        SinkConfig::Kafka(kafka) => Sink::Kafka(
+            KafkaSink::connect(kafka, config.publish_timeout, metrics.kafka.clone())
+                .map_err(|e| e.to_string())?,
+        ),
         SinkConfig::Stdout => return Err("--sink: the auditor reads NATS or Kafka".into()),
     };
     let ready = Arc::new(AtomicBool::new(false));
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| format!("--admin-listen {}: {e}", config.admin_listen))?;
-    tokio::spawn(admin::serve(admin, metrics.clone(), ready.clone()));
+    // The admin listener stops when this function returns, however it returns.
+    let (_admin_running, admin_stop) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(crate::http::admin::serve(
+        admin,
+        Arc::new(AdminStatus {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        }),
+        async {
+            let _ = admin_stop.await;
+        },
+    ));
     let (mut feed, store) = open_feed(&config, &sink).await?;
     let sink = Arc::new(sink);
 
     let builder =
         RecordBuilder::new(config.sink.destination(), config.partitions).with_apps(&config.apps);
     let (done_tx, mut done_rx) = mpsc::channel::<Repaired>(config.max_queued_gaps.max(1));
+    // A worker asks one question at a time and waits for the answer: one slot per app.
+    let (recheck_tx, mut recheck_rx) = mpsc::channel::<Recheck>(config.apps.len().max(1));
     let mut workers = HashMap::new();
     let mut clients = HashMap::new();
     for app in &config.apps {
@@ -161,7 +177,7 @@ pub async fn run(
             partitions: config.partitions,
             metrics: metrics.clone(),
         };
-        tokio::spawn(repairer.run(rx, done_tx.clone()));
+        tokio::spawn(repairer.run(rx, recheck_tx.clone(), done_tx.clone()));
         workers.insert(app.sdkappid, tx);
         clients.insert(app.sdkappid, client);
     }
@@ -182,10 +198,15 @@ pub async fn run(
     let mut dirty: HashSet<GroupKey> = HashSet::new();
     let mut forgotten: Vec<GroupKey> = Vec::new();
     // One lookup per group at a time (the tracker gives each group's lowest gap only); after
-    // a failed one the group waits `RETRY_MS`. Both bounded by the tracked groups.
+    // failed ones the group backs off. Both bounded by the tracked groups: an evicted group is
+    // forgotten here too.
     let mut in_flight: HashSet<GroupKey> = HashSet::new();
-    let mut retry_at: HashMap<GroupKey, u64> = HashMap::new();
-    // The first seq of the last gap counted as found, per group: a retry is not found again.
+    let mut backoff = Backoff::new(
+        u64::try_from(config.retry_max.as_millis()).unwrap_or(u64::MAX),
+        config.max_groups,
+    );
+    // The highest seq counted as found, per group: a retry, or the rest of a gap its re-check
+    // narrowed, is not found again.
     let mut counted: HashMap<GroupKey, u64> = HashMap::new();
     let (tail_tx, mut tail_rx) = mpsc::channel::<Vec<(GroupKey, u64)>>(1);
     let mut tail_running = false;
@@ -221,7 +242,7 @@ pub async fn run(
                             metrics.evicted.with_label_values(&["cap"]).inc();
                             dirty.remove(&evicted);
                             counted.remove(&evicted);
-                            retry_at.remove(&evicted);
+                            backoff.forget(&evicted);
                             forgotten.push(evicted);
                         }
                         dirty.insert(seen.key);
@@ -237,7 +258,7 @@ pub async fn run(
                     metrics.evicted.with_label_values(&[eviction_label(Eviction::Idle)]).inc();
                     dirty.remove(&key);
                     counted.remove(&key);
-                    retry_at.remove(&key);
+                    backoff.forget(&key);
                     forgotten.push(key);
                 }
                 metrics.groups.set(tracker.len() as i64);
@@ -246,35 +267,49 @@ pub async fn run(
             _ = gap_tick.tick() => {
                 let now = now_ms();
                 metrics.credentials_ok.set(i64::from(clients.values().all(|c| c.credentials_ok())));
-                retry_at.retain(|_, at| *at > now);
                 let due = tracker.due(now, grace_ms, MAX_LOOKUP_SEQS);
                 metrics.pending_gaps.set(due.len() as i64);
+                metrics.backing_off.set(backoff.len() as i64);
                 for gap in due {
-                    if in_flight.contains(&gap.key) || retry_at.contains_key(&gap.key) {
+                    if in_flight.contains(&gap.key) || backoff.waiting(&gap.key, now) {
                         continue;
                     }
                     let Some(worker) = workers.get(&gap.key.sdkappid) else { continue };
                     if worker.try_send(gap.clone()).is_err() {
                         continue; // the worker's queue is full: next tick
                     }
-                    if counted.get(&gap.key) != Some(&gap.first) {
-                        metrics.gap_seqs.with_label_values(&["found"]).inc_by(gap.last - gap.first + 1);
+                    let counted_to = counted.get(&gap.key).copied().unwrap_or(0);
+                    if gap.last > counted_to {
+                        let found = gap.last - counted_to.max(gap.first - 1);
+                        metrics.gap_seqs.with_label_values(&["found"]).inc_by(found);
                         tracing::info!(sdkappid = gap.key.sdkappid, group = %gap.key.group, first = gap.first,
                             last = gap.last, "audit: gap due for a lookup");
-                        counted.insert(gap.key.clone(), gap.first);
+                        counted.insert(gap.key.clone(), gap.last);
                     }
                     in_flight.insert(gap.key);
                 }
+            }
+            Some(Recheck { gap, reply }) = recheck_rx.recv() => {
+                // The worker waits for this; the tracker answers at once.
+                let _ = reply.send(tracker.still_missing(&gap));
             }
             Some(repaired) = done_rx.recv() => {
                 let Repaired { gap, done } = repaired;
                 in_flight.remove(&gap.key);
                 if done {
+                    backoff.succeeded(&gap.key);
                     tracker.resolve(&gap.key, gap.first, gap.last, now_ms());
                     dirty.insert(gap.key);
                 } else {
-                    retry_at.insert(gap.key, now_ms() + RETRY_MS);
+                    metrics.lookup_failures.inc();
+                    // A group evicted during its lookup is not tracked, so not kept here either.
+                    if tracker.get(&gap.key).is_some() {
+                        let wait_ms = backoff.failed(&gap.key, now_ms());
+                        tracing::info!(sdkappid = gap.key.sdkappid, group = %gap.key.group, wait_ms,
+                            "audit: the group's next lookup waits");
+                    }
                 }
+                metrics.backing_off.set(backoff.len() as i64);
             }
             _ = tail_tick.tick(), if !tail_running => {
                 // While the stream is being caught up with, Tencent's latest seq is ahead of
@@ -310,8 +345,6 @@ pub async fn run(
 /// Seqs one lookup covers at most (50 history pages); a longer gap is looked up in turns,
 /// its lowest part first, so a day's outage is repaired step by step and never held in memory.
 const MAX_LOOKUP_SEQS: u64 = 1000;
-/// After a failed lookup, the group's next try waits this long.
-const RETRY_MS: u64 = 5_000;
 
 fn eviction_label(eviction: Eviction) -> &'static str {
     match eviction {
@@ -480,56 +513,133 @@ mod tail {
     }
 }
 
-mod admin {
-    //! `/metrics`, `/healthz`, `/readyz` (consumer attached and every app's REST credentials
-    //! accepted) of the auditor.
+/// What the auditor's `/healthz` and `/readyz` answer (served by the bridge's admin listener):
+/// ready once the consumer is attached and while every app's REST credentials are accepted.
+struct AdminStatus {
+    metrics: AuditMetrics,
+    ready: Arc<AtomicBool>,
+}
 
-    use std::convert::Infallible;
+impl Status for AdminStatus {
+    fn exposition(&self) -> Vec<u8> {
+        self.metrics.encode().into_bytes()
+    }
 
-    use bytes::Bytes;
-    use http::{Response, StatusCode};
-    use http_body_util::Full;
-    use hyper::server::conn::http1;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
+    fn unhealthy(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn unready(&self) -> Option<&'static str> {
+        if !self.ready.load(Ordering::Relaxed) {
+            Some("not ready: consumer not attached\n")
+        } else if self.metrics.credentials_ok.get() == 0 {
+            Some("not ready: Tencent refused an app's REST credentials\n")
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
-    pub async fn serve(
-        listener: tokio::net::TcpListener,
-        metrics: AuditMetrics,
-        ready: Arc<AtomicBool>,
-    ) {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let metrics = metrics.clone();
-            let ready = ready.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let (status, body) = match request.uri().path() {
-                        "/metrics" => (StatusCode::OK, metrics.encode()),
-                        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
-                        "/readyz" if !ready.load(Ordering::Relaxed) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: consumer not attached\n".into(),
-                        ),
-                        "/readyz" if metrics.credentials_ok.get() == 0 => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: Tencent refused an app's REST credentials\n".into(),
-                        ),
-                        "/readyz" => (StatusCode::OK, "ready\n".into()),
-                        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
-                    };
-                    let mut response = Response::new(Full::new(Bytes::from(body)));
-                    *response.status_mut() = status;
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    /// The auditor's admin endpoints, as `run` serves them, until the task is aborted.
+    async fn serve_admin(listener: tokio::net::TcpListener, ready: bool) {
+        let status = AdminStatus {
+            metrics: AuditMetrics::new(),
+            ready: Arc::new(AtomicBool::new(ready)),
+        };
+        crate::http::admin::serve(listener, Arc::new(status), std::future::pending()).await
+    }
+
+    async fn start_admin(ready: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_admin(listener, ready));
+        (addr, server)
+    }
+
+    /// One request on its own connection; (status, body).
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        let status = answer[9..12].parse().unwrap();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn the_admin_listener_answers_readiness_and_metrics() {
+        let (addr, server) = start_admin(false).await;
+        assert_eq!(get(addr, "/readyz").await.0, 503, "consumer not attached");
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        let (status, body) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(body.contains("timbridge_audit_groups "), "{body}");
+        server.abort();
+        let (addr, server) = start_admin(true).await;
+        assert_eq!(get(addr, "/readyz").await.0, 200);
+        server.abort();
+    }
+
+    /// A connection that never finishes its request head is cut (the admin listener's head
+    /// deadline), not held open for ever.
+    #[tokio::test]
+    async fn the_admin_listener_closes_a_silent_connection() {
+        let (addr, server) = start_admin(true).await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await;
+        assert!(read.is_ok(), "a half-sent head still open after 10 s");
+        server.abort();
+    }
+
+    /// A listener whose accept keeps failing (shut down for reading, accept says EINVAL at
+    /// once, as it says EMFILE when the process is out of descriptors) must not make the admin
+    /// server spin: over half a second, the thread running it stays nearly idle.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_admin_listener_backs_off_on_accept_errors() {
+        use std::os::fd::AsRawFd;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // SAFETY: a plain syscall on a descriptor the listener owns and keeps open.
+        assert_eq!(
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) },
+            0
+        );
+        let before = thread_cpu();
+        let server = tokio::spawn(serve_admin(listener, true));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let busy = thread_cpu() - before;
+        server.abort();
+        assert!(
+            busy < Duration::from_millis(100),
+            "the admin listener spun: {busy:?} of CPU in 500 ms"
+        );
+    }
+
+    /// CPU time (user and system) of the calling thread.
+    #[cfg(target_os = "linux")]
+    fn thread_cpu() -> Duration {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage fills the struct it is given.
+        let usage = unsafe {
+            assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()), 0);
+            usage.assume_init()
+        };
+        let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
     }
 }

@@ -1,12 +1,14 @@
-//! One worker per app: takes due gaps, looks them up ([`super::resolve`]), publishes each real
-//! message as a backfill and each unrecoverable range as an event, and reports back what the
-//! gap's seqs turned out to be. A gap whose lookup or publish failed is reported unfinished and
-//! is tried again later; its backfills carry the live dedup ids, so a retry cannot duplicate.
+//! One worker per app: takes due gaps, asks the tracker what of each is still missing (it may
+//! have waited in the queue while late callbacks filled it), looks that up
+//! ([`super::resolve`]), publishes each real message as a backfill and each unrecoverable range
+//! as an event, and reports back what the gap's seqs turned out to be. A gap whose lookup or
+//! publish failed is reported unfinished and is tried again later; its backfills carry the live
+//! dedup ids, so a retry cannot duplicate.
 
 use std::sync::Arc;
 
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::backfill;
 use super::metrics::AuditMetrics;
@@ -26,6 +28,13 @@ pub struct Repaired {
     pub done: bool,
 }
 
+/// A worker's question to the loop that owns the tracker: what of this queued gap is still
+/// missing ([`super::tracker::Tracker::still_missing`]); `None` when nothing is.
+pub struct Recheck {
+    pub gap: Gap,
+    pub reply: oneshot::Sender<Option<Gap>>,
+}
+
 pub struct Repairer {
     pub client: Arc<RestClient>,
     pub sink: Arc<Sink>,
@@ -36,17 +45,43 @@ pub struct Repairer {
 }
 
 impl Repairer {
-    pub async fn run(self, mut gaps: mpsc::Receiver<Gap>, done: mpsc::Sender<Repaired>) {
-        while let Some(gap) = gaps.recv().await {
-            let finished = self.repair(&gap).await;
-            if done
-                .send(Repaired {
-                    gap,
-                    done: finished,
-                })
-                .await
-                .is_err()
-            {
+    /// Ends when the loop is gone (its channels closed).
+    pub async fn run(
+        self,
+        mut gaps: mpsc::Receiver<Gap>,
+        recheck: mpsc::Sender<Recheck>,
+        done: mpsc::Sender<Repaired>,
+    ) {
+        while let Some(queued) = gaps.recv().await {
+            // No REST call for what arrived live while the gap waited in the queue.
+            let (reply, answer) = oneshot::channel();
+            let question = Recheck {
+                gap: queued.clone(),
+                reply,
+            };
+            if recheck.send(question).await.is_err() {
+                return;
+            }
+            let Ok(missing) = answer.await else { return };
+            let repaired = match missing {
+                Some(gap) => {
+                    let finished = self.repair(&gap).await;
+                    Repaired {
+                        gap,
+                        done: finished,
+                    }
+                }
+                None => {
+                    tracing::info!(sdkappid = queued.key.sdkappid, group = %queued.key.group,
+                        first = queued.first, last = queued.last,
+                        "audit: a queued gap was filled by the stream before its lookup");
+                    Repaired {
+                        gap: queued,
+                        done: true,
+                    }
+                }
+            };
+            if done.send(repaired).await.is_err() {
                 return;
             }
         }

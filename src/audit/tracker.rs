@@ -215,6 +215,30 @@ impl Tracker {
         gaps
     }
 
+    /// What of `gap` (one [`Tracker::due`] gave) is still missing now: the stream may have
+    /// filled it, wholly or in part, while it waited for its lookup. The part returned is the
+    /// group's lowest gap inside `gap`, so no seq that arrived is looked up (or backfilled)
+    /// again; what lies above it is the group's next gap. `None` when nothing is missing, or
+    /// the group is no longer tracked.
+    pub fn still_missing(&self, gap: &Gap) -> Option<Gap> {
+        let state = self.groups.get(&gap.key)?;
+        let first = gap.first.max(state.contiguous + 1);
+        if first > gap.last {
+            return None;
+        }
+        let last = state
+            .above
+            .range(first..=gap.last)
+            .next()
+            .map_or(gap.last, |(&seq, _)| seq - 1);
+        (first <= last).then(|| Gap {
+            key: gap.key.clone(),
+            first,
+            last,
+            kind: state.kind.clone(),
+        })
+    }
+
     /// Marks `first..=last` of `key` as accounted for (a gap [`Tracker::due`] gave, looked up),
     /// at `now_ms`.
     pub fn resolve(&mut self, key: &GroupKey, first: u64, last: u64, now_ms: u64) {
@@ -397,6 +421,44 @@ mod tests {
         assert!(
             t.get(&g).unwrap().above.len() <= 1,
             "nothing recorded per seq"
+        );
+    }
+
+    #[test]
+    fn a_queued_gap_is_narrowed_to_what_is_still_missing() {
+        let mut t = Tracker::new(10, 1000);
+        let g = key("g");
+        t.see(&g, 1, "Public", 0);
+        t.see(&g, 10, "Public", 0);
+        let gap = t.due(30_000, 30_000, 1000).remove(0);
+        assert_eq!((gap.first, gap.last), (2, 9));
+        assert_eq!(t.still_missing(&gap), Some(gap.clone()), "nothing arrived");
+        // Late callbacks: 2 (the bottom) and 6 (inside).
+        t.see(&g, 2, "Public", 31_000);
+        t.see(&g, 6, "Public", 31_000);
+        let left = t.still_missing(&gap).unwrap();
+        assert_eq!(
+            (left.first, left.last),
+            (3, 5),
+            "the lowest part still missing"
+        );
+        t.resolve(&g, left.first, left.last, 32_000);
+        let next = t.due(32_000, 30_000, 1000).remove(0);
+        assert_eq!((next.first, next.last), (7, 9), "the rest is the next gap");
+        for seq in 7..=9 {
+            t.see(&g, seq, "Public", 33_000);
+        }
+        assert_eq!(
+            t.still_missing(&next),
+            None,
+            "filled whole: nothing to look up"
+        );
+        assert_eq!(
+            t.still_missing(&Gap {
+                key: key("gone"),
+                ..next
+            }),
+            None
         );
     }
 

@@ -87,6 +87,11 @@ pub struct AuditArgs {
     )]
     pub audit_max_queued_gaps: usize,
 
+    /// The longest a group waits after failed lookups: 5 s after the first failure in a row,
+    /// twice as long after each next one, up to this.
+    #[arg(long, env = "TIMBRIDGE_AUDIT_RETRY_MAX", default_value = "5m", value_parser = parse_duration, help_heading = "Auditor")]
+    pub audit_retry_max: Duration,
+
     /// The durable JetStream consumer the auditor reads the stream with.
     #[arg(
         long,
@@ -238,6 +243,7 @@ impl AuditArgs {
                 self.audit_checkpoint_interval,
             ),
             ("--rest-timeout", self.rest_timeout),
+            ("--audit-retry-max", self.audit_retry_max),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(flag, "must be more than 0"));
@@ -299,6 +305,7 @@ impl AuditArgs {
             checkpoint_interval: self.audit_checkpoint_interval,
             max_ack_pending: self.audit_max_ack_pending,
             max_queued_gaps: self.audit_max_queued_gaps,
+            retry_max: self.audit_retry_max,
             shard,
         })
     }

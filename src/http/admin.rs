@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process serves) and
 //! `/readyz` (the sink can publish and the bridge is not draining), apart from the callback port
-//! so that probes and scrapes never queue behind callbacks.
+//! so that probes and scrapes never queue behind callbacks. The auditor serves its own
+//! [`Status`] through the same listener: one accept loop (backing off on accept errors) and one
+//! head deadline for both.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,10 +19,24 @@ use tokio::net::TcpListener;
 use crate::deliver::Deliver;
 use crate::ingest::Handler;
 
+/// What the admin endpoints answer.
+pub trait Status: Send + Sync + 'static {
+    /// The Prometheus text exposition, brought up to date.
+    fn exposition(&self) -> Vec<u8>;
+    /// Why the process needs a restart (`/healthz` 503), if it does.
+    fn unhealthy(&self) -> Option<&'static str>;
+    /// Why the process should not get traffic now (`/readyz` 503), if so.
+    fn unready(&self) -> Option<&'static str>;
+}
+
+/// A request head must arrive within this of the connection's accept (or of the previous
+/// response): a scrape or a probe sends its head at once.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves the admin endpoints until `shutdown` resolves.
-pub async fn serve<D: Deliver>(
+pub async fn serve<S: Status>(
     listener: TcpListener,
-    handler: Arc<Handler<D>>,
+    status: Arc<S>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -32,52 +48,62 @@ pub async fn serve<D: Deliver>(
                 None => continue,
             },
         };
-        let handler = handler.clone();
+        let status = status.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(answer(&handler, &request)) }
+                let status = status.clone();
+                async move { Ok::<_, Infallible>(answer(&*status, &request)) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(5))
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
 
-fn answer<D: Deliver, B>(handler: &Handler<D>, request: &Request<B>) -> Response<Full<Bytes>> {
+/// The bridge: its metrics with the admission state sampled at scrape time; healthy until the
+/// sink failed fatally; ready while the sink can publish and the bridge is not draining.
+impl<D: Deliver> Status for Handler<D> {
+    fn exposition(&self) -> Vec<u8> {
+        let admission = self.admission();
+        self.metrics().set_state(
+            self.delivery().is_ready(),
+            admission.inflight_bytes(),
+            admission.ack_latency(),
+            admission.sink_slow(),
+        );
+        self.metrics().encode()
+    }
+
+    fn unhealthy(&self) -> Option<&'static str> {
+        (!self.delivery().is_healthy()).then_some("sink failed fatally; restart needed\n")
+    }
+
+    fn unready(&self) -> Option<&'static str> {
+        self.unready_reason()
+    }
+}
+
+fn answer<S: Status + ?Sized, B>(status: &S, request: &Request<B>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
     match request.uri().path() {
         "/metrics" => {
-            let admission = handler.admission();
-            handler.metrics().set_state(
-                handler.delivery().is_ready(),
-                admission.inflight_bytes(),
-                admission.ack_latency(),
-                admission.sink_slow(),
-            );
-            let mut response = Response::new(Full::new(Bytes::from(handler.metrics().encode())));
+            let mut response = Response::new(Full::new(Bytes::from(status.exposition())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             response
         }
-        "/healthz" => {
-            if handler.delivery().is_healthy() {
-                text(StatusCode::OK, "ok\n")
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "sink failed fatally; restart needed\n",
-                )
-            }
-        }
-        "/readyz" => match handler.unready_reason() {
+        "/healthz" => match status.unhealthy() {
+            Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+            None => text(StatusCode::OK, "ok\n"),
+        },
+        "/readyz" => match status.unready() {
             Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
             None => text(StatusCode::OK, "ready"),
         },

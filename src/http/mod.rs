@@ -227,3 +227,26 @@ pub(crate) async fn accept(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    /// A failing accept (a listener shut down for reading says EINVAL at once, as one out of
+    /// descriptors says EMFILE) is reported as `None` only after a pause: the admin and
+    /// callback loops built on it cannot spin.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_failing_accept_backs_off() {
+        use std::os::fd::AsRawFd;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // SAFETY: a plain syscall on a descriptor the listener owns and keeps open.
+        assert_eq!(
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) },
+            0
+        );
+        let started = Instant::now();
+        assert!(super::accept(&listener, "test").await.is_none());
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+}

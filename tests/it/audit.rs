@@ -850,6 +850,19 @@ async fn the_auditor_repairs_a_kafka_topic_too() {
     })
     .await
     .unwrap();
+    // Its producer's librdkafka statistics (every 5 s) are on its own /metrics.
+    eventually(
+        Duration::from_secs(30),
+        "the auditor's Kafka gauges",
+        || {
+            let http = &http;
+            async move {
+                let text = admin_metrics(http, admin).await;
+                (metric(&text, "timbridge_kafka_broker_rtt_seconds") > 0.0).then_some(())
+            }
+        },
+    )
+    .await;
     auditor.kill();
     let mut seen: BTreeMap<(String, u64), usize> = BTreeMap::new();
     let mut events = Vec::new();
@@ -973,5 +986,175 @@ async fn two_shards_split_the_groups_between_them() {
         );
     }
     drop(stops);
+    drop(bridge);
+}
+
+/// A group whose lookups keep failing waits longer after each failure (5 s, then 10 s, ...),
+/// each failure counted and the group shown as backing off; once Tencent answers again its gap
+/// is repaired and the group no longer backs off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_lookups_keep_failing_backs_off() {
+    let _serial = crate::common::serial().await;
+    let World {
+        nats,
+        bridge,
+        sim,
+        dir: _dir,
+        config,
+    } = World::start(KEY).await;
+    let group = "@TGS#failing";
+    sim.set_group(group, sim_group("Public", group, 3, |_| false));
+    // Every call answered 60007, and one attempt per call: one history call per lookup.
+    sim.inject_rate_limit(u32::MAX);
+    let http = Http::default();
+    for seq in [1, 3] {
+        assert_eq!(
+            http.group_message(bridge.addr(), group, seq).await.status,
+            200
+        );
+    }
+    let (admin, _auditor) = start_auditor(&config, &nats, &sim, &["--rest-attempts", "1"]);
+    eventually(Duration::from_secs(20), "the first lookup", || {
+        let sim = &sim;
+        async move { (sim.history_calls(group) >= 1).then_some(()) }
+    })
+    .await;
+    // The window measured: a fixed 5 s wait fits 3 more lookups in it, backing off (5 s, then
+    // 10 s) 2.
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    let calls = sim.history_calls(group);
+    assert!(
+        (2..=3).contains(&calls),
+        "{calls} lookups within 18 s of the first (3 with the backoff, 4 without)"
+    );
+    let text = admin_metrics(&http, admin).await;
+    assert_eq!(
+        metric(&text, "timbridge_audit_lookup_failures_total"),
+        calls as f64
+    );
+    assert_eq!(metric(&text, "timbridge_audit_groups_backing_off"), 1.0);
+    // Tencent answers again: the next try (20 s after the third) repairs the gap.
+    sim.inject_rate_limit(0);
+    eventually(Duration::from_secs(40), "the gap repaired", || {
+        let http = &http;
+        async move {
+            let text = admin_metrics(http, admin).await;
+            (metric(
+                &text,
+                "timbridge_audit_gap_seqs_total{outcome=\"backfilled\"}",
+            ) == 1.0
+                && metric(&text, "timbridge_audit_groups_backing_off") == 0.0)
+                .then_some(())
+        }
+    })
+    .await;
+    drop(bridge);
+}
+
+/// A gap queued for the app's worker and filled by a late live callback before the worker
+/// gets to it costs no REST call and is not backfilled: the worker asks the tracker first.
+/// Tencent refuses every call at first, so the worker stays in the first group's lookup while
+/// the other two groups' gaps wait in its queue, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_gap_filled_live_before_its_lookup_costs_no_call() {
+    let _serial = crate::common::serial().await;
+    let World {
+        nats,
+        bridge,
+        sim,
+        dir: _dir,
+        config,
+    } = World::start(KEY).await;
+    let (busy, late, next) = ("@TGS#queued-a", "@TGS#queued-b", "@TGS#queued-c");
+    for id in [busy, late, next] {
+        sim.set_group(id, sim_group("Public", id, 3, |_| false));
+    }
+    sim.inject_rate_limit(u32::MAX);
+    let http = Http::default();
+    let send = |id: &'static str, seq: u64| {
+        let http = &http;
+        let addr = bridge.addr();
+        async move { assert_eq!(http.group_message(addr, id, seq).await.status, 200) }
+    };
+    for (id, seq) in [(busy, 1), (busy, 3), (late, 1), (late, 3), (next, 1)] {
+        send(id, seq).await;
+    }
+    // Attempts at most 1 s apart, many of them: the first lookup outlasts what follows.
+    let flags = ["--rest-attempts", "60", "--rest-retry-max", "1s"];
+    let (admin, _auditor) = start_auditor(&config, &nats, &sim, &flags);
+    let found = |want: f64| {
+        let http = &http;
+        async move {
+            let text = admin_metrics(http, admin).await;
+            (metric(&text, "timbridge_audit_gap_seqs_total{outcome=\"found\"}") >= want)
+                .then_some(())
+        }
+    };
+    eventually(Duration::from_secs(20), "two gaps handed out", || {
+        found(2.0)
+    })
+    .await;
+    assert!(
+        sim.history_calls(busy) >= 1,
+        "the worker is in the first lookup"
+    );
+    // The queued gap's seq arrives live.
+    send(late, 2).await;
+    eventually(
+        Duration::from_secs(10),
+        "the late callback consumed",
+        || {
+            let http = &http;
+            async move {
+                let text = admin_metrics(http, admin).await;
+                (metric(&text, "timbridge_audit_records_total{kind=\"regression\"}") >= 1.0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // A third gap, queued behind the filled one: once it is repaired, the worker has been past
+    // the filled one.
+    send(next, 3).await;
+    eventually(Duration::from_secs(20), "the third gap handed out", || {
+        found(3.0)
+    })
+    .await;
+    sim.inject_rate_limit(0);
+    eventually(Duration::from_secs(60), "the third gap repaired", || {
+        let http = &http;
+        let sim = &sim;
+        async move {
+            let text = admin_metrics(http, admin).await;
+            (metric(
+                &text,
+                "timbridge_audit_gap_seqs_total{outcome=\"backfilled\"}",
+            ) >= 2.0
+                && sim.history_calls(next) >= 1)
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        sim.history_calls(late),
+        0,
+        "a gap filled while queued is not looked up"
+    );
+    let text = admin_metrics(&http, admin).await;
+    assert_eq!(
+        metric(
+            &text,
+            "timbridge_audit_gap_seqs_total{outcome=\"backfilled\"}"
+        ),
+        2.0,
+        "the first and third groups' seq 2 only"
+    );
+    let stored = by_group(&nats.reader().await.all(STREAM).await);
+    let late_seqs = &stored[late];
+    assert_eq!(late_seqs.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(late_seqs
+        .values()
+        .flatten()
+        .all(|r| r.header("tim-source") != Some("backfill")));
     drop(bridge);
 }

@@ -52,6 +52,8 @@ struct State {
     /// Calls per whole second (since the simulator started).
     per_second: BTreeMap<u64, u32>,
     calls: u64,
+    /// `group_msg_get_simple` calls per `GroupId`, answered or not.
+    history_calls: HashMap<String, u64>,
     rate_limited: u64,
     inject_60007: u32,
 }
@@ -128,6 +130,12 @@ impl Tencent {
         self.state.lock().unwrap().inject_60007 = n;
     }
 
+    /// `group_msg_get_simple` calls naming `group`, whatever they were answered.
+    pub fn history_calls(&self, group: &str) -> u64 {
+        let s = self.state.lock().unwrap();
+        s.history_calls.get(group).copied().unwrap_or(0)
+    }
+
     /// (calls, answered 60007, most calls in one second).
     pub fn counts(&self) -> (u64, u64, u32) {
         let s = self.state.lock().unwrap();
@@ -145,6 +153,13 @@ impl Tencent {
             .collect();
         let mut state = self.state.lock().unwrap();
         state.calls += 1;
+        if path.ends_with("/group_msg_get_simple") {
+            let group = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|b| b["GroupId"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            *state.history_calls.entry(group).or_default() += 1;
+        }
         let second = self.started.elapsed().as_secs();
         let count = {
             let c = state.per_second.entry(second).or_insert(0);
