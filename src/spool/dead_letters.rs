@@ -30,13 +30,13 @@ pub fn path(dir: &Path) -> PathBuf {
 pub fn append(dir: &Path, frame: &[u8]) -> io::Result<()> {
     let path = path(dir);
     let created = !path.exists();
-    let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-    file.write_all(frame)?;
+    let mut file = super::fs::open(OpenOptions::new().create(true).append(true), &path)?;
+    super::fs::write_all(&mut file, frame, &path)?;
     if created {
-        file.sync_all()?;
+        super::fs::sync_all(&file, &path)?;
         sync_dir(dir)
     } else {
-        file.sync_data()
+        super::fs::sync_data(&file, &path)
     }
 }
 
@@ -80,7 +80,7 @@ pub fn list(dir: &Path) -> io::Result<(Vec<DeadLetter>, u64)> {
 /// Replaces the file with `kept` (none: the file is removed), durably.
 fn rewrite(dir: &Path, kept: &[DeadLetter]) -> io::Result<()> {
     if kept.is_empty() {
-        match fs::remove_file(path(dir)) {
+        match super::fs::remove_file(&path(dir)) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(err),
@@ -93,7 +93,7 @@ fn rewrite(dir: &Path, kept: &[DeadLetter]) -> io::Result<()> {
         file.write_all(&letter.frame)?;
     }
     file.sync_all()?;
-    fs::rename(&temporary, path(dir))?;
+    super::fs::rename(&temporary, &path(dir))?;
     sync_dir(dir)
 }
 

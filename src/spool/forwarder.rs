@@ -610,7 +610,7 @@ impl<S: Deliver> Forwarder<S> {
                     continue;
                 }
                 let bytes = segment.bytes();
-                if let Err(err) = std::fs::remove_file(&segment.path) {
+                if let Err(err) = super::fs::remove_file(&segment.path) {
                     tracing::error!(error = %err, segment = %segment.path.display(), "spool: cannot delete a forwarded segment");
                     continue;
                 }

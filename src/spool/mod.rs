@@ -18,6 +18,7 @@ pub mod dead_letters;
 pub mod drain;
 pub mod forwarder;
 pub mod frame;
+pub mod fs;
 pub mod inspect;
 pub mod lane;
 pub mod position;
@@ -603,4 +604,7 @@ impl<S: Deliver> Deliver for Spool<S> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
+
+#[cfg(test)]
+mod fault_matrix;

@@ -7,7 +7,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
 use super::segment::sync_dir;
@@ -24,7 +23,7 @@ const SLOT: usize = 16;
 /// again and make the replay permanent. An operator who wants exactly that removes the file.
 pub fn read(dir: &Path) -> io::Result<u64> {
     let path = dir.join(FILE);
-    let bytes = match fs::read(&path) {
+    let bytes = match super::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(err) => {
@@ -50,6 +49,7 @@ pub fn read(dir: &Path) -> io::Result<u64> {
 /// The position file, open for writing.
 pub struct PositionFile {
     file: File,
+    path: std::path::PathBuf,
     /// The slot the next write goes to.
     next: u64,
 }
@@ -61,20 +61,26 @@ impl PositionFile {
     pub fn open(dir: &Path, seq: u64) -> io::Result<PositionFile> {
         let path = dir.join(FILE);
         let fresh = fs::metadata(&path).map_or(true, |m| m.len() != 2 * SLOT as u64);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)?;
-        let mut position = PositionFile { file, next: 0 };
+        let file = super::fs::open(
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true),
+            &path,
+        )?;
+        let mut position = PositionFile {
+            file,
+            path,
+            next: 0,
+        };
         if fresh {
             let mut both = [0u8; 2 * SLOT];
             both[..SLOT].copy_from_slice(&slot(seq));
             both[SLOT..].copy_from_slice(&slot(seq));
             position.file.set_len(0)?;
-            position.file.write_all_at(&both, 0)?;
-            position.file.sync_all()?;
+            super::fs::write_all_at(&position.file, &both, 0, &position.path)?;
+            super::fs::sync_all(&position.file, &position.path)?;
             sync_dir(dir)?;
             let _ = fs::remove_file(dir.join(TEMPORARY));
         } else {
@@ -87,8 +93,8 @@ impl PositionFile {
     /// Makes `seq` the durable position.
     pub fn write(&mut self, seq: u64) -> io::Result<()> {
         let at = (self.next % 2) * SLOT as u64;
-        self.file.write_all_at(&slot(seq), at)?;
-        self.file.sync_data()?;
+        super::fs::write_all_at(&self.file, &slot(seq), at, &self.path)?;
+        super::fs::sync_data(&self.file, &self.path)?;
         self.next += 1;
         Ok(())
     }

@@ -38,7 +38,12 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
     }
     for (i, mut segment) in segments.into_iter().enumerate() {
         let last = i + 1 == count;
-        let scan = match scan(&segment.path, position) {
+        // A read that fails once (a transient EIO) is tried again before the segment is set
+        // aside for good.
+        let scanned = scan(&segment.path, position)
+            .or_else(|_| scan(&segment.path, position))
+            .or_else(|_| scan(&segment.path, position));
+        let scan = match scanned {
             Ok(scan) => scan,
             Err(err) => {
                 // One bad file must not make every start exit: it is set aside (a rename
@@ -93,7 +98,7 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
         }
         if last && scan.records == 0 && !segment.corrupt {
             // An empty last segment (created, nothing written): appending starts a new one.
-            std::fs::remove_file(&segment.path)?;
+            super::fs::remove_file(&segment.path)?;
             continue;
         }
         found.segments.push(segment);

@@ -9,7 +9,7 @@
 //! The written part ends at the first all-zero frame header; what follows it is zeros.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read as _, Write as _};
+use std::io::{self, BufReader, Read as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
@@ -41,7 +41,7 @@ impl Segment {
     /// Renames it `….seg.corrupt`.
     pub fn set_aside(&mut self) -> io::Result<()> {
         let renamed = self.path.with_extension("seg.corrupt");
-        fs::rename(&self.path, &renamed)?;
+        super::fs::rename(&self.path, &renamed)?;
         self.path = renamed;
         self.corrupt = true;
         Ok(())
@@ -85,7 +85,7 @@ pub fn set_aside_unreadable(path: &Path) -> io::Result<PathBuf> {
     let mut name = path.as_os_str().to_owned();
     name.push(".unreadable");
     let aside = PathBuf::from(name);
-    fs::rename(path, &aside)?;
+    super::fs::rename(path, &aside)?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }
@@ -133,20 +133,19 @@ pub fn prepare_spare(dir: &Path, size: u64, pace: &Pace) -> io::Result<PathBuf> 
     let path = dir.join(SPARE);
     let started = std::time::Instant::now();
     let written = (|| {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)?;
+        let mut file = super::fs::open(
+            OpenOptions::new().create(true).truncate(true).write(true),
+            &path,
+        )?;
         let zeros = vec![0u8; ZERO_CHUNK];
         let mut left = size;
         while left > 0 {
             let n = left.min(ZERO_CHUNK as u64) as usize;
-            file.write_all(&zeros[..n])?;
+            super::fs::write_all(&mut file, &zeros[..n], &path)?;
             left -= n as u64;
             let done = size - left;
             if left > 0 && done.is_multiple_of(ZERO_SYNC_BYTES) {
-                file.sync_data()?;
+                super::fs::sync_data(&file, &path)?;
                 let mut pause = ZERO_PAUSE;
                 if let Some(budget) = pace.budget {
                     let due = budget.mul_f64(done as f64 / size as f64);
@@ -157,7 +156,7 @@ pub fn prepare_spare(dir: &Path, size: u64, pace: &Pace) -> io::Result<PathBuf> 
                 }
             }
         }
-        file.sync_all()
+        super::fs::sync_all(&file, &path)
     })();
     if let Err(err) = written {
         let _ = fs::remove_file(&path);
@@ -170,9 +169,9 @@ pub fn prepare_spare(dir: &Path, size: u64, pace: &Pace) -> io::Result<PathBuf> 
 /// directory entry before any record is written to it.
 pub fn install(dir: &Path, spare: &Path, first_seq: u64) -> io::Result<(Segment, File)> {
     let path = Segment::path_for(dir, first_seq);
-    fs::rename(spare, &path)?;
+    super::fs::rename(spare, &path)?;
     sync_dir(dir)?;
-    let file = OpenOptions::new().read(true).write(true).open(&path)?;
+    let file = super::fs::open(OpenOptions::new().read(true).write(true), &path)?;
     Ok((
         Segment {
             first_seq,
@@ -187,22 +186,23 @@ pub fn install(dir: &Path, spare: &Path, first_seq: u64) -> io::Result<(Segment,
 /// frame of the last segment), durable; returns how far the non-zero bytes reached past
 /// `from` (0: the rest was zeros already).
 pub fn zero_from(path: &Path, from: u64) -> io::Result<u64> {
-    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let file = super::fs::open(OpenOptions::new().read(true).write(true), path)?;
     let len = file.metadata()?.len();
     let zeros = vec![0u8; ZERO_CHUNK];
     let mut chunk = vec![0u8; ZERO_CHUNK];
     let (mut at, mut reached) = (from, 0);
     while at < len {
         let n = (len - at).min(ZERO_CHUNK as u64) as usize;
+        super::fs::check(super::fs::Op::Read, path)?;
         file.read_exact_at(&mut chunk[..n], at)?;
         if let Some(last) = chunk[..n].iter().rposition(|b| *b != 0) {
-            file.write_all_at(&zeros[..n], at)?;
+            super::fs::write_all_at(&file, &zeros[..n], at, path)?;
             reached = at + last as u64 + 1 - from;
         }
         at += n as u64;
     }
     if reached > 0 {
-        file.sync_data()?;
+        super::fs::sync_data(&file, path)?;
     }
     Ok(reached)
 }
@@ -216,7 +216,7 @@ const ZERO_MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(50)
 
 /// Makes the directory's entries (a created, renamed or deleted file) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    super::fs::sync_all(&super::fs::open_read(dir)?, dir)
 }
 
 /// One step of reading a segment.
@@ -241,6 +241,8 @@ pub enum Step {
 /// read only up to its durable length (what a reader buffered beyond it could be a write in
 /// progress).
 pub struct Reader {
+    /// For the file layer's injected read failures.
+    path: PathBuf,
     file: BufReader<io::Take<File>>,
     /// Where the next frame starts.
     offset: u64,
@@ -258,10 +260,11 @@ impl Reader {
     /// Opens `path` with the next frame at `offset` (where an earlier reader stopped), reading
     /// no further than `limit` bytes into the file.
     pub fn open_at(path: &Path, offset: u64, limit: Option<u64>) -> io::Result<Reader> {
-        let file = File::open(path)?;
+        let file = super::fs::open_read(path)?;
         let len = file.metadata()?.len().min(limit.unwrap_or(u64::MAX));
         let offset = offset.min(len);
         Ok(Reader {
+            path: path.to_owned(),
             file: bounded(file, offset, len)?,
             offset,
             len,
@@ -285,6 +288,7 @@ impl Reader {
         if self.done {
             return Ok(Step::End { trailing: 0 });
         }
+        super::fs::check(super::fs::Op::Read, &self.path)?;
         let left = self.len - self.offset;
         if left < HEADER_BYTES as u64 {
             // A sealed preallocated segment whose last batch left less room than a frame

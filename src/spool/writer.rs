@@ -171,7 +171,9 @@ impl Writer {
         let Some(file) = self.file.as_mut() else {
             return refuse(batch, DeliveryError::Unavailable("no segment".into()));
         };
-        if let Err(err) = file.write_all_at(buf, self.segment_len) {
+        if let Err(err) =
+            super::fs::write_all_at(file, buf, self.segment_len, &self.shared.config.dir)
+        {
             // Undo the partial write: nothing of this batch was answered 200.
             let undone = if self.segment_len + buf.len() as u64 > self.file_len {
                 file.set_len(self.file_len.max(self.segment_len))
@@ -336,8 +338,7 @@ fn sync_data(file: &File, dir: &std::path::Path) -> io::Result<()> {
     if faults::take(dir) {
         return Err(io::Error::other("injected fdatasync failure"));
     }
-    let _ = dir;
-    file.sync_data()
+    super::fs::sync_data(file, dir)
 }
 
 /// Fault injection for the tests: the next fdatasync of a spool directory fails (a real one
