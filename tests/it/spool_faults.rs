@@ -94,6 +94,37 @@ async fn stored_seqs(nats: &NatsServer) -> Vec<u64> {
         .collect()
 }
 
+/// A bridge process spooling to `spool` in front of `nats`, started through `wrapper` (empty:
+/// directly), with `extra` flags.
+async fn spooled_bridge(
+    nats: &NatsServer,
+    spool: &str,
+    wrapper: &[&str],
+    extra: &[&str],
+) -> BridgeProcess {
+    let url = nats.url();
+    let mut flags = vec![
+        "--sdkappid",
+        "1400000000",
+        "--sink",
+        "nats",
+        "--nats-url",
+        &url,
+        "--spool-dir",
+        spool,
+    ];
+    flags.extend_from_slice(extra);
+    BridgeProcess::start_via(wrapper, &flags).await
+}
+
+/// Waits until the stream holds exactly `expected` (by `tim-msg-seq`, in stream order).
+async fn stored_become(nats: &NatsServer, expected: &[u64], what: &str) {
+    eventually(Duration::from_secs(20), what, || async move {
+        (stored_seqs(nats).await == expected).then_some(())
+    })
+    .await;
+}
+
 /// A rollback during a backlog: the older build meets a record of the newer build's format.
 /// It forwards what comes before, stops there (never skips it, never counts it corrupt), and
 /// `spool drain` exits non-zero saying how many are left. An earlier build skipped the record
@@ -142,17 +173,7 @@ async fn a_newer_builds_record_stops_forwarding_and_drain_says_what_is_left() {
 
     // The serving bridge of the older build is not ready (a rollback halts at its first pod)
     // and says why; the metric names the reason.
-    let bridge = BridgeProcess::start(&[
-        "--sdkappid",
-        "1400000000",
-        "--sink",
-        "nats",
-        "--nats-url",
-        &url,
-        "--spool-dir",
-        spool,
-    ])
-    .await;
+    let bridge = spooled_bridge(&nats, spool, &[], &[]).await;
     let http = Http::default();
     let (status, body) = eventually(Duration::from_secs(10), "readyz to say why", || {
         let http = http.clone();
@@ -263,25 +284,21 @@ async fn a_dead_letter_that_cannot_be_written_keeps_its_record() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().to_str().unwrap();
     std::fs::create_dir(dir.path().join("dead-letters.log")).unwrap();
-    let url = nats.url();
-    let bridge = BridgeProcess::start(&[
-        "--sdkappid",
-        "1400000000",
-        "--sink",
-        "nats",
-        "--nats-url",
-        &url,
-        "--spool-dir",
+    let bridge = spooled_bridge(
+        &nats,
         spool,
-        "--max-body-bytes",
-        "2MiB",
-        "--spool-segment-bytes",
-        "4MiB",
-        "--spool-max-bytes",
-        "64MiB",
-        "--forward-retry-max",
-        "200ms",
-    ])
+        &[],
+        &[
+            "--max-body-bytes",
+            "2MiB",
+            "--spool-segment-bytes",
+            "4MiB",
+            "--spool-max-bytes",
+            "64MiB",
+            "--forward-retry-max",
+            "200ms",
+        ],
+    )
     .await;
     wait_readyz(bridge.admin, 200, Duration::from_secs(10)).await;
     let http = Http::default();
@@ -393,30 +410,15 @@ async fn a_directory_in_a_segments_place_is_set_aside_and_the_rest_served() {
     let blocked = Segment::path_for(dir.path(), 5);
     std::fs::remove_file(&blocked).unwrap();
     std::fs::create_dir(&blocked).unwrap();
-    let url = nats.url();
-    let spool = dir.path().to_str().unwrap();
-    let bridge = BridgeProcess::start(&[
-        "--sdkappid",
-        "1400000000",
-        "--sink",
-        "nats",
-        "--nats-url",
-        &url,
-        "--spool-dir",
-        spool,
-    ])
-    .await;
+    let bridge = spooled_bridge(&nats, dir.path().to_str().unwrap(), &[], &[]).await;
     wait_readyz(bridge.admin, 200, Duration::from_secs(10)).await;
     let http = Http::default();
     assert_eq!(unreadable_segments(&http, bridge.admin).await, 1.0);
     assert_ok(&http.group_message(bridge.addr, GROUP, 9).await);
-    eventually(
-        Duration::from_secs(10),
+    stored_become(
+        &nats,
+        &[1, 2, 3, 4, 9],
         "the readable records and the new one",
-        || {
-            let nats = &nats;
-            async move { (stored_seqs(nats).await == [1, 2, 3, 4, 9]).then_some(()) }
-        },
     )
     .await;
     let mut aside = blocked.into_os_string();
@@ -440,39 +442,17 @@ async fn a_segment_without_read_permission_is_set_aside_under_a_non_root_user() 
         .status()
         .unwrap();
     assert!(status.success(), "chown (the tests run as root)");
-    let url = nats.url();
-    let spool = dir.path().to_str().unwrap();
-    let bridge = BridgeProcess::start_via(
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-        ],
-        &[
-            "--sdkappid",
-            "1400000000",
-            "--sink",
-            "nats",
-            "--nats-url",
-            &url,
-            "--spool-dir",
-            spool,
-        ],
-    )
-    .await;
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let bridge = spooled_bridge(&nats, dir.path().to_str().unwrap(), &nobody, &[]).await;
     wait_readyz(bridge.admin, 200, Duration::from_secs(10)).await;
     let http = Http::default();
     assert_eq!(unreadable_segments(&http, bridge.admin).await, 1.0);
-    eventually(
-        Duration::from_secs(10),
-        "the readable segment forwarded",
-        || {
-            let nats = &nats;
-            async move { (stored_seqs(nats).await == [5, 6, 7, 8]).then_some(()) }
-        },
-    )
-    .await;
+    stored_become(&nats, &[5, 6, 7, 8], "the readable segment forwarded").await;
     let mut aside = locked.into_os_string();
     aside.push(".unreadable");
     assert!(Path::new(&aside).exists());
@@ -541,11 +521,8 @@ async fn a_nats_permission_refusal_makes_spooled_records_wait_and_they_arrive_on
     // config reload, so the server is restarted with the new file instead).
     std::fs::write(&conf, users("\"nothing.here\"")).unwrap();
     nats.restart();
-    eventually(Duration::from_secs(20), "every record once allowed", || {
-        let nats = &nats;
-        async move { (stored_seqs(nats).await == (1..=10).collect::<Vec<_>>()).then_some(()) }
-    })
-    .await;
+    let all: Vec<u64> = (1..=10).collect();
+    stored_become(&nats, &all, "every record once allowed").await;
     let (_, metrics) = http.admin(admin, "/metrics").await;
     assert_eq!(metric(&metrics, "timbridge_spool_dead_letters_total"), 0.0);
     bridge.shutdown().await;
