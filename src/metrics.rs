@@ -61,6 +61,8 @@ pub struct SpoolMetrics {
     pub forward_stopped: IntGaugeVec,
     pub refusals: IntCounter,
     pub unreadable_segments: IntGauge,
+    pub sequence_breaks: IntCounter,
+    pub out_of_place: IntCounter,
 }
 
 impl SpoolMetrics {
@@ -114,7 +116,7 @@ impl SpoolMetrics {
             )?,
             corrupt_segments: IntGauge::new(
                 "timbridge_spool_corrupt_segments",
-                "Segments set aside (renamed .corrupt) because they held a corrupt record.",
+                "Segments set aside (renamed .corrupt) because they held a corrupt record or a break in the sequence numbers.",
             )?,
             dead_letters: IntCounter::new(
                 "timbridge_spool_dead_letters_total",
@@ -134,6 +136,14 @@ impl SpoolMetrics {
             unreadable_segments: IntGauge::new(
                 "timbridge_spool_unreadable_segments",
                 "Segments that could not be read at start-up (an I/O error, permissions), set aside as .seg.unreadable for an operator; their records are not forwarded.",
+            )?,
+            sequence_breaks: IntCounter::new(
+                "timbridge_spool_sequence_breaks_total",
+                "Places recovery found where the spool's sequence numbers do not follow each other (a number missing or repeated, within a segment or between two); the segments are set aside as .seg.corrupt and forwarded. Counted at each start while they are there.",
+            )?,
+            out_of_place: IntCounter::new(
+                "timbridge_spool_out_of_place_records_total",
+                "Records the forwarder did not forward because their sequence number was out of place (a repeat of a number forwarded, or an earlier segment's frame past where the next segment starts); kept in a set-aside segment and logged.",
             )?,
         };
         registry.register(Box::new(m.bytes.clone()))?;
@@ -155,6 +165,8 @@ impl SpoolMetrics {
         }
         registry.register(Box::new(m.refusals.clone()))?;
         registry.register(Box::new(m.unreadable_segments.clone()))?;
+        registry.register(Box::new(m.sequence_breaks.clone()))?;
+        registry.register(Box::new(m.out_of_place.clone()))?;
         Ok(m)
     }
 
