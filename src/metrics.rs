@@ -63,6 +63,8 @@ pub struct SpoolMetrics {
     pub unreadable_segments: IntGauge,
     pub parked_keys: IntGauge,
     pub parked_records: IntGauge,
+    pub sequence_breaks: IntCounter,
+    pub out_of_place: IntCounter,
 }
 
 impl SpoolMetrics {
@@ -116,7 +118,7 @@ impl SpoolMetrics {
             )?,
             corrupt_segments: IntGauge::new(
                 "timbridge_spool_corrupt_segments",
-                "Segments set aside (renamed .corrupt) because they held a corrupt record.",
+                "Segments set aside (renamed .corrupt) because they held a corrupt record or a break in the sequence numbers.",
             )?,
             dead_letters: IntCounter::new(
                 "timbridge_spool_dead_letters_total",
@@ -145,6 +147,14 @@ impl SpoolMetrics {
                 "timbridge_spool_parked_records",
                 "Records waiting behind a parked key, kept on disk (bounded by --forward-max-parked).",
             )?,
+            sequence_breaks: IntCounter::new(
+                "timbridge_spool_sequence_breaks_total",
+                "Places recovery found where the spool's sequence numbers do not follow each other (a number missing or repeated, within a segment or between two); the segments are set aside as .seg.corrupt and forwarded. Counted at each start while they are there.",
+            )?,
+            out_of_place: IntCounter::new(
+                "timbridge_spool_out_of_place_records_total",
+                "Records the forwarder did not forward because their sequence number was out of place (a repeat of a number forwarded, or an earlier segment's frame past where the next segment starts); kept in a set-aside segment and logged.",
+            )?,
         };
         registry.register(Box::new(m.bytes.clone()))?;
         registry.register(Box::new(m.max_bytes.clone()))?;
@@ -167,6 +177,8 @@ impl SpoolMetrics {
         registry.register(Box::new(m.unreadable_segments.clone()))?;
         registry.register(Box::new(m.parked_keys.clone()))?;
         registry.register(Box::new(m.parked_records.clone()))?;
+        registry.register(Box::new(m.sequence_breaks.clone()))?;
+        registry.register(Box::new(m.out_of_place.clone()))?;
         Ok(m)
     }
 

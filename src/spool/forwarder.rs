@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{decode_payload, encode_payload, put_frame};
+use super::frame::{decode_payload, encode_payload, filler_first, put_frame};
 use super::segment::{self, Reader, Step};
 use super::{dead_letters, position, Location, Shared};
 use crate::deliver::{Deliver, DeliveryError};
@@ -100,6 +100,13 @@ struct Cursor {
     first_seq: u64,
     path: std::path::PathBuf,
     reader: Reader,
+    /// The next segment's first number: a frame of this one at or past it is out of place.
+    ends_before: Option<u64>,
+    /// The highest number this pass read (carried from segment to segment): a frame at or
+    /// below it is out of place.
+    high: Option<u64>,
+    /// Frames out of place in this segment so far (the first is logged).
+    out_of_place: u64,
 }
 
 impl<S: Deliver> Forwarder<S> {
@@ -290,10 +297,18 @@ impl<S: Deliver> Forwarder<S> {
         None
     }
 
+    /// The next record at or after `want` on disk. A frame whose number is out of place (at or
+    /// below one this pass read already, or at or past where the next segment starts) is not
+    /// forwarded: it is counted and logged, and stays in the segment recovery set aside.
+    /// Between segments the later frame of a repeated number is forwarded: the writer names a
+    /// segment only after every record before it, so an earlier segment's frames past its
+    /// successor's name are a refused batch whose numbers an older build gave out again.
+    /// Within a segment (which no build ever wrote a number twice into) the first is. Fillers
+    /// stand for numbers that hold nothing.
     fn read_disk(&mut self, want: u64) -> Option<(u64, Arc<Record>, Location)> {
         for _ in 0..3 {
             if self.disk.is_none() {
-                self.disk = self.open_cursor(want);
+                self.disk = self.open_cursor(want, None);
             }
             let cursor = self.disk.as_mut()?;
             let mut damaged_end = false;
@@ -304,7 +319,30 @@ impl<S: Deliver> Forwarder<S> {
                     offset: cursor.reader.offset(),
                 };
                 match cursor.reader.next_step() {
-                    Ok(Step::Record { seq, payload }) if seq >= want => {
+                    Ok(Step::Record { seq, payload }) => {
+                        let out_of_place = cursor.high.is_some_and(|high| seq <= high)
+                            || cursor.ends_before.is_some_and(|end| seq >= end);
+                        if out_of_place {
+                            self.shared.metrics.out_of_place.inc();
+                            if cursor.out_of_place == 0 {
+                                tracing::error!(
+                                    seq,
+                                    after = cursor.high,
+                                    next_segment = cursor.ends_before,
+                                    segment = %cursor.path.display(),
+                                    "spool: a record whose sequence number is out of place is not \
+                                     forwarded (the later one of a repeated number is); it stays \
+                                     in the segment, which recovery set aside for inspection"
+                                );
+                            }
+                            cursor.out_of_place += 1;
+                            continue;
+                        }
+                        cursor.high = Some(seq);
+                        if seq < want || filler_first(seq, &payload).is_some() {
+                            // Forwarded already (or from memory), or a filler: no record.
+                            continue;
+                        }
                         match decode_payload(&payload) {
                             Ok(record) => return Some((seq, Arc::new(record), at)),
                             Err(why) => {
@@ -317,7 +355,7 @@ impl<S: Deliver> Forwarder<S> {
                             }
                         }
                     }
-                    Ok(Step::Record { .. } | Step::Skipped { .. }) => {}
+                    Ok(Step::Skipped { .. }) => {}
                     Ok(Step::End { trailing }) => {
                         damaged_end = trailing > 0;
                         break;
@@ -337,6 +375,7 @@ impl<S: Deliver> Forwarder<S> {
                 cursor.path.clone(),
                 cursor.reader.at_unwritten(),
             );
+            let (high, out_of_place) = (cursor.high, cursor.out_of_place);
             // A later segment means this one is sealed and its length final: look for it first.
             let next = self.next_segment_after(first_seq);
             let limit = match next {
@@ -359,10 +398,13 @@ impl<S: Deliver> Forwarder<S> {
                         first_seq,
                         path,
                         reader,
+                        ends_before: next,
+                        high,
+                        out_of_place,
                     })
             } else {
                 match next {
-                    Some(next) => self.open_cursor(next.max(want)),
+                    Some(next) => self.open_cursor(next.max(want), high),
                     None => return None,
                 }
             };
@@ -370,19 +412,25 @@ impl<S: Deliver> Forwarder<S> {
         None
     }
 
-    fn open_cursor(&self, seq: u64) -> Option<Cursor> {
+    /// A reader from the start of the segment holding `seq`; `high`: the highest number the
+    /// pass read so far (the segment before this one), `None` for a fresh pass.
+    fn open_cursor(&self, seq: u64, high: Option<u64>) -> Option<Cursor> {
         let segments = self.shared.lock_segments();
-        let segment = segments
+        let at = segments
             .iter()
-            .rev()
-            .find(|s| s.first_seq <= seq)
-            .or_else(|| segments.first())?;
+            .rposition(|s| s.first_seq <= seq)
+            .unwrap_or(0);
+        let segment = segments.get(at)?;
+        let ends_before = segments.get(at + 1).map(|s| s.first_seq);
         let reader =
             Reader::open_at(&segment.path, 0, self.shared.read_limit(segment.first_seq)).ok()?;
         Some(Cursor {
             first_seq: segment.first_seq,
             path: segment.path.clone(),
             reader,
+            ends_before,
+            high,
+            out_of_place: 0,
         })
     }
 

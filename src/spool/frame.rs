@@ -14,6 +14,14 @@ use crate::sink::Record;
 pub const HEADER_BYTES: usize = 16;
 /// The payload format; a frame of another version is corrupt to this build.
 const VERSION: u8 = 1;
+/// The payload tag of a filler frame: no record, it stands for the sequence numbers a refused
+/// batch took (`put_filler`). An older build reads it as a newer build's version and stops
+/// there, which is the version rule: never skipped.
+const FILLER: u8 = 0;
+/// A filler's payload: the tag and the first sequence number it stands for.
+const FILLER_PAYLOAD_BYTES: usize = 1 + 8;
+/// A filler frame's length, header included.
+pub const FILLER_FRAME_BYTES: usize = HEADER_BYTES + FILLER_PAYLOAD_BYTES;
 /// Far above any record (bodies are bounded by --max-body-bytes, at most a few MiB): a length
 /// past it is corruption, not a record to allocate for.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -93,6 +101,25 @@ pub fn put_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
     out.put_slice(payload);
 }
 
+/// Appends a filler frame standing for sequence numbers `first..=last`, which hold nothing: a
+/// refused batch took them (the writer never gives a number out twice), and the next batch
+/// that is written starts with this frame so that the numbers on disk stay contiguous.
+pub fn put_filler(out: &mut Vec<u8>, first: u64, last: u64) {
+    let mut payload = [FILLER; FILLER_PAYLOAD_BYTES];
+    payload[1..].copy_from_slice(&first.to_le_bytes());
+    put_frame(out, last, &payload);
+}
+
+/// The first sequence number a filler frame (`seq` its last) stands for; `None` for a record.
+/// A version-0 payload that is not a well-formed filler is `Malformed` to `decode_payload`.
+pub fn filler_first(seq: u64, payload: &[u8]) -> Option<u64> {
+    if payload.len() != FILLER_PAYLOAD_BYTES || payload[0] != FILLER {
+        return None;
+    }
+    let first = u64::from_le_bytes(payload[1..].try_into().ok()?);
+    (first <= seq).then_some(first)
+}
+
 /// What the bytes at an offset turned out to be.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Read {
@@ -167,6 +194,11 @@ pub fn decode_payload(payload: &Bytes) -> Result<Record, Undecodable> {
         return Err(Undecodable::Malformed);
     }
     let version = buf.get_u8();
+    if version == FILLER {
+        // A filler is recognised before this (`filler_first`); one that reaches here is not
+        // well-formed.
+        return Err(Undecodable::Malformed);
+    }
     if version != VERSION {
         return Err(Undecodable::Version(version));
     }
@@ -271,6 +303,20 @@ pub(crate) mod tests {
             decode_payload(&Bytes::from(whole[..whole.len() - 1].to_vec())),
             Err(Undecodable::Malformed)
         );
+    }
+
+    #[test]
+    fn a_filler_is_told_apart_from_a_record() {
+        let mut buf = Vec::new();
+        put_filler(&mut buf, 4, 9);
+        assert_eq!(buf.len(), FILLER_FRAME_BYTES);
+        let Read::Frame { seq, payload, .. } = read_frame(&Bytes::from(buf)) else {
+            panic!("a frame")
+        };
+        assert_eq!((seq, filler_first(seq, &payload)), (9, Some(4)));
+        assert_eq!(decode_payload(&payload), Err(Undecodable::Malformed));
+        let record = Bytes::from(encode_payload(&record("g", 1)));
+        assert_eq!(filler_first(1, &record), None);
     }
 
     #[test]

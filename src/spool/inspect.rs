@@ -7,9 +7,10 @@ use std::io;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::frame::decode_payload;
+use super::frame::{decode_payload, filler_first};
 use super::position;
 use super::segment::{self, Reader, Step};
+use super::sequence::{Across, Break, InSegment};
 use crate::sink::record::header;
 
 #[derive(Debug, Default)]
@@ -39,17 +40,17 @@ pub struct SegmentReport {
     /// Bytes after the last whole record (a torn write, cut at the next start).
     pub trailing: u64,
     pub set_aside: bool,
+    /// Where the sequence numbers break: at its start (from the segment before it) or within.
+    pub breaks: Vec<Break>,
 }
 
 impl Report {
     /// Damage found: corrupt records, or torn bytes anywhere but a last segment's end.
     pub fn is_corrupt(&self) -> bool {
         let last = self.segments.len().saturating_sub(1);
-        self.segments
-            .iter()
-            .enumerate()
-            .any(|(i, s)| s.corrupt > 0 || s.set_aside || (i < last && s.trailing > 0))
-            || !self.unreadable_segments.is_empty()
+        self.segments.iter().enumerate().any(|(i, s)| {
+            s.corrupt > 0 || s.set_aside || !s.breaks.is_empty() || (i < last && s.trailing > 0)
+        }) || !self.unreadable_segments.is_empty()
     }
 }
 
@@ -58,7 +59,16 @@ pub fn inspect(dir: &Path) -> io::Result<Report> {
         position: position::read(dir)?,
         ..Report::default()
     };
+    let mut unreadable = segment::list_unreadable(dir)?;
+    unreadable.sort();
+    let mut unreadable = unreadable.into_iter().peekable();
+    let mut across = Across::new(report.position);
     for segment in segment::list(dir)? {
+        while let Some((first, _)) = unreadable.next_if(|(f, _)| *f < segment.first_seq) {
+            across.unreadable(first);
+        }
+        let mut check = InSegment::new(segment.first_seq);
+        let mut breaks: Vec<Break> = across.segment(segment.first_seq).into_iter().collect();
         let mut reader = Reader::open(&segment.path)?;
         let mut s = SegmentReport {
             name: segment
@@ -73,10 +83,18 @@ pub fn inspect(dir: &Path) -> io::Result<Report> {
             corrupt: 0,
             trailing: 0,
             set_aside: segment.corrupt,
+            breaks: Vec::new(),
         };
         loop {
             match reader.next_step()? {
                 Step::Record { seq, payload } => {
+                    breaks.extend(check.frame(seq, &payload));
+                    if let Some(first) = filler_first(seq, &payload) {
+                        // Numbers a refused batch took: no record.
+                        s.first_seq.get_or_insert(first);
+                        s.last_seq = Some(seq);
+                        continue;
+                    }
                     s.records += 1;
                     s.first_seq.get_or_insert(seq);
                     let decoded = decode_payload(&payload);
@@ -99,13 +117,22 @@ pub fn inspect(dir: &Path) -> io::Result<Report> {
                         }
                     }
                 }
-                Step::Skipped { .. } => s.corrupt += 1,
+                Step::Skipped { .. } => {
+                    s.corrupt += 1;
+                    check.damage();
+                }
                 Step::End { trailing } => {
                     s.trailing = trailing;
                     break;
                 }
             }
         }
+        across.ended(
+            segment.first_seq,
+            check.high(),
+            check.ended_in_damage() || s.trailing > 0,
+        );
+        s.breaks = breaks;
         report.segments.push(s);
     }
     for (_, path) in segment::list_unreadable(dir)? {
@@ -167,9 +194,15 @@ impl fmt::Display for Report {
                 s.trailing,
                 if s.set_aside { "  (set aside)" } else { "" }
             )?;
+            for at in &s.breaks {
+                writeln!(f, "    BREAK in the sequence numbers: {at}")?;
+            }
         }
         if self.is_corrupt() {
-            writeln!(f, "CORRUPT: records were lost to damage (see above)")?;
+            writeln!(
+                f,
+                "CORRUPT: damage, or a break in the sequence numbers (see above)"
+            )?;
         }
         Ok(())
     }

@@ -9,7 +9,8 @@
 //!     └─ forwarder.rs: memory tail or disk → Sink, one record in flight per key, retries,
 //!           dead letters; position.rs: the acknowledged position, made durable every
 //!           --spool-position-interval; then forwarded segments are deleted
-//!  start-up: recovery.rs scans the segments (torn tail cut, corrupt records set aside)
+//!  start-up: recovery.rs scans the segments (torn tail cut, corrupt records and breaks in
+//!           the sequence numbers set aside: sequence.rs is the rule)
 //! ```
 //!
 //! The invariants and the tests that show them are in `docs/spool.md`.
@@ -24,6 +25,7 @@ pub mod lane;
 pub mod position;
 pub mod recovery;
 pub mod segment;
+pub mod sequence;
 pub mod writer;
 
 use std::collections::VecDeque;
@@ -245,7 +247,7 @@ impl Tail {
     }
 
     /// Takes the record `seq` when it is in memory (the writer's sequence numbers are
-    /// contiguous), with every older one: the forwarder has them from here on, and the frees
+    /// contiguous but for a refused batch's, whose filler is on disk only), with every older one: the forwarder has them from here on, and the frees
     /// happen on its task, not the writer's thread.
     fn take(&mut self, seq: u64) -> Option<(u64, Arc<Record>, Location)> {
         while let Some((first, _, bytes, _)) = self.records.front() {
@@ -453,6 +455,7 @@ fn start(
     let unreadable = segment::list_unreadable(&dir)?.len();
     shared.metrics.unreadable_segments.set(unreadable as i64);
     shared.metrics.corrupt_records.inc_by(found.corrupt_records);
+    shared.metrics.sequence_breaks.inc_by(found.sequence_breaks);
     let last_seq = found.last_seq.max(position);
     tracing::info!(
         dir = %dir.display(),
@@ -462,6 +465,7 @@ fn start(
         unforwarded = found.unforwarded,
         torn_bytes = found.torn_bytes,
         corrupt_records = found.corrupt_records,
+        sequence_breaks = found.sequence_breaks,
         "spool recovery scanned the log"
     );
     *shared.lock_segments() = found.segments;

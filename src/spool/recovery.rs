@@ -1,11 +1,13 @@
 //! Start-up: scan every segment, cut a torn tail off the last one, set aside segments with a
-//! corrupt record, and find where appending resumes. Always finishes: damage is reported and
+//! corrupt record or a break in the sequence numbers (`sequence.rs`), and find where appending
+//! resumes. Always finishes: damage is reported and
 //! stepped over, never a reason not to start.
 
 use std::io;
 use std::path::Path;
 
 use super::segment::{self, Reader, Segment, Step};
+use super::{frame, sequence};
 
 /// What recovery found.
 #[derive(Debug, Default)]
@@ -22,6 +24,9 @@ pub struct Recovered {
     /// Records that failed their check (skipped), and segments set aside because of them.
     pub corrupt_records: u64,
     pub corrupt_segments: Vec<Segment>,
+    /// Places where the sequence numbers do not follow each other (a number missing or
+    /// repeated, within a segment or between two): each sets its segments aside.
+    pub sequence_breaks: u64,
     /// Segments that could not be read at all (EIO, EACCES, a directory in their place):
     /// renamed `….seg.unreadable`, kept for an operator, and stepped over.
     pub unreadable_segments: Vec<std::path::PathBuf>,
@@ -33,16 +38,23 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
     let segments = segment::list(dir)?;
     let count = segments.len();
     // Sequence numbers that set-aside unreadable segments may hold: never given out again.
-    for (first_seq, path) in segment::list_unreadable(dir)? {
-        found.last_seq = found.last_seq.max(reserved_until(first_seq, &path));
+    let mut unreadable = segment::list_unreadable(dir)?;
+    unreadable.sort();
+    for (first_seq, path) in &unreadable {
+        found.last_seq = found.last_seq.max(reserved_until(*first_seq, path));
     }
+    let mut unreadable = unreadable.into_iter().peekable();
+    let mut across = sequence::Across::new(position);
     for (i, mut segment) in segments.into_iter().enumerate() {
         let last = i + 1 == count;
+        while let Some((first, _)) = unreadable.next_if(|(f, _)| *f < segment.first_seq) {
+            across.unreadable(first);
+        }
         // A read that fails once (a transient EIO) is tried again before the segment is set
         // aside for good.
-        let scanned = scan(&segment.path, position)
-            .or_else(|_| scan(&segment.path, position))
-            .or_else(|_| scan(&segment.path, position));
+        let scanned = scan(&segment.path, segment.first_seq, position)
+            .or_else(|_| scan(&segment.path, segment.first_seq, position))
+            .or_else(|_| scan(&segment.path, segment.first_seq, position));
         let scan = match scanned {
             Ok(scan) => scan,
             Err(err) => {
@@ -61,17 +73,27 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
                      (its records stay in that file: docs/spool.md says how to forward them)"
                 );
                 found.unreadable_segments.push(aside);
+                across.unreadable(segment.first_seq);
                 continue;
             }
         };
-        found.last_seq = found.last_seq.max(scan.last_seq);
+        let (mut high, mut frames) = (scan.high, scan.frames);
         found.unforwarded += scan.unforwarded;
         let mut damaged = scan.skipped;
-        if last && scan.trailing > 0 {
+        if last && (scan.trailing > 0 || scan.filler_at_end.is_some()) {
             // Damage after the last valid record of the last segment is a torn write: the
-            // fsync that would have answered 200 never returned.
-            // Zeroed (the segment is preallocated), so that nothing of it is ever read again.
-            found.torn_bytes = segment::zero_from(&segment.path, scan.len - scan.trailing)?;
+            // fsync that would have answered 200 never returned. So is a filler with no record
+            // after it: it is only ever written in front of a record, in the same write.
+            // Zeroed (the segment is preallocated), so that nothing of it is ever read again;
+            // the numbers of a cut filler held nothing and may be given out again.
+            let from = match scan.filler_at_end {
+                Some((offset, before)) => {
+                    (high, frames) = (before, frames - 1);
+                    offset
+                }
+                None => scan.len - scan.trailing,
+            };
+            found.torn_bytes = segment::zero_from(&segment.path, from)?;
             tracing::warn!(
                 segment = %segment.path.display(),
                 bytes = found.torn_bytes,
@@ -80,12 +102,52 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
         } else if scan.trailing > 0 {
             damaged += 1;
         }
+        found.last_seq = found.last_seq.max(high.unwrap_or(0));
+        // The numbers: within the segment, and from the segment before it. A break at the
+        // start of this segment sets both aside (the earlier holds the frames a repeat
+        // supersedes, or the last record before a gap).
+        let between = across.segment(segment.first_seq);
+        across.ended(segment.first_seq, high, scan.damaged_end);
+        let mut breaks = scan.breaks;
+        if let Some(between) = between {
+            breaks.insert(0, between);
+            if let Some(before) = found.segments.last_mut() {
+                let old = before.path.clone();
+                if !before.corrupt {
+                    before.set_aside()?;
+                    found.corrupt_segments.push(before.clone());
+                }
+                tracing::error!(
+                    segment = %old.display(),
+                    set_aside_as = %before.path.display(),
+                    next = %segment.path.display(),
+                    expected = between.expected,
+                    found = between.found,
+                    "spool recovery: the next segment does not follow this one; both are set \
+                     aside, kept for inspection and forwarded"
+                );
+            }
+        }
+        let old = segment.path.clone();
+        if (damaged > 0 || !breaks.is_empty()) && !segment.corrupt {
+            segment.set_aside()?;
+        }
+        if let Some(at) = breaks.first() {
+            // One line per segment, however many breaks it holds (`spool inspect` lists them).
+            tracing::error!(
+                segment = %old.display(),
+                set_aside_as = %segment.path.display(),
+                breaks = breaks.len(),
+                expected = at.expected,
+                found = at.found,
+                "spool recovery: a break in the sequence numbers ({at}, the first); the segment is \
+                 kept for inspection and forwarded (a number out of place is logged, never \
+                 skipped silently)"
+            );
+        }
+        found.sequence_breaks += breaks.len() as u64;
         if damaged > 0 {
             found.corrupt_records += damaged;
-            let old = segment.path.clone();
-            if !segment.corrupt {
-                segment.set_aside()?;
-            }
             tracing::error!(
                 segment = %old.display(),
                 set_aside_as = %segment.path.display(),
@@ -96,7 +158,7 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
         if segment.corrupt {
             found.corrupt_segments.push(segment.clone());
         }
-        if last && scan.records == 0 && !segment.corrupt {
+        if last && frames == 0 && !segment.corrupt {
             // An empty last segment (created, nothing written): appending starts a new one.
             super::fs::remove_file(&segment.path)?;
             continue;
@@ -115,35 +177,59 @@ fn reserved_until(first_seq: u64, path: &Path) -> u64 {
 
 struct Scan {
     len: u64,
-    records: u64,
-    last_seq: u64,
+    /// Frames read, fillers included.
+    frames: u64,
+    /// The highest number a frame covered.
+    high: Option<u64>,
     unforwarded: u64,
     /// Damaged places stepped over, with valid records after them.
     skipped: u64,
     /// Bytes after the last valid record.
     trailing: u64,
+    /// Where the numbers do not follow each other.
+    breaks: Vec<sequence::Break>,
+    /// Ended in damage: the next segment may start further on.
+    damaged_end: bool,
+    /// The last frame is a filler: its offset, and the highest number before it.
+    filler_at_end: Option<(u64, Option<u64>)>,
 }
 
-fn scan(path: &Path, position: u64) -> io::Result<Scan> {
+fn scan(path: &Path, first_seq: u64, position: u64) -> io::Result<Scan> {
     let mut reader = Reader::open(path)?;
     let mut scan = Scan {
         len: std::fs::metadata(path)?.len(),
-        records: 0,
-        last_seq: 0,
+        frames: 0,
+        high: None,
         unforwarded: 0,
         skipped: 0,
         trailing: 0,
+        breaks: Vec::new(),
+        damaged_end: false,
+        filler_at_end: None,
     };
+    let mut check = sequence::InSegment::new(first_seq);
     loop {
+        let offset = reader.offset();
         match reader.next_step()? {
-            Step::Record { seq, .. } => {
-                scan.records += 1;
-                scan.last_seq = scan.last_seq.max(seq);
-                scan.unforwarded += u64::from(seq > position);
+            Step::Record { seq, payload } => {
+                scan.frames += 1;
+                let before = check.high();
+                scan.breaks.extend(check.frame(seq, &payload));
+                scan.high = check.high();
+                if frame::filler_first(seq, &payload).is_some() {
+                    scan.filler_at_end = Some((offset, before));
+                } else {
+                    scan.filler_at_end = None;
+                    scan.unforwarded += u64::from(seq > position);
+                }
             }
-            Step::Skipped { .. } => scan.skipped += 1,
+            Step::Skipped { .. } => {
+                scan.skipped += 1;
+                check.damage();
+            }
             Step::End { trailing } => {
                 scan.trailing = trailing;
+                scan.damaged_end = check.ended_in_damage() || trailing > 0;
                 return Ok(scan);
             }
         }
@@ -164,6 +250,67 @@ mod tests {
         let path = Segment::path_for(dir, first);
         std::fs::write(&path, buf).unwrap();
         path
+    }
+
+    /// Breaks within a segment and between two are counted, and their segments set aside.
+    #[test]
+    fn breaks_in_the_numbers_are_counted_and_their_segments_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 10);
+        // 11..=15 missing between the segments; 20 and 21 missing within the third.
+        write_segment(dir.path(), 16, 4);
+        let mut third = Vec::new();
+        for seq in [22, 23] {
+            put_frame(&mut third, seq, &encode_payload(&record("g", seq)));
+        }
+        std::fs::write(Segment::path_for(dir.path(), 20), third).unwrap();
+        let found = recover(dir.path(), 0).unwrap();
+        assert_eq!(found.sequence_breaks, 2);
+        assert_eq!(found.corrupt_records, 0);
+        let aside: Vec<u64> = found.corrupt_segments.iter().map(|s| s.first_seq).collect();
+        assert_eq!(aside, [1, 16, 20]);
+        assert_eq!(found.last_seq, 23);
+        assert_eq!(found.unforwarded, 10 + 4 + 2);
+        // Once the position passed the gap, a set-aside segment kept behind it is no break.
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 10);
+        write_segment(dir.path(), 500, 10);
+        assert_eq!(recover(dir.path(), 499).unwrap().sequence_breaks, 0);
+    }
+
+    /// A filler is only ever written in front of a record: one at the end of the last segment
+    /// is a torn write and cut, and its numbers are free again.
+    #[test]
+    fn a_filler_with_no_record_after_it_is_cut_like_a_torn_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_segment(dir.path(), 1, 3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let written = bytes.len();
+        frame::put_filler(&mut bytes, 4, 5);
+        bytes.resize(4096, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let found = recover(dir.path(), 0).unwrap();
+        assert_eq!((found.last_seq, found.sequence_breaks), (3, 0));
+        assert!(found.torn_bytes > 0);
+        assert!(std::fs::read(&path).unwrap()[written..]
+            .iter()
+            .all(|b| *b == 0));
+        // Alone in the last segment: the segment goes, as an empty one does.
+        let mut filler = Vec::new();
+        frame::put_filler(&mut filler, 4, 5);
+        let alone = Segment::path_for(dir.path(), 4);
+        std::fs::write(&alone, filler).unwrap();
+        let found = recover(dir.path(), 0).unwrap();
+        assert_eq!((found.last_seq, found.sequence_breaks), (3, 0));
+        assert!(!alone.exists());
+        // Followed by a record, it stands for its numbers.
+        let mut more = Vec::new();
+        frame::put_filler(&mut more, 4, 5);
+        put_frame(&mut more, 6, &encode_payload(&record("g", 6)));
+        std::fs::write(&alone, more).unwrap();
+        let found = recover(dir.path(), 0).unwrap();
+        assert_eq!((found.last_seq, found.sequence_breaks), (6, 0));
+        assert_eq!(found.unforwarded, 3 + 1);
     }
 
     /// Wherever the byte is (a length, a CRC, a payload), only its record is lost.

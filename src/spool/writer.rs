@@ -8,6 +8,11 @@
 //! error, the spool turns unhealthy and the process exits non-zero. A full disk is not fatal:
 //! the partial write is cut off again, the batch is refused, and appends are refused at once
 //! for a moment before the next try.
+//!
+//! A sequence number is never given out twice: a refused batch's numbers are burned, and the
+//! next batch written starts with a filler frame standing for them (`frame::put_filler`), so
+//! that the numbers on disk stay contiguous (`sequence.rs`). Reusing them could leave two
+//! frames with one number after a crash, one refused and one answered 200.
 
 use std::fs::File;
 use std::io;
@@ -19,7 +24,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::frame::put_record_frame;
+use super::frame::{put_filler, put_record_frame, FILLER_FRAME_BYTES};
 use super::segment;
 use super::Shared;
 use crate::deliver::DeliveryError;
@@ -49,6 +54,9 @@ pub struct Writer {
     /// The file's size: preallocated, larger only when one batch did not fit.
     pub file_len: u64,
     pub next_seq: u64,
+    /// The first number of refused batches not yet covered by a filler (they run to
+    /// `next_seq - 1`): the next batch written starts with the filler.
+    burned_from: Option<u64>,
     /// The batch's bytes, reused (a fresh buffer per batch grows and shrinks the heap).
     pub buf: Vec<u8>,
     /// The next segment's file (its bytes counted).
@@ -90,6 +98,7 @@ impl Writer {
             segment_len: 0,
             file_len: 0,
             next_seq,
+            burned_from: None,
             buf: Vec::new(),
             spare: None,
             replies: Vec::new(),
@@ -140,7 +149,9 @@ impl Writer {
         if self.shared.fatal.is_cancelled() {
             return refuse(batch, DeliveryError::Unavailable("the spool failed".into()));
         }
-        let bytes: u64 = batch.iter().map(|a| a.frame_len as u64).sum();
+        let filler = self.burned_from.map(|first| (first, self.next_seq - 1));
+        let filler_bytes = filler.map_or(0, |_| FILLER_FRAME_BYTES as u64);
+        let bytes: u64 = batch.iter().map(|a| a.frame_len as u64).sum::<u64>() + filler_bytes;
         match self.rotate_if_needed(bytes) {
             Ok(true) => {}
             Ok(false) => {
@@ -156,6 +167,10 @@ impl Writer {
         }
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
+        if let Some((first, last)) = filler {
+            // In the same write as the records after it: on disk, never one without them.
+            put_filler(&mut buf, first, last);
+        }
         let first_seq = self.next_seq;
         for (i, append) in batch.iter().enumerate() {
             put_record_frame(&mut buf, first_seq + i as u64, &append.record);
@@ -171,15 +186,20 @@ impl Writer {
         let Some(file) = self.file.as_mut() else {
             return refuse(batch, DeliveryError::Unavailable("no segment".into()));
         };
-        if let Err(err) =
-            super::fs::write_all_at(file, buf, self.segment_len, &self.shared.config.dir)
-        {
-            // Undo the partial write: nothing of this batch was answered 200.
+        if let Err(err) = write_at(file, buf, self.segment_len, &self.shared.config.dir) {
+            // The batch's numbers are burned, never given out again (its frames may be on
+            // disk): the next batch written starts with a filler standing for them.
+            self.burned_from.get_or_insert(first_seq);
+            self.next_seq = first_seq + batch.len() as u64;
+            // Undo the partial write: nothing of this batch was answered 200. Durable before
+            // anything else is written: a later batch may go to another segment, whose fsync
+            // would not carry these zeros, and the refused frames must not outlive a crash.
             let undone = if self.segment_len + buf.len() as u64 > self.file_len {
                 file.set_len(self.file_len.max(self.segment_len))
             } else {
                 file.write_all_at(&vec![0; buf.len()], self.segment_len)
-            };
+            }
+            .and_then(|()| sync_data(file, &self.shared.config.dir));
             if let Err(undo) = undone {
                 return self.fatal(batch, undo, "undoing a failed write");
             }
@@ -198,6 +218,7 @@ impl Writer {
             self.file_len = self.segment_len;
         }
         self.shared.set_active(self.segment_first, self.segment_len);
+        self.burned_from = None;
         self.next_seq += batch.len() as u64;
         let last_seq = self.next_seq - 1;
         let mut replies = std::mem::take(&mut self.replies);
@@ -259,13 +280,15 @@ impl Writer {
             std::time::Duration::from_secs(2)
         };
         let budget = Some(budget.min(std::time::Duration::from_secs(10)));
-        let (segment, file) = segment::install(&dir, &spare, self.next_seq)?;
+        // Named after the first number its first frame covers: a filler's, when one is due.
+        let first_seq = self.burned_from.unwrap_or(self.next_seq);
+        let (segment, file) = segment::install(&dir, &spare, first_seq)?;
         self.segment_started = std::time::Instant::now();
-        self.shared.set_active(self.next_seq, 0);
+        self.shared.set_active(first_seq, 0);
         self.shared.lock_segments().push(segment);
         self.file = Some(file);
         self.file_len = size;
-        self.segment_first = self.next_seq;
+        self.segment_first = first_seq;
         self.segment_len = 0;
         // The next one is zeroed meanwhile, off this thread, when there is room for it.
         if self.reserve() {
@@ -332,9 +355,20 @@ impl Writer {
     }
 }
 
+/// A batch's write, or (in tests) the failure injected for this directory: part of the batch
+/// written, then a full disk.
+fn write_at(file: &File, buf: &[u8], at: u64, dir: &std::path::Path) -> io::Result<()> {
+    #[cfg(any(test, feature = "test-util"))]
+    if let Some(written) = faults::take_write(dir) {
+        file.write_all_at(&buf[..written.min(buf.len())], at)?;
+        return Err(io::Error::from(io::ErrorKind::StorageFull));
+    }
+    super::fs::write_all_at(file, buf, at, dir)
+}
+
 /// `fdatasync`, or (in tests, `test-util`) the failure injected for this directory.
 fn sync_data(file: &File, dir: &std::path::Path) -> io::Result<()> {
-    #[cfg(feature = "test-util")]
+    #[cfg(any(test, feature = "test-util"))]
     if faults::take(dir) {
         return Err(io::Error::other("injected fdatasync failure"));
     }
@@ -342,13 +376,30 @@ fn sync_data(file: &File, dir: &std::path::Path) -> io::Result<()> {
 }
 
 /// Fault injection for the tests: the next fdatasync of a spool directory fails (a real one
-/// cannot be made to fail on demand without a device-mapper target).
-#[cfg(feature = "test-util")]
+/// cannot be made to fail on demand without a device-mapper target), or its next batch write
+/// stops with a full disk after some bytes (a real ENOSPC in the middle of a batch needs a
+/// filesystem filled to the byte).
+#[cfg(any(test, feature = "test-util"))]
 pub mod faults {
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
 
     static FAIL_NEXT_FSYNC: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static FAIL_NEXT_WRITE: Mutex<Vec<(PathBuf, usize)>> = Mutex::new(Vec::new());
+
+    /// The next batch written to `dir` writes `written` bytes and fails with ENOSPC.
+    pub fn fail_next_write(dir: &Path, written: usize) {
+        FAIL_NEXT_WRITE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((dir.to_owned(), written));
+    }
+
+    pub(super) fn take_write(dir: &Path) -> Option<usize> {
+        let mut dirs = FAIL_NEXT_WRITE.lock().unwrap_or_else(|e| e.into_inner());
+        let at = dirs.iter().position(|(d, _)| d == dir)?;
+        Some(dirs.remove(at).1)
+    }
 
     pub fn fail_next_fsync(dir: &Path) {
         FAIL_NEXT_FSYNC

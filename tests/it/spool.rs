@@ -324,6 +324,15 @@ async fn twenty_sigkills_under_load_lose_nothing_that_was_answered_200() {
         stored.len(),
         metric(&text, "timbridge_spool_replayed_records_total")
     );
+    // A kill is not damage: no start found a corrupt record or a break in the sequence
+    // numbers (either would have left a segment set aside, for good).
+    assert_eq!(metric(&text, "timbridge_spool_sequence_breaks_total"), 0.0);
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".seg.corrupt"))
+        .collect();
+    assert!(aside.is_empty(), "set aside after kills: {aside:?}");
 }
 
 /// Fills a spool with `count` messages while NATS is down, then stops the bridge; returns
