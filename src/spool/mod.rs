@@ -7,10 +7,15 @@
 //!     └─ writer.rs: one thread, group commit: write a batch, fdatasync, answer the batch
 //!           └─ segment.rs: DIR/<first seq>.seg files, created durable with their directory
 //!     └─ forwarder.rs: memory tail or disk → Sink, one record in flight per key, retries,
-//!           dead letters; position.rs: the acknowledged position, made durable every
+//!           a failing key parked (its records wait on disk, outside the window);
+//!           dead_letters.rs: what the broker can never accept, durable;
+//!           position.rs: the acknowledged position, made durable every
 //!           --spool-position-interval; then forwarded segments are deleted
 //!  start-up: recovery.rs scans the segments (torn tail cut, corrupt records and breaks in
-//!           the sequence numbers set aside: sequence.rs is the rule)
+//!           the sequence numbers set aside: sequence.rs is the rule; an unreadable segment
+//!           set aside as .seg.unreadable)
+//!  fs.rs: every file operation of the above, where tests inject disk faults
+//!  drain.rs, inspect.rs: the `spool drain` and `spool inspect` commands
 //! ```
 //!
 //! The invariants and the tests that show them are in `docs/spool.md`.
