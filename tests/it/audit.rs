@@ -1019,20 +1019,31 @@ async fn a_group_whose_lookups_keep_failing_backs_off() {
         async move { (sim.history_calls(group) >= 1).then_some(()) }
     })
     .await;
-    // The window measured: a fixed 5 s wait fits 3 more lookups in it, backing off (5 s, then
-    // 10 s) 2.
-    tokio::time::sleep(Duration::from_secs(18)).await;
+    let first = std::time::Instant::now();
+    // The third lookup comes 5 s + 10 s after the first with the backoff, 5 s + 5 s without
+    // (a fixed wait): the time between them tells which.
+    eventually(Duration::from_secs(40), "the third lookup", || {
+        let sim = &sim;
+        async move { (sim.history_calls(group) >= 3).then_some(()) }
+    })
+    .await;
+    let took = first.elapsed();
     let calls = sim.history_calls(group);
     assert!(
-        (2..=3).contains(&calls),
-        "{calls} lookups within 18 s of the first (3 with the backoff, 4 without)"
+        took >= Duration::from_secs(13),
+        "the third lookup {took:?} after the first (15 s with the backoff, 10 s without)"
     );
-    let text = admin_metrics(&http, admin).await;
-    assert_eq!(
-        metric(&text, "timbridge_audit_lookup_failures_total"),
-        calls as f64
-    );
-    assert_eq!(metric(&text, "timbridge_audit_groups_backing_off"), 1.0);
+    assert_eq!(calls, 3);
+    eventually(Duration::from_secs(10), "the third failure counted", || {
+        let http = &http;
+        async move {
+            let text = admin_metrics(http, admin).await;
+            (metric(&text, "timbridge_audit_lookup_failures_total") == calls as f64
+                && metric(&text, "timbridge_audit_groups_backing_off") == 1.0)
+                .then_some(())
+        }
+    })
+    .await;
     // Tencent answers again: the next try (20 s after the third) repairs the gap.
     sim.inject_rate_limit(0);
     eventually(Duration::from_secs(40), "the gap repaired", || {

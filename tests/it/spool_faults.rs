@@ -318,7 +318,20 @@ async fn a_dead_letter_that_cannot_be_written_keeps_its_record() {
         async move { stored_seqs(nats).await.contains(&1).then_some(()) }
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The refused record was tried more than once: its dead letter could not be written.
+    let admin = bridge.admin;
+    eventually(
+        Duration::from_secs(10),
+        "the refused record tried again",
+        || {
+            let http = http.clone();
+            async move {
+                let (_, metrics) = http.admin(admin, "/metrics").await;
+                (metric(&metrics, "timbridge_spool_forward_retries_total") >= 2.0).then_some(())
+            }
+        },
+    )
+    .await;
     let (_, metrics) = http.admin(bridge.admin, "/metrics").await;
     assert_eq!(metric(&metrics, "timbridge_spool_dead_letters_total"), 0.0);
     assert!(
