@@ -170,6 +170,7 @@ impl SpoolMetrics {
         registry.register(Box::new(m.dead_letters.clone()))?;
         registry.register(Box::new(m.forward_stopped.clone()))?;
         // Every reason's series from the first scrape (at 0), for the alert.
+        // (spool::frame::Undecodable::LABELS; a test there holds the two lists together)
         for reason in ["newer_version", "unknown_header", "malformed"] {
             m.forward_stopped.with_label_values(&[reason]).set(0);
         }

@@ -195,7 +195,7 @@ pub async fn replay(
     Ok(report)
 }
 
-/// Frames `record` as a dead letter (for tests and tools).
+/// Frames `record` as a dead letter (the forwarder appends these).
 pub fn frame(seq: u64, record: &Record) -> Vec<u8> {
     let mut frame = Vec::new();
     put_frame(&mut frame, seq, &encode_payload(record));

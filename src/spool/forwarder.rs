@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{decode_payload, encode_payload, filler_first, put_frame};
+use super::frame::{decode_payload, filler_first};
 use super::segment::{self, Reader, Step};
 use super::{dead_letters, position, Location, Shared};
 use crate::deliver::{Deliver, DeliveryError};
@@ -604,8 +604,7 @@ impl<S: Deliver> Forwarder<S> {
     /// segments) and counted; the key goes on. Durable, file and directory entry, before the
     /// caller lets the position pass it.
     fn dead_letter(&mut self, item: &Item, why: &str) -> std::io::Result<()> {
-        let mut frame = Vec::new();
-        put_frame(&mut frame, item.seq, &encode_payload(&item.record));
+        let frame = dead_letters::frame(item.seq, &item.record);
         let dir = self.shared.config.dir.clone();
         tokio::task::block_in_place(|| dead_letters::append(&dir, &frame))?;
         self.shared.metrics.dead_letters.inc();

@@ -177,6 +177,9 @@ pub enum Undecodable {
 }
 
 impl Undecodable {
+    /// Every value of [`Undecodable::label`].
+    pub const LABELS: [&'static str; 3] = ["newer_version", "unknown_header", "malformed"];
+
     /// The metric label.
     pub fn label(&self) -> &'static str {
         match self {
@@ -280,6 +283,31 @@ pub(crate) mod tests {
         };
         assert_eq!((seq, len), (42, bytes.len()));
         assert_eq!(decode_payload(&payload), Ok(r));
+    }
+
+    /// Every reason has its series from the first scrape, and only these reasons.
+    #[test]
+    fn the_forward_stopped_reasons_are_the_metrics_series() {
+        let labels = [
+            Undecodable::Version(2).label(),
+            Undecodable::Header(String::new()).label(),
+            Undecodable::Malformed.label(),
+        ];
+        assert_eq!(labels, Undecodable::LABELS);
+        let text = String::from_utf8(crate::metrics::Metrics::new().unwrap().encode()).unwrap();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("timbridge_spool_forward_stopped{"))
+            .count();
+        assert_eq!(series, labels.len());
+        for label in labels {
+            assert!(
+                text.contains(&format!(
+                    "timbridge_spool_forward_stopped{{reason=\"{label}\"}} 0"
+                )),
+                "{label}"
+            );
+        }
     }
 
     /// A frame from "the future": a payload version or a header name this build does not know

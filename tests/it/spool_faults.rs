@@ -407,9 +407,26 @@ fn two_segments(dir: &Path) {
     }
 }
 
-async fn unreadable_segments(http: &Http, admin: std::net::SocketAddr) -> f64 {
-    let (_, metrics) = http.admin(admin, "/metrics").await;
-    metric(&metrics, "timbridge_spool_unreadable_segments")
+/// Starts a bridge on `dir` (through `wrapper`) and checks that it serves, ready, with one
+/// segment set aside as unreadable.
+async fn serving_with_one_segment_set_aside(
+    nats: &NatsServer,
+    dir: &Path,
+    wrapper: &[&str],
+) -> (BridgeProcess, Http) {
+    let bridge = spooled_bridge(nats, dir.to_str().unwrap(), wrapper, &[]).await;
+    wait_readyz(bridge.admin, 200, Duration::from_secs(10)).await;
+    let http = Http::default();
+    let (_, metrics) = http.admin(bridge.admin, "/metrics").await;
+    assert_eq!(metric(&metrics, "timbridge_spool_unreadable_segments"), 1.0);
+    (bridge, http)
+}
+
+/// Where recovery sets `segment` aside when it cannot be read.
+fn set_aside_as(segment: std::path::PathBuf) -> std::path::PathBuf {
+    let mut aside = segment.into_os_string();
+    aside.push(".unreadable");
+    aside.into()
 }
 
 /// A segment that cannot be read (here a directory in its place: EISDIR) is set aside and the
@@ -423,10 +440,7 @@ async fn a_directory_in_a_segments_place_is_set_aside_and_the_rest_served() {
     let blocked = Segment::path_for(dir.path(), 5);
     std::fs::remove_file(&blocked).unwrap();
     std::fs::create_dir(&blocked).unwrap();
-    let bridge = spooled_bridge(&nats, dir.path().to_str().unwrap(), &[], &[]).await;
-    wait_readyz(bridge.admin, 200, Duration::from_secs(10)).await;
-    let http = Http::default();
-    assert_eq!(unreadable_segments(&http, bridge.admin).await, 1.0);
+    let (bridge, http) = serving_with_one_segment_set_aside(&nats, dir.path(), &[]).await;
     assert_ok(&http.group_message(bridge.addr, GROUP, 9).await);
     stored_become(
         &nats,
@@ -434,9 +448,7 @@ async fn a_directory_in_a_segments_place_is_set_aside_and_the_rest_served() {
         "the readable records and the new one",
     )
     .await;
-    let mut aside = blocked.into_os_string();
-    aside.push(".unreadable");
-    assert!(Path::new(&aside).is_dir());
+    assert!(set_aside_as(blocked).is_dir());
 }
 
 /// The same for a segment of mode 000 under a non-root user (EACCES): set aside, the rest
@@ -461,14 +473,9 @@ async fn a_segment_without_read_permission_is_set_aside_under_a_non_root_user() 
         "--regid=65534",
         "--clear-groups",
     ];
-    let bridge = spooled_bridge(&nats, dir.path().to_str().unwrap(), &nobody, &[]).await;
-    wait_readyz(bridge.admin, 200, Duration::from_secs(10)).await;
-    let http = Http::default();
-    assert_eq!(unreadable_segments(&http, bridge.admin).await, 1.0);
+    let (_bridge, _) = serving_with_one_segment_set_aside(&nats, dir.path(), &nobody).await;
     stored_become(&nats, &[5, 6, 7, 8], "the readable segment forwarded").await;
-    let mut aside = locked.into_os_string();
-    aside.push(".unreadable");
-    assert!(Path::new(&aside).exists());
+    assert!(set_aside_as(locked).exists());
 }
 
 /// NATS, checked the same way: a publish the server's permissions refuse gets no
