@@ -9,31 +9,39 @@ use base64::Engine;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::ordered::line::Line;
 use super::tracker::{GroupKey, GroupState};
 
 #[derive(Serialize, Deserialize)]
 struct Entry {
     key: GroupKey,
     state: GroupState,
+    /// The group's place in the ordered stream, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ordered: Option<Line>,
 }
+
+/// One group as checkpointed: its key, the tracker's state and its ordered-stream line.
+pub type Saved = (GroupKey, GroupState, Option<Line>);
 
 pub struct Checkpoint {
     store: kv::Store,
 }
 
-/// One checkpoint entry: the group and its state, as JSON.
-pub fn encode(key: &GroupKey, state: &GroupState) -> Vec<u8> {
+/// One checkpoint entry: the group, its state and its line, as JSON.
+pub fn encode(key: &GroupKey, state: &GroupState, line: Option<&Line>) -> Vec<u8> {
     serde_json::to_vec(&Entry {
         key: key.clone(),
         state: state.clone(),
+        ordered: line.cloned(),
     })
     .expect("plain data")
 }
 
 /// An entry back; `None` (logged) when it cannot be read.
-pub fn decode(value: &[u8]) -> Option<(GroupKey, GroupState)> {
+pub fn decode(value: &[u8]) -> Option<Saved> {
     match serde_json::from_slice::<Entry>(value) {
-        Ok(entry) => Some((entry.key, entry.state)),
+        Ok(entry) => Some((entry.key, entry.state, entry.ordered)),
         Err(err) => {
             tracing::warn!(error = %err, "audit checkpoint: unreadable entry skipped");
             None
@@ -72,7 +80,7 @@ impl Checkpoint {
     }
 
     /// Every checkpointed group.
-    pub async fn load(&self) -> Result<Vec<(GroupKey, GroupState)>, String> {
+    pub async fn load(&self) -> Result<Vec<Saved>, String> {
         let mut keys = self.store.keys().await.map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         while let Some(key) = keys.next().await {
@@ -84,9 +92,14 @@ impl Checkpoint {
         Ok(out)
     }
 
-    pub async fn save(&self, key: &GroupKey, state: &GroupState) -> Result<(), String> {
+    pub async fn save(
+        &self,
+        key: &GroupKey,
+        state: &GroupState,
+        line: Option<&Line>,
+    ) -> Result<(), String> {
         self.store
-            .put(kv_key(key), encode(key, state).into())
+            .put(kv_key(key), encode(key, state, line).into())
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -109,17 +122,22 @@ pub enum Store {
 }
 
 impl Store {
-    pub async fn load(&self) -> Result<Vec<(GroupKey, GroupState)>, String> {
+    pub async fn load(&self) -> Result<Vec<Saved>, String> {
         match self {
             Store::Kv(kv) => kv.load().await,
             Store::Topic(topic) => topic.load().await,
         }
     }
 
-    pub async fn save(&self, key: &GroupKey, state: &GroupState) -> Result<(), String> {
+    pub async fn save(
+        &self,
+        key: &GroupKey,
+        state: &GroupState,
+        line: Option<&Line>,
+    ) -> Result<(), String> {
         match self {
-            Store::Kv(kv) => kv.save(key, state).await,
-            Store::Topic(topic) => topic.save(key, state).await,
+            Store::Kv(kv) => kv.save(key, state, line).await,
+            Store::Topic(topic) => topic.save(key, state, line).await,
         }
     }
 

@@ -10,6 +10,12 @@ use futures_util::StreamExt;
 
 use super::consume::{self, Observation};
 use super::kafka::KafkaFeed;
+use super::ordered::entry::{Position, Raw};
+use super::ordered::Consumed;
+
+/// One record read: the group message it is (if it is one) and, when the ordered stream is
+/// on, the record itself.
+pub type Read = (Option<Observation>, Option<Consumed>);
 
 // One per process: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -20,29 +26,56 @@ pub enum Feed {
         /// Consumed and not yet acknowledged, by stream sequence: a message redelivered while
         /// a checkpoint write keeps failing replaces its earlier copy instead of piling up.
         unacked: BTreeMap<u64, Message>,
+        /// Keep each record for the ordered stream.
+        raw: bool,
     },
     Kafka {
         feed: KafkaFeed,
         consumed: usize,
+        raw: bool,
     },
 }
 
 impl Feed {
-    /// The next record: `Some(Ok(Some(..)))` a group message, `Some(Ok(None))` another record,
-    /// `Some(Err(..))` a consumer error (go on), `None` the stream ended.
-    pub async fn next(&mut self) -> Option<Result<Option<Observation>, String>> {
+    /// The next record: `Some(Ok(..))` a record read, `Some(Err(..))` a consumer error (go
+    /// on), `None` the stream ended.
+    pub async fn next(&mut self) -> Option<Result<Read, String>> {
         match self {
-            Feed::Nats { messages, unacked } => match messages.next().await? {
+            Feed::Nats {
+                messages,
+                unacked,
+                raw,
+            } => match messages.next().await? {
                 Ok(message) => {
                     let seen = consume::observe(&message);
-                    let seq = message.info().map_or(u64::MAX, |info| info.stream_sequence);
+                    let (seq, appended_ms) = message.info().map_or((u64::MAX, 0), |info| {
+                        let ms = info.published.unix_timestamp_nanos() / 1_000_000;
+                        (info.stream_sequence, u64::try_from(ms).unwrap_or(0))
+                    });
+                    let consumed = raw.then(|| Consumed {
+                        raw: Raw {
+                            headers: message
+                                .headers
+                                .as_ref()
+                                .map(super::ordered::nats::own_headers)
+                                .unwrap_or_default(),
+                            body: message.payload.clone(),
+                            key: None,
+                        },
+                        at: Position::Nats { stream_seq: seq },
+                        appended_ms,
+                    });
                     unacked.insert(seq, message);
-                    Some(Ok(seen))
+                    Some(Ok((seen, consumed)))
                 }
                 Err(err) => Some(Err(err.to_string())),
             },
-            Feed::Kafka { feed, consumed } => {
-                let next = feed.next().await;
+            Feed::Kafka {
+                feed,
+                consumed,
+                raw,
+            } => {
+                let next = feed.next(*raw).await;
                 if next.is_ok() {
                     *consumed += 1;
                 }
@@ -59,6 +92,23 @@ impl Feed {
         }
     }
 
+    /// Kafka: the consumed offsets, for the ordered stream's transaction (which commits them
+    /// instead of [`Feed::commit`]).
+    pub fn offsets(
+        &mut self,
+    ) -> Option<(
+        rdkafka::TopicPartitionList,
+        Option<rdkafka::consumer::ConsumerGroupMetadata>,
+    )> {
+        match self {
+            Feed::Nats { .. } => None,
+            Feed::Kafka { feed, consumed, .. } => {
+                *consumed = 0;
+                Some(feed.offsets())
+            }
+        }
+    }
+
     /// Acknowledges (commits) everything consumed so far: call only once it is checkpointed.
     pub async fn commit(&mut self) {
         match self {
@@ -67,7 +117,7 @@ impl Feed {
                     let _ = message.ack().await;
                 }
             }
-            Feed::Kafka { feed, consumed } => {
+            Feed::Kafka { feed, consumed, .. } => {
                 if *consumed > 0 {
                     feed.commit();
                     *consumed = 0;

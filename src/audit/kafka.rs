@@ -11,11 +11,13 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::checkpoint::{decode, encode, kv_key};
+use super::checkpoint::{decode, encode, kv_key, Saved};
 use super::consume::{observation, Observation};
+use super::ordered::line::Line;
 use super::tracker::{GroupKey, GroupState};
 use crate::sink::kafka::connection_config;
 use crate::sink::KafkaConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
 
 pub struct KafkaFeed {
     consumer: StreamConsumer,
@@ -61,9 +63,26 @@ impl KafkaFeed {
         Ok(KafkaFeed { consumer })
     }
 
-    /// The next record: its group message, if it is one.
-    pub async fn next(&self) -> Result<Option<Observation>, String> {
+    /// The next record: its group message, if it is one, and (`raw`) the record itself for
+    /// the ordered stream.
+    pub async fn next(
+        &self,
+        raw: bool,
+    ) -> Result<(Option<Observation>, Option<super::ordered::Consumed>), String> {
         let message = self.consumer.recv().await.map_err(|e| e.to_string())?;
+        let consumed = raw.then(|| super::ordered::Consumed {
+            raw: super::ordered::kafka::raw(&message),
+            at: super::ordered::entry::Position::Kafka {
+                topic: message.topic().to_string(),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            appended_ms: message
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| u64::try_from(ms).ok())
+                .unwrap_or(0),
+        });
         let mut headers: HashMap<&str, String> = HashMap::new();
         if let Some(h) = message.headers() {
             for header in h.iter() {
@@ -72,10 +91,25 @@ impl KafkaFeed {
                 }
             }
         }
-        Ok(observation(
+        let seen = observation(
             |name| headers.get(name).map(String::as_str),
             message.payload().unwrap_or_default(),
-        ))
+        );
+        Ok((seen, consumed))
+    }
+
+    /// What was consumed so far, and the consumer group, for a transaction to commit (the
+    /// ordered stream on Kafka).
+    pub fn offsets(&self) -> (TopicPartitionList, Option<ConsumerGroupMetadata>) {
+        let offsets = self.consumer.position().unwrap_or_default();
+        // Partitions with nothing consumed yet have no offset to commit.
+        let mut consumed = TopicPartitionList::new();
+        for e in offsets.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                let _ = consumed.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
+            }
+        }
+        (consumed, self.consumer.group_metadata())
     }
 
     /// Commits what was consumed so far (called once the checkpoint includes it).
@@ -94,14 +128,23 @@ pub struct TopicCheckpoint {
 }
 
 impl TopicCheckpoint {
-    pub fn open(config: &KafkaConfig, topic: &str) -> Result<TopicCheckpoint, String> {
+    /// With `producer` (the ordered stream's transactional one), the checkpoint records are
+    /// part of its transactions; else an idempotent producer of its own writes them.
+    pub fn open(
+        config: &KafkaConfig,
+        topic: &str,
+        producer: Option<FutureProducer>,
+    ) -> Result<TopicCheckpoint, String> {
         let client = connection_config(config);
-        let producer: FutureProducer = client
-            .clone()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()
-            .map_err(|e| format!("Kafka checkpoint producer: {e}"))?;
+        let producer: FutureProducer = match producer {
+            Some(producer) => producer,
+            None => client
+                .clone()
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .create()
+                .map_err(|e| format!("Kafka checkpoint producer: {e}"))?,
+        };
         Ok(TopicCheckpoint {
             producer,
             config: client,
@@ -110,15 +153,20 @@ impl TopicCheckpoint {
     }
 
     /// Every group's latest state: the topic read from its beginning to its end.
-    pub async fn load(&self) -> Result<Vec<(GroupKey, GroupState)>, String> {
+    pub async fn load(&self) -> Result<Vec<Saved>, String> {
         let (config, topic) = (self.config.clone(), self.topic.clone());
         tokio::task::spawn_blocking(move || read_all(&config, &topic))
             .await
             .map_err(|e| e.to_string())?
     }
 
-    pub async fn save(&self, key: &GroupKey, state: &GroupState) -> Result<(), String> {
-        let (id, value) = (kv_key(key), encode(key, state));
+    pub async fn save(
+        &self,
+        key: &GroupKey,
+        state: &GroupState,
+        line: Option<&Line>,
+    ) -> Result<(), String> {
+        let (id, value) = (kv_key(key), encode(key, state, line));
         let record = FutureRecord::to(&self.topic).key(&id).payload(&value);
         self.producer
             .send(record, Duration::from_secs(10))
@@ -139,11 +187,13 @@ impl TopicCheckpoint {
     }
 }
 
-fn read_all(config: &ClientConfig, topic: &str) -> Result<Vec<(GroupKey, GroupState)>, String> {
+fn read_all(config: &ClientConfig, topic: &str) -> Result<Vec<Saved>, String> {
     let consumer: BaseConsumer = config
         .clone()
         .set("group.id", "timbridge-audit-checkpoint-load")
         .set("enable.auto.commit", "false")
+        // Checkpoint records of an aborted transaction (the ordered stream's) never count.
+        .set("isolation.level", "read_committed")
         .create()
         .map_err(|e| e.to_string())?;
     let metadata = consumer
@@ -159,26 +209,36 @@ fn read_all(config: &ClientConfig, topic: &str) -> Result<Vec<(GroupKey, GroupSt
         ));
     }
     let mut assignment = TopicPartitionList::new();
-    let mut total = 0;
+    let mut high = HashMap::new();
     for p in 0..partitions as i32 {
-        let (low, high) = consumer
+        let (_, top) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
-        total += (high - low).max(0);
+        high.insert(p, top);
         assignment
             .add_partition_offset(topic, p, Offset::Beginning)
             .map_err(|e| e.to_string())?;
     }
     consumer.assign(&assignment).map_err(|e| e.to_string())?;
-    // Latest value per key; watermarks can lag a write on some brokers, so read on until the
-    // topic stays quiet for a second past them.
+    // Latest value per key, read up to the high watermarks (past the markers and aborted
+    // records of transactions, which are never delivered); watermarks can lag a write on some
+    // brokers, so read on until the topic stays quiet for a second past them.
+    let reached = |consumer: &BaseConsumer| {
+        consumer.position().is_ok_and(|position| {
+            high.iter().all(|(&p, &top)| {
+                top <= 0
+                    || position
+                        .find_partition(topic, p)
+                        .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= top))
+            })
+        })
+    };
     let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-    let (mut read, mut idle) = (0i64, 0);
-    while (read < total && idle < 50) || (read >= total && idle < 5) {
+    let mut idle = 0;
+    while idle < 50 && !(idle >= 5 && reached(&consumer)) {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 idle = 0;
-                read += 1;
                 if let Some(key) = m.key() {
                     latest.insert(key.to_vec(), m.payload().map(<[u8]>::to_vec));
                 }

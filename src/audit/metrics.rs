@@ -5,6 +5,7 @@ use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
+use super::ordered::metrics::OrderedMetrics;
 use super::resolve::Reason;
 use super::tracker::Seen;
 use crate::metrics::KafkaGauges;
@@ -31,6 +32,8 @@ pub struct AuditMetrics {
     pub backing_off: IntGauge,
     /// librdkafka's statistics of the backfill producer (`--sink kafka`).
     pub kafka: KafkaGauges,
+    /// The ordered stream's (registered whether it is on or not).
+    pub ordered: OrderedMetrics,
 }
 
 impl AuditMetrics {
@@ -97,6 +100,7 @@ impl AuditMetrics {
             .register(Box::new(lookup_failures.clone()))
             .expect("registered once");
         let kafka = KafkaGauges::new(&registry).expect("registered once");
+        let ordered = OrderedMetrics::new(&registry);
         credentials_ok.set(1);
         let lag = Gauge::new(
             "timbridge_audit_lag_seconds",
@@ -144,6 +148,7 @@ impl AuditMetrics {
             lookup_failures,
             backing_off,
             kafka,
+            ordered,
         }
     }
 

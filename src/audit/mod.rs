@@ -21,6 +21,7 @@ pub mod consume;
 pub mod feed;
 pub mod kafka;
 pub mod metrics;
+pub mod ordered;
 pub mod repair;
 pub mod resolve;
 pub mod tracker;
@@ -44,6 +45,7 @@ use backoff::Backoff;
 use checkpoint::Store;
 use feed::Feed;
 use metrics::{seen_label, AuditMetrics};
+use ordered::{OrderedConfig, Orderer};
 use repair::{now_ms, Recheck, Repaired, Repairer};
 use tracker::{Eviction, Gap, GroupKey, Seen, Tracker};
 
@@ -78,6 +80,8 @@ pub struct AuditConfig {
     pub retry_max: Duration,
     /// Which part of the partitions this replica audits.
     pub shard: Shard,
+    /// The ordered stream, when on.
+    pub ordered: Option<OrderedConfig>,
 }
 
 /// `--audit-shard I` of `--audit-shards N`: this replica audits the groups whose partition
@@ -139,7 +143,30 @@ pub async fn run(
             let _ = admin_stop.await;
         },
     ));
-    let (mut feed, store) = open_feed(&config, &sink).await?;
+    // The ordered stream's output first: on Kafka its transactional producer fences an
+    // earlier instance (aborting what it left open) before the checkpoint is read, and writes
+    // the checkpoint in its transactions.
+    let mut orderer = match &config.ordered {
+        Some(ordered) => {
+            let js = match &sink {
+                Sink::Nats(nats) => Some(nats.jetstream()),
+                _ => None,
+            };
+            let transactional_id = format!("{}-ordered-{}", config.consumer, config.shard.index);
+            let output = ordered::open(
+                ordered,
+                &config.sink,
+                js,
+                config.partitions,
+                &transactional_id,
+            )
+            .await?;
+            Some(Orderer::new(output, ordered, metrics.ordered.clone()))
+        }
+        None => None,
+    };
+    let kafka_producer = orderer.as_ref().and_then(Orderer::kafka_producer);
+    let (mut feed, store) = open_feed(&config, &sink, kafka_producer).await?;
     let sink = Arc::new(sink);
 
     let builder =
@@ -186,9 +213,16 @@ pub async fn run(
     }
 
     let mut tracker = Tracker::new(config.max_groups, config.max_pending);
-    for (key, state) in store.load().await? {
+    for (key, state, line) in store.load().await? {
         // Another shard's groups share the store.
         if config.shard.owns(&key.group, config.partitions) {
+            if let Some(orderer) = orderer.as_mut() {
+                // A group tracked before the ordered stream was on: it starts past what was
+                // consumed then.
+                let line =
+                    line.unwrap_or_else(|| ordered::line::Line::starting_at(state.highest() + 1));
+                orderer.restore(key.clone(), line);
+            }
             tracker.restore(key, state, now_ms());
         }
     }
@@ -210,7 +244,15 @@ pub async fn run(
     let mut counted: HashMap<GroupKey, u64> = HashMap::new();
     let (tail_tx, mut tail_rx) = mpsc::channel::<Vec<(GroupKey, u64)>>(1);
     let mut tail_running = false;
-    let mut checkpoint_tick = tokio::time::interval(config.checkpoint_interval);
+    // On Kafka with the ordered stream, a checkpoint is a transaction's commit: its records
+    // are visible to read_committed consumers only then.
+    let checkpoint_interval = match config.ordered.as_ref().map(|o| &o.output) {
+        Some(ordered::OutputConfig::Kafka {
+            commit_interval, ..
+        }) => *commit_interval,
+        _ => config.checkpoint_interval,
+    };
+    let mut checkpoint_tick = tokio::time::interval(checkpoint_interval);
     let mut gap_tick = tokio::time::interval(Duration::from_millis(250));
     let mut tail_tick = tokio::time::interval(config.tail_interval);
     tail_tick.tick().await;
@@ -219,20 +261,28 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            next = feed.next() => {
+            // Whatever the ordered stream's output stored: counted, and its next entry started.
+            stored = async { orderer.as_mut().expect("guarded").stored().await },
+                if orderer.as_ref().is_some_and(Orderer::has_pending) => {
+                stored?;
+            }
+            next = feed.next(), if !orderer.as_ref().is_some_and(Orderer::busy) => {
                 let Some(next) = next else { return Err("the consumer's stream ended".into()) };
-                let seen = match next {
-                    Ok(seen) => seen,
+                let (seen, consumed) = match next {
+                    Ok(read) => read,
                     Err(err) => {
                         tracing::warn!(error = %err, "audit: consumer error");
                         continue;
                     }
                 };
-                if let Some(seen) = seen {
+                let audited = seen.as_ref().is_some_and(|s| clients.contains_key(&s.key.sdkappid));
+                if let Some(seen) = seen.as_ref() {
                     if seen.received_at_ms > 0 {
                         metrics.lag.set(now_ms().saturating_sub(seen.received_at_ms) as f64 / 1000.0);
                     }
-                    if clients.contains_key(&seen.key.sdkappid) {
+                }
+                match seen {
+                    Some(seen) if audited => {
                         let (kind, evicted) = tracker.see(&seen.key, seen.seq, &seen.kind, now_ms());
                         // The auditor's own backfills come back through the stream: expected.
                         if !(seen.backfill && kind == Seen::Repeat) {
@@ -243,30 +293,56 @@ pub async fn run(
                             dirty.remove(&evicted);
                             counted.remove(&evicted);
                             backoff.forget(&evicted);
+                            if let Some(orderer) = orderer.as_mut() {
+                                orderer.forget(&evicted).await?;
+                            }
                             forgotten.push(evicted);
+                        }
+                        if let (Some(orderer), Some(consumed)) = (orderer.as_mut(), consumed) {
+                            orderer.offer(&seen.key, seen.seq, consumed).await?;
                         }
                         dirty.insert(seen.key);
                     }
+                    // Not an audited group message: other commands pass through in arrival
+                    // order (the auditor's own events, which have no command, do not).
+                    _ => {
+                        if let (Some(orderer), Some(consumed)) = (orderer.as_mut(), consumed) {
+                            if consumed.raw.header(crate::sink::record::header::COMMAND).is_some() {
+                                orderer.pass(consumed).await?;
+                            }
+                        }
+                    }
                 }
                 if feed.pending() >= config.max_ack_pending / 2 {
-                    save(&store, &tracker, &mut dirty, &mut forgotten, &mut feed).await;
+                    save(&store, &tracker, &mut orderer, &mut dirty, &mut forgotten, &mut feed).await?;
                 }
             }
             _ = checkpoint_tick.tick() => {
                 let now = now_ms();
-                for key in tracker.evict_idle(now, config.group_idle.as_millis() as u64) {
+                let holds = |key: &GroupKey| orderer.as_ref().is_some_and(|o| o.holds(key));
+                for key in tracker.evict_idle(now, config.group_idle.as_millis() as u64, holds) {
                     metrics.evicted.with_label_values(&[eviction_label(Eviction::Idle)]).inc();
                     dirty.remove(&key);
                     counted.remove(&key);
                     backoff.forget(&key);
+                    if let Some(orderer) = orderer.as_mut() {
+                        orderer.forget(&key).await?;
+                    }
                     forgotten.push(key);
                 }
                 metrics.groups.set(tracker.len() as i64);
-                save(&store, &tracker, &mut dirty, &mut forgotten, &mut feed).await;
+                save(&store, &tracker, &mut orderer, &mut dirty, &mut forgotten, &mut feed).await?;
             }
             _ = gap_tick.tick() => {
                 let now = now_ms();
                 metrics.credentials_ok.set(i64::from(clients.values().all(|c| c.credentials_ok())));
+                if let Some(orderer) = orderer.as_mut() {
+                    orderer.tick(now);
+                    // Too much held in memory: the oldest hole is looked up at once.
+                    if let Some(key) = orderer.shed() {
+                        tracker.hurry(&key);
+                    }
+                }
                 let due = tracker.due(now, grace_ms, MAX_LOOKUP_SEQS);
                 metrics.pending_gaps.set(due.len() as i64);
                 metrics.backing_off.set(backoff.len() as i64);
@@ -294,11 +370,15 @@ pub async fn run(
                 let _ = reply.send(tracker.still_missing(&gap));
             }
             Some(repaired) = done_rx.recv() => {
-                let Repaired { gap, done } = repaired;
+                let Repaired { gap, done, gone } = repaired;
                 in_flight.remove(&gap.key);
                 if done {
                     backoff.succeeded(&gap.key);
                     tracker.resolve(&gap.key, gap.first, gap.last, now_ms());
+                    if let Some(orderer) = orderer.as_mut() {
+                        let skipped: Vec<_> = gone.into_iter().map(|(seq, why)| (seq, why.into())).collect();
+                        orderer.skip(&gap.key, &skipped).await?;
+                    }
                     dirty.insert(gap.key);
                 } else {
                     metrics.lookup_failures.inc();
@@ -337,7 +417,15 @@ pub async fn run(
         }
     }
     ready.store(false, Ordering::Relaxed);
-    save(&store, &tracker, &mut dirty, &mut forgotten, &mut feed).await;
+    save(
+        &store,
+        &tracker,
+        &mut orderer,
+        &mut dirty,
+        &mut forgotten,
+        &mut feed,
+    )
+    .await?;
     sink.close(Duration::from_secs(5)).await;
     Ok(())
 }
@@ -356,30 +444,58 @@ fn eviction_label(eviction: Eviction) -> &'static str {
 /// Purges the evicted groups, writes the changed ones, then acknowledges what they include (in
 /// that order: a group evicted and seen again is written after its purge). A failed write keeps
 /// the messages unacknowledged: they are redelivered after a restart, never lost.
+///
+/// With the ordered stream, everything handed to its output is stored first, so no released
+/// point is saved ahead of the stream; on Kafka the checkpoint records and the consumed
+/// offsets then commit in the ordered stream's transaction (an error there is fatal: the
+/// auditor restarts from the last commit).
 async fn save(
     checkpoint: &Store,
     tracker: &Tracker,
+    orderer: &mut Option<Orderer>,
     dirty: &mut HashSet<GroupKey>,
     forgotten: &mut Vec<GroupKey>,
     feed: &mut Feed,
-) {
+) -> Result<(), String> {
+    if let Some(orderer) = orderer.as_mut() {
+        orderer.flush().await?;
+    }
+    let transactional = orderer.as_ref().is_some_and(Orderer::is_kafka);
     for key in forgotten.drain(..) {
         let _ = checkpoint.forget(&key).await;
     }
     for key in dirty.iter() {
         if let Some(state) = tracker.get(key) {
-            if let Err(err) = checkpoint.save(key, state).await {
+            let line = orderer.as_ref().and_then(|o| o.line(key));
+            if let Err(err) = checkpoint.save(key, state, line).await {
+                if transactional {
+                    return Err(format!(
+                        "checkpoint write in the ordered stream's transaction: {err}"
+                    ));
+                }
                 tracing::warn!(error = %err, "audit: checkpoint write failed; acknowledgements held back");
-                return;
+                return Ok(());
             }
         }
     }
     dirty.clear();
-    feed.commit().await;
+    match orderer.as_mut() {
+        Some(orderer) if transactional => orderer.commit(feed.offsets()).await,
+        _ => {
+            feed.commit().await;
+            Ok(())
+        }
+    }
 }
 
-/// The consumer of the published stream and the checkpoint store, on the sink's broker.
-async fn open_feed(config: &AuditConfig, sink: &Sink) -> Result<(Feed, Store), String> {
+/// The consumer of the published stream and the checkpoint store, on the sink's broker (on
+/// Kafka written by `producer` when given: the ordered stream's transactional one).
+async fn open_feed(
+    config: &AuditConfig,
+    sink: &Sink,
+    producer: Option<rdkafka::producer::FutureProducer>,
+) -> Result<(Feed, Store), String> {
+    let raw = config.ordered.is_some();
     match (&config.sink, sink) {
         (SinkConfig::Nats(nats), Sink::Nats(connected)) => {
             let js = connected.jetstream();
@@ -442,6 +558,7 @@ async fn open_feed(config: &AuditConfig, sink: &Sink) -> Result<(Feed, Store), S
             let feed = Feed::Nats {
                 messages: futures_util::stream::select_all(streams),
                 unacked: BTreeMap::new(),
+                raw,
             };
             Ok((feed, store))
         }
@@ -465,8 +582,13 @@ async fn open_feed(config: &AuditConfig, sink: &Sink) -> Result<(Feed, Store), S
             let feed = Feed::Kafka {
                 feed: kafka::KafkaFeed::new(kafka, &config.consumer, &topics, shard.as_deref())?,
                 consumed: 0,
+                raw,
             };
-            let store = Store::Topic(kafka::TopicCheckpoint::open(kafka, &config.state_topic)?);
+            let store = Store::Topic(kafka::TopicCheckpoint::open(
+                kafka,
+                &config.state_topic,
+                producer,
+            )?);
             Ok((feed, store))
         }
         _ => Err("--sink: the auditor reads NATS or Kafka".into()),

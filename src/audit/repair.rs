@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::backfill;
 use super::metrics::AuditMetrics;
-use super::resolve::{self, Reason};
+use super::resolve::{self, Gone, Reason};
 use super::tracker::Gap;
 use crate::deliver::Deliver;
 use crate::sink::partition::partition;
@@ -26,6 +26,9 @@ pub struct Repaired {
     pub gap: Gap,
     /// Every seq is accounted for; false: try again later.
     pub done: bool,
+    /// When done: the seqs of the gap that have no message, and why (the ordered stream's
+    /// markers); the backfilled ones come back through the stream.
+    pub gone: Vec<(u64, Gone)>,
 }
 
 /// A worker's question to the loop that owns the tracker: what of this queued gap is still
@@ -65,10 +68,11 @@ impl Repairer {
             let Ok(missing) = answer.await else { return };
             let repaired = match missing {
                 Some(gap) => {
-                    let finished = self.repair(&gap).await;
+                    let gone = self.repair(&gap).await;
                     Repaired {
                         gap,
-                        done: finished,
+                        done: gone.is_some(),
+                        gone: gone.unwrap_or_default(),
                     }
                 }
                 None => {
@@ -78,6 +82,7 @@ impl Repairer {
                     Repaired {
                         gap: queued,
                         done: true,
+                        gone: Vec::new(),
                     }
                 }
             };
@@ -87,16 +92,19 @@ impl Repairer {
         }
     }
 
-    async fn repair(&self, gap: &Gap) -> bool {
+    /// The seqs of `gap` that are gone (and why) once every seq is accounted for; `None`: try
+    /// again later.
+    async fn repair(&self, gap: &Gap) -> Option<Vec<(u64, Gone)>> {
         let resolution = match resolve::resolve(&self.client, gap).await {
             Ok(resolution) => resolution,
             Err(err) => {
                 tracing::warn!(sdkappid = gap.key.sdkappid, group = %gap.key.group, first = gap.first,
                     last = gap.last, error = %err, "audit: history lookup failed; will try again");
-                return false;
+                return None;
             }
         };
         let now = now_ms();
+        let mut gone: Vec<(u64, Gone)> = Vec::new();
         for message in &resolution.backfill {
             let record = match backfill::record(&self.builder, &gap.key, &gap.kind, message, now) {
                 Ok(record) => record,
@@ -109,15 +117,16 @@ impl Repairer {
                         .report(gap, message.msg_seq, message.msg_seq, Reason::NotFound, now)
                         .await
                     {
-                        return false;
+                        return None;
                     }
+                    gone.push((message.msg_seq, Gone::Unrecoverable(Reason::NotFound)));
                     continue;
                 }
             };
             if let Err(err) = self.sink.deliver(&record).await {
                 tracing::warn!(group = %gap.key.group, seq = message.msg_seq, error = %err,
                     "audit: backfill publish failed; will try again");
-                return false;
+                return None;
             }
             self.metrics
                 .gap_seqs
@@ -127,14 +136,22 @@ impl Repairer {
         }
         for &(first, last, reason) in &resolution.unrecoverable {
             if !self.report(gap, first, last, reason, now).await {
-                return false;
+                return None;
             }
+            gone.extend((first..=last).map(|seq| (seq, Gone::Unrecoverable(reason))));
         }
         self.metrics
             .gap_seqs
             .with_label_values(&["settled"])
             .inc_by(resolution.settled.len() as u64);
-        true
+        gone.extend(
+            resolution
+                .settled
+                .iter()
+                .map(|&(seq, settled)| (seq, Gone::Settled(settled))),
+        );
+        gone.sort_by_key(|(seq, _)| *seq);
+        Some(gone)
     }
 
     /// Publishes the unrecoverable range as an event (its own dedup id: a retry is dropped).

@@ -34,13 +34,29 @@ impl Reason {
     }
 }
 
+/// What a settled seq held: it was never lost, but has no message to backfill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// `IsSystemMsg` 1: a member joined, the group was renamed, ...
+    System,
+    /// `IsPlaceMsg` 1 or 2: deleted, expired, failed or recalled.
+    Placeholder,
+}
+
+/// Why a seq of a repaired gap has no message: settled, or unrecoverable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    Settled(Settled),
+    Unrecoverable(Reason),
+}
+
 /// The answer for one gap.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Resolution {
     /// Real messages, oldest first: to publish.
     pub backfill: Vec<HistoryMessage>,
     /// Seqs that held a system notice or a placeholder.
-    pub settled: Vec<u64>,
+    pub settled: Vec<(u64, Settled)>,
     /// `(first, last, reason)`, ascending.
     pub unrecoverable: Vec<(u64, u64, Reason)>,
 }
@@ -83,7 +99,7 @@ pub async fn resolve(client: &RestClient, gap: &Gap) -> Result<Resolution, RestE
         }
     }
     out.backfill.sort_by_key(|m| m.msg_seq);
-    out.settled.sort_unstable();
+    out.settled.sort_unstable_by_key(|(seq, _)| *seq);
     out.unrecoverable.sort_by_key(|r| r.0);
     Ok(out)
 }
@@ -105,8 +121,10 @@ fn take_page(first: u64, top: u64, page: &HistoryPage, out: &mut Resolution) -> 
             out.unrecoverable
                 .push((m.msg_seq + 1, expected, Reason::NotFound));
         }
-        if m.is_settled() {
-            out.settled.push(m.msg_seq);
+        if m.is_system_msg != 0 {
+            out.settled.push((m.msg_seq, Settled::System));
+        } else if m.is_settled() {
+            out.settled.push((m.msg_seq, Settled::Placeholder));
         } else {
             out.backfill.push(m.clone());
         }
@@ -167,7 +185,10 @@ mod tests {
         assert_eq!(take_page(3, 3, &p, &mut out), None);
         let seqs: Vec<u64> = out.backfill.iter().map(|m| m.msg_seq).collect();
         assert_eq!(seqs, vec![8, 4, 3]);
-        assert_eq!(out.settled, vec![7, 5]);
+        assert_eq!(
+            out.settled,
+            vec![(7, Settled::System), (5, Settled::Placeholder)]
+        );
         assert_eq!(out.unrecoverable, vec![(6, 6, Reason::NotFound)]);
     }
 

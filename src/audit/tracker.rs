@@ -35,6 +35,10 @@ pub struct GroupState {
     /// until the seqs above the highest seen up to it are accounted for.
     #[serde(default)]
     pub tail: Option<(u64, u64)>,
+    /// Its lowest gap is due at once, whatever the grace (the ordered stream holds too much
+    /// behind it); cleared when a gap is resolved, and not checkpointed.
+    #[serde(skip)]
+    pub urgent: bool,
 }
 
 impl GroupState {
@@ -150,6 +154,7 @@ impl Tracker {
                 kind: kind.to_string(),
                 last_seen_ms: now_ms,
                 tail: None,
+                urgent: false,
             });
         state.last_seen_ms = state.last_seen_ms.max(now_ms);
         if !kind.is_empty() && state.kind != kind {
@@ -202,7 +207,7 @@ impl Tracker {
                 _ => continue,
             };
             let crowded = state.above.len() >= self.max_pending;
-            if crowded || now_ms.saturating_sub(since) >= grace_ms {
+            if crowded || state.urgent || now_ms.saturating_sub(since) >= grace_ms {
                 gaps.push(Gap {
                     key: key.clone(),
                     first,
@@ -239,12 +244,20 @@ impl Tracker {
         })
     }
 
+    /// Makes `key`'s lowest gap due at once, whatever the grace.
+    pub fn hurry(&mut self, key: &GroupKey) {
+        if let Some(state) = self.groups.get_mut(key) {
+            state.urgent = true;
+        }
+    }
+
     /// Marks `first..=last` of `key` as accounted for (a gap [`Tracker::due`] gave, looked up),
     /// at `now_ms`.
     pub fn resolve(&mut self, key: &GroupKey, first: u64, last: u64, now_ms: u64) {
         let Some(state) = self.groups.get_mut(key) else {
             return;
         };
+        state.urgent = false;
         if first <= state.contiguous + 1 {
             state.contiguous = state.contiguous.max(last);
             // Seqs that arrived meanwhile inside the range are now below the point.
@@ -287,12 +300,18 @@ impl Tracker {
     }
 
     /// Drops groups idle for `idle_ms` or more with nothing pending (no seq above the
-    /// contiguous point, no tail gap).
-    pub fn evict_idle(&mut self, now_ms: u64, idle_ms: u64) -> Vec<GroupKey> {
+    /// contiguous point, no tail gap, and not `busy` elsewhere: records held for the ordered
+    /// stream).
+    pub fn evict_idle(
+        &mut self,
+        now_ms: u64,
+        idle_ms: u64,
+        busy: impl Fn(&GroupKey) -> bool,
+    ) -> Vec<GroupKey> {
         let idle: Vec<GroupKey> = self
             .groups
             .iter()
-            .filter(|(_, s)| s.above.is_empty() && s.tail.is_none())
+            .filter(|(k, s)| s.above.is_empty() && s.tail.is_none() && !busy(k))
             .filter(|(_, s)| now_ms.saturating_sub(s.last_seen_ms) >= idle_ms)
             .map(|(k, _)| k.clone())
             .collect();
@@ -373,7 +392,7 @@ mod tests {
         let (_, evicted) = t.see(&key("c"), 1, "", 30);
         assert_eq!(evicted, Some(key("a")));
         assert_eq!(t.len(), 2);
-        assert_eq!(t.evict_idle(1000, 975), vec![key("b")]);
+        assert_eq!(t.evict_idle(1000, 975, |_| false), vec![key("b")]);
     }
 
     #[test]
@@ -468,7 +487,13 @@ mod tests {
         t.see(&key("busy"), 1, "", 0);
         t.see(&key("busy"), 3, "", 0);
         t.see(&key("done"), 1, "", 0);
-        assert_eq!(t.evict_idle(10_000, 1_000), vec![key("done")]);
+        t.see(&key("held"), 1, "", 0);
+        let held = key("held");
+        assert_eq!(
+            t.evict_idle(10_000, 1_000, |k| *k == held),
+            vec![key("done")],
+            "a group holding records for the ordered stream stays"
+        );
         let state = t.get(&key("busy")).unwrap().clone();
         t.restore(key("busy"), state, 50_000);
         assert_eq!(t.get(&key("busy")).unwrap().last_seen_ms, 50_000);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::parse::parse_duration;
-use super::{KafkaArgs, NatsArgs, SinkKind};
+use super::{KafkaArgs, NatsArgs, OrderedArgs, SinkKind};
 use crate::audit::{AuditConfig, Shard};
 use crate::config::{ConfigError, SinkConfig};
 use crate::tencent::rest::RestConfig;
@@ -163,6 +163,9 @@ pub struct AuditArgs {
     )]
     pub audit_shard: String,
 
+    #[command(flatten)]
+    pub ordered: OrderedArgs,
+
     /// Tencent REST calls per second per app, all kinds together (Tencent allows 200, shared
     /// with the app's own backend).
     #[arg(
@@ -271,6 +274,9 @@ impl AuditArgs {
                 }
             }
         }
+        let ordered =
+            self.ordered
+                .into_config(&sink, &self.audit_state_topic, &self.audit_event_subject)?;
         let apps = crate::config::file::read_apps(&self.config, &sink)?;
         if !apps.iter().any(|app| app.rest.is_some()) {
             return Err(ConfigError::new(
@@ -307,6 +313,7 @@ impl AuditArgs {
             max_queued_gaps: self.audit_max_queued_gaps,
             retry_max: self.audit_retry_max,
             shard,
+            ordered,
         })
     }
 }
@@ -375,6 +382,84 @@ mod tests {
             "more shards than partitions"
         );
         assert!(shard("0", 0, 16, host).is_err());
+    }
+
+    /// The auditor's configuration from `flags` (an apps file with REST credentials added).
+    fn audit_config(flags: &[&str]) -> Result<crate::audit::AuditConfig, String> {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps.yaml");
+        std::fs::write(
+            &apps,
+            "apps:\n  - sdkappid: 1400000000\n    unsigned: true\n    rest:\n      region: singapore\n      identifier: admin\n      secret_key: k\n",
+        )
+        .unwrap();
+        let mut argv = vec!["timbridge", "audit", "--config", apps.to_str().unwrap()];
+        argv.extend_from_slice(flags);
+        let super::super::Command::Audit(args) = super::super::Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        else {
+            panic!("audit")
+        };
+        args.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_ordered_stream_is_off_unless_asked_and_its_subject_is_checked() {
+        assert!(audit_config(&[]).unwrap().ordered.is_none());
+        let on = audit_config(&["--ordered-subject", "tim-ordered.{partition}"]).unwrap();
+        match on.ordered.unwrap().output {
+            crate::audit::ordered::OutputConfig::Nats {
+                subject, stream, ..
+            } => {
+                assert_eq!(subject.wildcard(), "tim-ordered.*");
+                assert_eq!(stream, "TIM_ORDERED");
+            }
+            other => panic!("{other:?}"),
+        }
+        for (flags, why) in [
+            (&["--ordered-subject", "tim-ordered"][..], "{partition}"),
+            (
+                &["--ordered-subject", "tim.ordered.{partition}"][..],
+                "inside the bridge's stream subject",
+            ),
+            (
+                &["--ordered-subject", "o.{command}.{partition}"][..],
+                "not {command}",
+            ),
+            (
+                &[
+                    "--ordered-subject",
+                    "o.{partition}",
+                    "--ordered-stream",
+                    "TIM",
+                ][..],
+                "other than the bridge's",
+            ),
+            (&["--ordered-topic", "tim-ordered"][..], "--sink kafka"),
+            (
+                &[
+                    "--ordered-subject",
+                    "o.{partition}",
+                    "--ordered-max-held-bytes",
+                    "0",
+                ][..],
+                "more than 0",
+            ),
+        ] {
+            let err = audit_config(flags).unwrap_err();
+            assert!(err.contains(why), "{flags:?}: {err}");
+        }
+        let kafka = ["--sink", "kafka", "--kafka-brokers", "127.0.0.1:9092"];
+        let with = |extra: &[&'static str]| [&kafka[..], extra].concat();
+        let err = audit_config(&with(&[
+            "--ordered-topic",
+            "tim.Group.CallbackAfterSendMsg",
+        ]))
+        .unwrap_err();
+        assert!(err.contains("a topic of its own"), "{err}");
+        assert!(audit_config(&with(&["--ordered-topic", "tim-ordered"])).is_ok());
     }
 
     /// The README's auditor table lists exactly the auditor's own flags, with their defaults

@@ -18,12 +18,14 @@ use crate::tencent::callback::{Policy, Token};
 mod audit;
 mod kafka;
 mod nats;
+mod ordered;
 pub mod parse;
 mod spool;
 
 pub use audit::AuditArgs;
 pub use kafka::{Compression, KafkaArgs};
 pub use nats::NatsArgs;
+pub use ordered::OrderedArgs;
 use parse::{parse_duration, parse_secret, parse_size};
 pub use spool::{ForwardArgs, SpoolArgs};
 

@@ -84,7 +84,7 @@ impl NatsConfig {
 }
 
 /// NATS subject matching: `*` matches one token, a final `>` one or more.
-fn subject_matches(pattern: &str, subject: &str) -> bool {
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
     let mut subject_tokens = subject.split('.');
     for p in pattern.split('.') {
         match (p, subject_tokens.next()) {

@@ -149,6 +149,21 @@ fn partition_key(callback: &Callback) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The partition key of a record read back from a stream (the body already validated when it
+/// was published): the command table's field, as [`partition_key`] chose it; `None` for the
+/// app id.
+pub fn key_field(command: &str, body: &serde_json::Value) -> Option<String> {
+    let key = commands::lookup(command).map_or(Key::App, |spec| spec.key);
+    let field = match key {
+        Key::GroupId => body.get("GroupId"),
+        Key::FromAccount => body.get("From_Account"),
+        Key::ReportAccount => body.get("Report_Account"),
+        Key::StateAccount => body.get("Info").and_then(|info| info.get("To_Account")),
+        Key::App => None,
+    };
+    field.and_then(|v| v.as_str()).map(str::to_string)
+}
+
 fn headers(callback: &Callback) -> Vec<(&'static str, String)> {
     let f = callback.fields();
     let q = callback.query();

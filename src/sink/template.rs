@@ -72,6 +72,22 @@ impl Template {
         self.render("Group.CallbackAfterSendMsg", 0, 1400000000)
     }
 
+    pub fn uses_command(&self) -> bool {
+        self.parts.contains(&Part::Command)
+    }
+
+    /// The NATS subject pattern covering every rendering of a template without `{command}`:
+    /// each placeholder a `*`.
+    pub fn wildcard(&self) -> String {
+        self.parts
+            .iter()
+            .map(|part| match part {
+                Part::Literal(s) => s.as_str(),
+                _ => "*",
+            })
+            .collect()
+    }
+
     pub fn uses_partition(&self) -> bool {
         self.parts.contains(&Part::Partition)
     }

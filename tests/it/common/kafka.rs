@@ -146,11 +146,41 @@ pub fn consume_topics(
     expected: usize,
     deadline: Duration,
 ) -> Vec<Record> {
+    consume_isolated(
+        bootstrap,
+        topics,
+        partitions,
+        expected,
+        deadline,
+        "read_uncommitted",
+    )
+}
+
+/// As [`consume_topics`] over 16 partitions, as a transactional consumer reads:
+/// `isolation.level=read_committed` (records of open or aborted transactions never show).
+pub fn consume_committed(
+    bootstrap: &str,
+    topics: &[&str],
+    expected: usize,
+    deadline: Duration,
+) -> Vec<Record> {
+    consume_isolated(bootstrap, topics, 16, expected, deadline, "read_committed")
+}
+
+fn consume_isolated(
+    bootstrap: &str,
+    topics: &[&str],
+    partitions: i32,
+    expected: usize,
+    deadline: Duration,
+    isolation: &str,
+) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("timbridge-test-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        .set("isolation.level", isolation)
         .create()
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
