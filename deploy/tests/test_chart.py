@@ -731,6 +731,13 @@ def test_template_accepts_an_ordered_subject_outside_the_bridges_stream(subject,
     assert ordered_env(render_objects(values))["TIMBRIDGE_ORDERED_SUBJECT"] == subject
 
 
+def test_template_refuses_an_ordered_stream_the_auditor_would_refuse():
+    with pytest.raises(helm.HelmError, match="must not contain {command}"):
+        helmrender.render(audit_values(subject="tim-ordered.{command}.{partition}"))
+    with pytest.raises(helm.HelmError, match="other than the bridge's"):
+        helmrender.render(audit_values(stream="TIM"))
+
+
 def test_the_ordered_subject_check_is_for_nats_only():
     # On Kafka the subject is not used; its topic lives beside the bridge's topics.
     values = kafka_audit_values(subject="tim.ordered.{partition}")
