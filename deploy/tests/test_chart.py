@@ -462,6 +462,13 @@ BAD_VALUES = [
     {"apps": [{"sdkappid": 1, "tokenSecret": {"name": "t", "key": "k"},
                "rest": {"region": "mars", "identifier": "admin",
                         "secretKeySecret": {"name": "t", "key": "s"}}}]},
+    # The ordered stream: a subject without {partition}, a stream name NATS refuses, a size
+    # the auditor's parser does not know, a switch that is not a boolean.
+    {"audit": {"ordered": {"subject": "tim-ordered"}}},
+    {"audit": {"ordered": {"stream": "TIM.ORDERED"}}},
+    {"audit": {"ordered": {"maxHeldBytes": "64mb"}}},
+    {"audit": {"ordered": {"enabled": "yes"}}},
+    {"audit": {"ordered": {"topik": "tim-ordered"}}},
 ]
 
 
@@ -612,3 +619,140 @@ def test_audit_shards_are_a_statefulset_whose_ordinals_are_the_shards():
     assert env["TIMBRIDGE_AUDIT_SHARDS"] == "3" and env["TIMBRIDGE_AUDIT_SHARD"] == "auto"
     for obj in by_kind(objs, "StatefulSet"):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+# --- The ordered stream (audit.ordered) ----------------------------------------------------------
+
+def auditor_env(objs: list[dict[str, Any]]) -> dict[str, str | None]:
+    """The auditor container's own variables (value, or None for one from a Secret)."""
+    container = auditor(objs)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def ordered_env(objs: list[dict[str, Any]]) -> dict[str, str | None]:
+    return {k: v for k, v in auditor_env(objs).items() if k.startswith("TIMBRIDGE_ORDERED_")}
+
+
+def audit_values(**ordered: Any) -> dict[str, Any]:
+    values = helmrender.load_values(CHART / "ci" / "audit-values.yaml")
+    if ordered:
+        values["audit"]["ordered"] = ordered
+    return values
+
+
+def kafka_audit_values(**ordered: Any) -> dict[str, Any]:
+    values = audit_values(**ordered)
+    values["bridge"]["sink"] = "kafka"
+    return values
+
+
+def test_the_auditor_publishes_the_ordered_stream_on_nats_by_default():
+    objs = render_objects(audit_values())
+    assert ordered_env(objs) == {
+        "TIMBRIDGE_ORDERED_SUBJECT": "tim-ordered.{partition}",
+        "TIMBRIDGE_ORDERED_STREAM": "TIM_ORDERED",
+        "TIMBRIDGE_ORDERED_MAX_HELD_BYTES": "64MiB",
+    }
+    # Outside the bridge's stream subjects (tim.>), as --ordered-subject must be.
+    assert not ordered_env(objs)["TIMBRIDGE_ORDERED_SUBJECT"].startswith("tim.")
+    assert bridge_config(objs)["TIMBRIDGE_NATS_STREAM_SUBJECTS"] == "tim.>"
+    # The settings are the auditor's alone: the bridge's ConfigMap (which the auditor reads
+    # too) and the bridge's container carry none of them.
+    container = workload(objs)["spec"]["template"]["spec"]["containers"][0]
+    bridge_names = set(bridge_config(objs)) | {e["name"] for e in container.get("env", [])}
+    assert not any(n.startswith("TIMBRIDGE_ORDERED_") for n in bridge_names)
+
+
+def test_the_ordered_stream_follows_a_kafka_bridge():
+    objs = render_objects(kafka_audit_values())
+    assert ordered_env(objs) == {
+        "TIMBRIDGE_ORDERED_TOPIC": "tim-ordered",
+        "TIMBRIDGE_ORDERED_MAX_HELD_BYTES": "64MiB",
+    }
+
+
+def test_the_ordered_values_set_the_ordered_flags():
+    ordered = {"subject": "orders.{sdkappid}.{partition}", "stream": "ORDERS",
+               "topic": "orders", "maxHeldBytes": "256MiB"}
+    assert ordered_env(render_objects(audit_values(**ordered))) == {
+        "TIMBRIDGE_ORDERED_SUBJECT": "orders.{sdkappid}.{partition}",
+        "TIMBRIDGE_ORDERED_STREAM": "ORDERS",
+        "TIMBRIDGE_ORDERED_MAX_HELD_BYTES": "256MiB",
+    }
+    assert ordered_env(render_objects(kafka_audit_values(**ordered))) == {
+        "TIMBRIDGE_ORDERED_TOPIC": "orders",
+        "TIMBRIDGE_ORDERED_MAX_HELD_BYTES": "256MiB",
+    }
+
+
+@pytest.mark.parametrize("values", [audit_values, kafka_audit_values], ids=["nats", "kafka"])
+def test_ordered_disabled_passes_no_ordered_flag(values):
+    objs = render_objects(values(enabled=False))
+    assert ordered_env(objs) == {}
+    # The rest of the auditor is unchanged.
+    assert auditor_env(objs)["TIMBRIDGE_GAP_GRACE"] == "30s"
+    assert auditor(objs)["spec"]["template"]["spec"]["containers"][0]["args"] == ["audit"]
+
+
+def test_ordered_settings_without_the_auditor_render_nothing():
+    # audit.ordered.enabled is on by default: it takes effect only with audit.enabled.
+    objs = render_objects({"audit": {"ordered": {"enabled": True}}})
+    assert [o for o in objs if is_auditor(o)] == []
+
+
+def test_sharded_auditors_each_publish_the_ordered_stream():
+    values = audit_values()
+    values["audit"]["shards"] = 3
+    env = ordered_env(render_objects(values))
+    assert env["TIMBRIDGE_ORDERED_SUBJECT"] == "tim-ordered.{partition}"
+
+
+@pytest.mark.parametrize("subject,stream_subjects", [
+    ("tim.ordered.{partition}", "tim.>"),
+    ("tim.{sdkappid}.{partition}", "tim.>"),
+    ("orders.{partition}", "tim.>,orders.*"),
+    ("tim-ordered.{partition}", "tim-ordered.>"),
+], ids=["inside-default", "sdkappid", "wildcard", "own-wildcard"])
+def test_template_refuses_an_ordered_subject_inside_the_bridges_stream(subject, stream_subjects):
+    values = audit_values(subject=subject)
+    values["nats"] = {"streamSubjects": stream_subjects}
+    with pytest.raises(helm.HelmError, match="lies inside nats.streamSubjects"):
+        helmrender.render(values)
+
+
+@pytest.mark.parametrize("subject,stream_subjects", [
+    ("tim-ordered.{partition}", "tim.>"),
+    ("orders.{partition}", "tim.>,orders.x"),
+    ("tim.ordered.{partition}", "tim.*"),
+], ids=["default", "literal", "shallower-wildcards"])
+def test_template_accepts_an_ordered_subject_outside_the_bridges_stream(subject, stream_subjects):
+    values = audit_values(subject=subject)
+    values["nats"] = {"streamSubjects": stream_subjects}
+    assert ordered_env(render_objects(values))["TIMBRIDGE_ORDERED_SUBJECT"] == subject
+
+
+def test_template_refuses_an_ordered_stream_the_auditor_would_refuse():
+    with pytest.raises(helm.HelmError, match="must not contain {command}"):
+        helmrender.render(audit_values(subject="tim-ordered.{command}.{partition}"))
+    with pytest.raises(helm.HelmError, match="other than the bridge's"):
+        helmrender.render(audit_values(stream="TIM"))
+
+
+def test_the_ordered_subject_check_is_for_nats_only():
+    # On Kafka the subject is not used; its topic lives beside the bridge's topics.
+    values = kafka_audit_values(subject="tim.ordered.{partition}")
+    assert "TIMBRIDGE_ORDERED_SUBJECT" not in ordered_env(render_objects(values))
+
+
+def test_auditor_variables_name_only_real_audit_flags():
+    """Every TIMBRIDGE_* variable the auditor's container sets itself (the ConfigMap is the
+    bridge's, checked against `serve`) is one `timbridge audit --help` lists, for NATS, Kafka,
+    shards and the ordered stream."""
+    help_text = subprocess.run([str(bridge_binary()), "audit", "--help"], check=True,
+                               capture_output=True, text=True).stdout
+    known = set(re.findall(r"\[env: (TIMBRIDGE_[A-Z_]+)", help_text))
+    sharded = audit_values()
+    sharded["audit"]["shards"] = 2
+    for values in (audit_values(), kafka_audit_values(), sharded):
+        names = {n for n in auditor_env(render_objects(values)) if n.startswith("TIMBRIDGE_")}
+        assert names - known == set()

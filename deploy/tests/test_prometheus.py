@@ -184,5 +184,7 @@ def test_dashboard_datasource_is_a_variable():
     assert uids == {"${datasource}"}, f"hard-coded data source: {uids}"
     titles = " ".join(p["title"] for p in dash["panels"])
     for needed in ("Callbacks/s by command and outcome", "Rejections/s by reason", "p50 / p99",
-                   "Publish latency", "In flight", "Sink readiness", "Broker queue depth"):
+                   "Publish latency", "In flight", "Sink readiness", "Broker queue depth",
+                   "Ordered records released/s by kind", "Markers/s by reason",
+                   "Held behind holes", "Oldest hole", "Ordered release latency p50 / p99"):
         assert needed in titles
