@@ -17,6 +17,58 @@ use super::ordered::Consumed;
 /// on, the record itself.
 pub type Read = (Option<Observation>, Option<Consumed>);
 
+/// What a consumer had delivered to an earlier instance (killed) and not seen acknowledged:
+/// stream sequences above its ack floor up to its last delivered one, read again at start
+/// straight from the stream instead of waiting out the ack wait for their redelivery (the
+/// ordered stream cannot release a group past them). Their redelivery later is a repeat.
+pub struct Replay {
+    pub stream: async_nats::jetstream::stream::Stream,
+    /// `(next, last, filter subject)` per consumer.
+    pub ranges: Vec<(u64, u64, Option<String>)>,
+}
+
+impl Replay {
+    async fn next(&mut self) -> Option<Read> {
+        loop {
+            let (next, last, filter) = self.ranges.last_mut()?;
+            if *next > *last {
+                self.ranges.pop();
+                continue;
+            }
+            let seq = *next;
+            *next += 1;
+            let Ok(message) = self.stream.get_raw_message(seq).await else {
+                continue; // deleted, or no longer kept
+            };
+            if let Some(filter) = filter {
+                if !crate::sink::nats::subject_matches(filter, message.subject.as_str()) {
+                    continue;
+                }
+            }
+            let headers = super::ordered::nats::own_headers(&message.headers);
+            let get = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let seen = consume::observation(get, &message.payload);
+            let appended_ms =
+                u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            let consumed = Consumed {
+                raw: Raw {
+                    headers: headers.clone(),
+                    body: message.payload,
+                    key: None,
+                },
+                at: Position::Nats { stream_seq: seq },
+                appended_ms,
+            };
+            return Some((seen, Some(consumed)));
+        }
+    }
+}
+
 // One per process: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Feed {
@@ -28,6 +80,8 @@ pub enum Feed {
         unacked: BTreeMap<u64, Message>,
         /// Keep each record for the ordered stream.
         raw: bool,
+        /// Read first (the ordered stream only).
+        replay: Option<Replay>,
     },
     Kafka {
         feed: KafkaFeed,
@@ -45,31 +99,45 @@ impl Feed {
                 messages,
                 unacked,
                 raw,
-            } => match messages.next().await? {
-                Ok(message) => {
-                    let seen = consume::observe(&message);
-                    let (seq, appended_ms) = message.info().map_or((u64::MAX, 0), |info| {
-                        let ms = info.published.unix_timestamp_nanos() / 1_000_000;
-                        (info.stream_sequence, u64::try_from(ms).unwrap_or(0))
-                    });
-                    let consumed = raw.then(|| Consumed {
-                        raw: Raw {
-                            headers: message
-                                .headers
-                                .as_ref()
-                                .map(super::ordered::nats::own_headers)
-                                .unwrap_or_default(),
-                            body: message.payload.clone(),
-                            key: None,
-                        },
-                        at: Position::Nats { stream_seq: seq },
-                        appended_ms,
-                    });
-                    unacked.insert(seq, message);
-                    Some(Ok((seen, consumed)))
+                replay,
+            } => {
+                if let Some(r) = replay {
+                    match r.next().await {
+                        Some(read) => return Some(Ok(read)),
+                        None => {
+                            tracing::info!(
+                                "audit: what the last run had not acknowledged was read again"
+                            );
+                            *replay = None;
+                        }
+                    }
                 }
-                Err(err) => Some(Err(err.to_string())),
-            },
+                match messages.next().await? {
+                    Ok(message) => {
+                        let seen = consume::observe(&message);
+                        let (seq, appended_ms) = message.info().map_or((u64::MAX, 0), |info| {
+                            let ms = info.published.unix_timestamp_nanos() / 1_000_000;
+                            (info.stream_sequence, u64::try_from(ms).unwrap_or(0))
+                        });
+                        let consumed = raw.then(|| Consumed {
+                            raw: Raw {
+                                headers: message
+                                    .headers
+                                    .as_ref()
+                                    .map(super::ordered::nats::own_headers)
+                                    .unwrap_or_default(),
+                                body: message.payload.clone(),
+                                key: None,
+                            },
+                            at: Position::Nats { stream_seq: seq },
+                            appended_ms,
+                        });
+                        unacked.insert(seq, message);
+                        Some(Ok((seen, consumed)))
+                    }
+                    Err(err) => Some(Err(err.to_string())),
+                }
+            }
             Feed::Kafka {
                 feed,
                 consumed,

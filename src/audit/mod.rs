@@ -370,12 +370,15 @@ pub async fn run(
                 let _ = reply.send(tracker.still_missing(&gap));
             }
             Some(repaired) = done_rx.recv() => {
-                let Repaired { gap, done, gone } = repaired;
+                let Repaired { gap, done, gone, backfilled } = repaired;
                 in_flight.remove(&gap.key);
                 if done {
                     backoff.succeeded(&gap.key);
                     tracker.resolve(&gap.key, gap.first, gap.last, now_ms());
                     if let Some(orderer) = orderer.as_mut() {
+                        for (seq, record, stored_at) in backfilled {
+                            orderer.backfilled(&gap.key, seq, record, stored_at).await?;
+                        }
                         let skipped: Vec<_> = gone.into_iter().map(|(seq, why)| (seq, why.into())).collect();
                         orderer.skip(&gap.key, &skipped).await?;
                     }
@@ -523,6 +526,7 @@ async fn open_feed(
                 subjects.into_iter().map(Some).collect()
             };
             let mut streams = Vec::with_capacity(filters.len());
+            let mut replay = Vec::new();
             for filter in filters {
                 let name = match &filter {
                     None => config.consumer.clone(),
@@ -545,6 +549,14 @@ async fn open_feed(
                         }
                     }
                 };
+                let info = consumer.cached_info();
+                let (floor, delivered) = (
+                    info.ack_floor.stream_sequence,
+                    info.delivered.stream_sequence,
+                );
+                if raw && delivered > floor {
+                    replay.push((floor + 1, delivered, filter.clone()));
+                }
                 streams.push(
                     consumer
                         .stream()
@@ -555,10 +567,24 @@ async fn open_feed(
                 );
             }
             let store = Store::Kv(checkpoint::Checkpoint::open(&js, &config.state_bucket).await?);
+            let replay = if replay.is_empty() {
+                None
+            } else {
+                let stream = js
+                    .get_stream(&nats.stream)
+                    .await
+                    .map_err(|e| format!("stream {}: {e}", nats.stream))?;
+                tracing::info!(ranges = ?replay, "audit: reading again what the last run had not acknowledged");
+                Some(feed::Replay {
+                    stream,
+                    ranges: replay,
+                })
+            };
             let feed = Feed::Nats {
                 messages: futures_util::stream::select_all(streams),
                 unacked: BTreeMap::new(),
                 raw,
+                replay,
             };
             Ok((feed, store))
         }

@@ -14,7 +14,7 @@ use super::backfill;
 use super::metrics::AuditMetrics;
 use super::resolve::{self, Gone, Reason};
 use super::tracker::Gap;
-use crate::deliver::Deliver;
+use crate::deliver::{Deliver, StoredAt};
 use crate::sink::partition::partition;
 use crate::sink::record::header;
 use crate::sink::{Record, RecordBuilder, Sink};
@@ -27,8 +27,12 @@ pub struct Repaired {
     /// Every seq is accounted for; false: try again later.
     pub done: bool,
     /// When done: the seqs of the gap that have no message, and why (the ordered stream's
-    /// markers); the backfilled ones come back through the stream.
+    /// markers).
     pub gone: Vec<(u64, Gone)>,
+    /// When done: the records backfilled, and where the broker keeps them (the ordered stream
+    /// takes them from here: their copy in the stream may reach another consumer instance
+    /// first, or be dropped as a duplicate of a live record that did).
+    pub backfilled: Vec<(u64, Record, Option<StoredAt>)>,
 }
 
 /// A worker's question to the loop that owns the tracker: what of this queued gap is still
@@ -37,6 +41,9 @@ pub struct Recheck {
     pub gap: Gap,
     pub reply: oneshot::Sender<Option<Gap>>,
 }
+
+/// What a finished lookup found: the seqs gone (and why), and the records backfilled.
+type Found = (Vec<(u64, Gone)>, Vec<(u64, Record, Option<StoredAt>)>);
 
 pub struct Repairer {
     pub client: Arc<RestClient>,
@@ -68,11 +75,14 @@ impl Repairer {
             let Ok(missing) = answer.await else { return };
             let repaired = match missing {
                 Some(gap) => {
-                    let gone = self.repair(&gap).await;
+                    let found = self.repair(&gap).await;
+                    let done = found.is_some();
+                    let (gone, backfilled) = found.unwrap_or_default();
                     Repaired {
                         gap,
-                        done: gone.is_some(),
-                        gone: gone.unwrap_or_default(),
+                        done,
+                        gone,
+                        backfilled,
                     }
                 }
                 None => {
@@ -83,6 +93,7 @@ impl Repairer {
                         gap: queued,
                         done: true,
                         gone: Vec::new(),
+                        backfilled: Vec::new(),
                     }
                 }
             };
@@ -92,9 +103,9 @@ impl Repairer {
         }
     }
 
-    /// The seqs of `gap` that are gone (and why) once every seq is accounted for; `None`: try
-    /// again later.
-    async fn repair(&self, gap: &Gap) -> Option<Vec<(u64, Gone)>> {
+    /// The seqs of `gap` that are gone (and why) and the records backfilled, once every seq is
+    /// accounted for; `None`: try again later.
+    async fn repair(&self, gap: &Gap) -> Option<Found> {
         let resolution = match resolve::resolve(&self.client, gap).await {
             Ok(resolution) => resolution,
             Err(err) => {
@@ -105,6 +116,7 @@ impl Repairer {
         };
         let now = now_ms();
         let mut gone: Vec<(u64, Gone)> = Vec::new();
+        let mut backfilled = Vec::with_capacity(resolution.backfill.len());
         for message in &resolution.backfill {
             let record = match backfill::record(&self.builder, &gap.key, &gap.kind, message, now) {
                 Ok(record) => record,
@@ -123,11 +135,15 @@ impl Repairer {
                     continue;
                 }
             };
-            if let Err(err) = self.sink.deliver(&record).await {
-                tracing::warn!(group = %gap.key.group, seq = message.msg_seq, error = %err,
-                    "audit: backfill publish failed; will try again");
-                return None;
-            }
+            let ack = match self.sink.deliver(&record).await {
+                Ok(ack) => ack,
+                Err(err) => {
+                    tracing::warn!(group = %gap.key.group, seq = message.msg_seq, error = %err,
+                        "audit: backfill publish failed; will try again");
+                    return None;
+                }
+            };
+            backfilled.push((message.msg_seq, record, ack.stored_at));
             self.metrics
                 .gap_seqs
                 .with_label_values(&["backfilled"])
@@ -151,7 +167,7 @@ impl Repairer {
                 .map(|&(seq, settled)| (seq, Gone::Settled(settled))),
         );
         gone.sort_by_key(|(seq, _)| *seq);
-        Some(gone)
+        Some((gone, backfilled))
     }
 
     /// Publishes the unrecoverable range as an event (its own dedup id: a retry is dropped).

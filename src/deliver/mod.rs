@@ -18,6 +18,23 @@ use crate::sink::Record;
 pub struct Ack {
     /// The broker already had this record (a redelivered callback) and did not store it again.
     pub duplicate: bool,
+    /// Where the broker keeps it (the earlier copy's place for a duplicate), when it says.
+    pub stored_at: Option<StoredAt>,
+}
+
+impl Ack {
+    pub const STORED: Ack = Ack {
+        duplicate: false,
+        stored_at: None,
+    };
+}
+
+/// A record's place in the broker: a JetStream stream sequence, or a Kafka partition and
+/// offset (of the record's topic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredAt {
+    Stream(u64),
+    Partition(i32, i64),
 }
 
 /// Why a record was not taken. Each maps to one rejection (and so one status and ErrorCode).

@@ -100,6 +100,7 @@ impl Deliver for Scripted {
                     lock(&self.delivered).push(record.clone());
                     return Ok(Ack {
                         duplicate: matches!(outcome, Outcome::Duplicate),
+                        stored_at: None,
                     });
                 }
                 Outcome::Fail(err) => return Err(err),

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::{Record, Template};
 use crate::config::ConfigError;
-use crate::deliver::{Ack, DeliveryError};
+use crate::deliver::{Ack, DeliveryError, StoredAt};
 use crate::metrics::KafkaGauges;
 use crate::secret::Secret;
 
@@ -171,7 +171,10 @@ impl KafkaSink {
             .send_result(message)
             .map_err(|(err, _)| classify(&err))?;
         match delivery.await {
-            Ok(Ok(_)) => Ok(Ack { duplicate: false }),
+            Ok(Ok(delivery)) => Ok(Ack {
+                duplicate: false,
+                stored_at: Some(StoredAt::Partition(delivery.partition, delivery.offset)),
+            }),
             Ok(Err((err, _))) => Err(classify(&err)),
             Err(_) => Err(DeliveryError::Unavailable(
                 "the producer dropped the delivery report".into(),

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use super::record::header;
 use super::{Record, Template};
 use crate::config::ConfigError;
-use crate::deliver::{Ack, DeliveryError};
+use crate::deliver::{Ack, DeliveryError, StoredAt};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
@@ -229,6 +229,7 @@ impl NatsSink {
             .map_err(|e| self.publish_error(e.kind(), &e))?;
         Ok(Ack {
             duplicate: ack.duplicate,
+            stored_at: Some(StoredAt::Stream(ack.sequence)),
         })
     }
 

@@ -77,7 +77,7 @@ impl StdoutSink {
         out.write_all(&buf)
             .and_then(|()| out.flush())
             .map_err(|e| DeliveryError::Unavailable(format!("writing to stdout: {e}")))?;
-        Ok(Ack { duplicate: false })
+        Ok(Ack::STORED)
     }
 
     pub fn flush(&self) {

@@ -531,7 +531,7 @@ impl<S: Deliver> Spool<S> {
             .try_send(Msg::Append(append))
             .map_err(|_| DeliveryError::Backpressure("the spool's writer queue is full".into()))?;
         match answer.await {
-            Ok(Ok(_seq)) => Ok(Ack { duplicate: false }),
+            Ok(Ok(_seq)) => Ok(Ack::STORED),
             Ok(Err(err)) => Err(err),
             Err(_) => Err(DeliveryError::Unavailable("the spool is closed".into())),
         }

@@ -125,7 +125,14 @@ fn start_auditor(
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut argv = vec!["timbridge".to_string(), "audit".to_string()];
-    argv.extend(audit_flags(config, &nats.url(), sim, admin));
+    let mut flags = audit_flags(config, &nats.url(), sim, admin);
+    // A flag in `extra` replaces the default one (its value with it).
+    for flag in extra.iter().filter(|f| f.starts_with("--")) {
+        if let Some(at) = flags.iter().position(|f| f == flag) {
+            flags.drain(at..at + 2);
+        }
+    }
+    argv.extend(flags);
     argv.extend(extra.iter().map(|f| f.to_string()));
     let Sub::Audit(args) = Cli::try_parse_from(argv).expect("flags parse").command else {
         panic!("audit")

@@ -30,6 +30,8 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::TopicPartitionList;
 
 use super::tracker::GroupKey;
+use crate::deliver::StoredAt;
+use crate::sink::Record;
 use crate::sink::Template;
 use entry::{Entry, Kind, Position, Raw, Skip};
 use line::{Held, Line, Offered, What};
@@ -168,6 +170,42 @@ impl Orderer {
         self.held_records += 1;
         self.held_bytes += bytes;
         self.release(key).await
+    }
+
+    /// A record the auditor backfilled for `key` at `seq`, where the broker keeps it: held like
+    /// one consumed (its copy in the main stream is then a duplicate). Without a place to read
+    /// it back from, the copy in the main stream is waited for instead.
+    pub async fn backfilled(
+        &mut self,
+        key: &GroupKey,
+        seq: u64,
+        record: Record,
+        stored_at: Option<StoredAt>,
+    ) -> Result<(), String> {
+        let at = match stored_at {
+            Some(StoredAt::Stream(stream_seq)) => Position::Nats { stream_seq },
+            Some(StoredAt::Partition(partition, offset)) => Position::Kafka {
+                topic: record.destination.clone(),
+                partition,
+                offset,
+            },
+            None => return Ok(()),
+        };
+        let raw = Raw {
+            headers: record
+                .headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.clone()))
+                .collect(),
+            body: record.body,
+            key: Some(record.key),
+        };
+        let consumed = Consumed {
+            raw,
+            at,
+            appended_ms: super::repair::now_ms(),
+        };
+        self.offer(key, seq, consumed).await
     }
 
     /// Seqs of `key` that are gone, with why (a repaired gap's unrecoverable and settled seqs).
