@@ -7,7 +7,8 @@
 //!   (no coordinated omission). Without `--rate` it is closed-loop: every connection sends as fast
 //!   as answers come. Prints a JSON summary with HDR-histogram percentiles.
 //! - `verify`: reads the JetStream stream or Kafka topic back and reports missing, duplicated and
-//!   out-of-order messages per group against the summaries of earlier runs.
+//!   out-of-order messages per group against the summaries of earlier runs. `--ordered` checks the
+//!   auditor's ordered stream: every seq once, a message or a marker, strictly in order.
 
 mod body;
 mod client;
@@ -123,6 +124,9 @@ struct VerifyArgs {
     nats_url: Option<String>,
     #[arg(long, default_value = "TIM")]
     nats_stream: String,
+    /// NATS: read only the stream's messages of this subject (e.g. `tim-ordered.>`).
+    #[arg(long)]
+    nats_subject: Option<String>,
     #[arg(long)]
     kafka_brokers: Option<String>,
     #[arg(long, default_value = "tim.Group.CallbackAfterSendMsg")]
@@ -130,6 +134,12 @@ struct VerifyArgs {
     /// The runs' skipped messages must be in the stream (an auditor backfilled them).
     #[arg(long)]
     skipped_must_arrive: bool,
+    /// Check the auditor's ordered stream (give its stream or topic with `--nats-stream` or
+    /// `--kafka-topic`): per group every seq once, as a message or a marker, each the one after
+    /// the last (backfills too), and markers only for system notices and skipped seqs. Kafka is
+    /// read `read_committed`.
+    #[arg(long)]
+    ordered: bool,
 }
 
 #[derive(Serialize, serde::Deserialize)]
@@ -540,10 +550,13 @@ async fn verify_command(args: VerifyArgs) -> ExitCode {
         }
     }
     let stored = match (&args.nats_url, &args.kafka_brokers) {
-        (Some(url), None) => verify::read_nats(url, &args.nats_stream).await,
+        (Some(url), None) => {
+            let subject = args.nats_subject.as_deref();
+            verify::read_nats(url, &args.nats_stream, subject).await
+        }
         (None, Some(brokers)) => {
-            let (b, t) = (brokers.clone(), args.kafka_topic.clone());
-            tokio::task::spawn_blocking(move || verify::read_kafka(&b, &t))
+            let (b, t, committed) = (brokers.clone(), args.kafka_topic.clone(), args.ordered);
+            tokio::task::spawn_blocking(move || verify::read_kafka(&b, &t, committed))
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
         }
@@ -556,7 +569,13 @@ async fn verify_command(args: VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = verify::check(&expected, &stored, args.skipped_must_arrive);
+    let report = if args.ordered {
+        verify::check_ordered(&expected, &stored)
+    } else {
+        let mut report = verify::check(&expected, &stored.messages(), args.skipped_must_arrive);
+        report.passthrough = stored.passthrough;
+        report
+    };
     println!(
         "{}",
         serde_json::to_string_pretty(&report).unwrap_or_default()
