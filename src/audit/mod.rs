@@ -376,8 +376,8 @@ pub async fn run(
                     backoff.succeeded(&gap.key);
                     tracker.resolve(&gap.key, gap.first, gap.last, now_ms());
                     if let Some(orderer) = orderer.as_mut() {
-                        for (seq, record, stored_at) in backfilled {
-                            orderer.backfilled(&gap.key, seq, record, stored_at).await?;
+                        for (seq, record, ack) in backfilled {
+                            orderer.backfilled(&gap.key, seq, record, ack).await?;
                         }
                         let skipped: Vec<_> = gone.into_iter().map(|(seq, why)| (seq, why.into())).collect();
                         orderer.skip(&gap.key, &skipped).await?;

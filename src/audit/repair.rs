@@ -14,7 +14,7 @@ use super::backfill;
 use super::metrics::AuditMetrics;
 use super::resolve::{self, Gone, Reason};
 use super::tracker::Gap;
-use crate::deliver::{Deliver, StoredAt};
+use crate::deliver::{Ack, Deliver};
 use crate::sink::partition::partition;
 use crate::sink::record::header;
 use crate::sink::{Record, RecordBuilder, Sink};
@@ -32,7 +32,7 @@ pub struct Repaired {
     /// When done: the records backfilled, and where the broker keeps them (the ordered stream
     /// takes them from here: their copy in the stream may reach another consumer instance
     /// first, or be dropped as a duplicate of a live record that did).
-    pub backfilled: Vec<(u64, Record, Option<StoredAt>)>,
+    pub backfilled: Vec<(u64, Record, Ack)>,
 }
 
 /// A worker's question to the loop that owns the tracker: what of this queued gap is still
@@ -43,7 +43,7 @@ pub struct Recheck {
 }
 
 /// What a finished lookup found: the seqs gone (and why), and the records backfilled.
-type Found = (Vec<(u64, Gone)>, Vec<(u64, Record, Option<StoredAt>)>);
+type Found = (Vec<(u64, Gone)>, Vec<(u64, Record, Ack)>);
 
 pub struct Repairer {
     pub client: Arc<RestClient>,
@@ -143,7 +143,7 @@ impl Repairer {
                     return None;
                 }
             };
-            backfilled.push((message.msg_seq, record, ack.stored_at));
+            backfilled.push((message.msg_seq, record, ack));
             self.metrics
                 .gap_seqs
                 .with_label_values(&["backfilled"])

@@ -30,7 +30,7 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::TopicPartitionList;
 
 use super::tracker::GroupKey;
-use crate::deliver::StoredAt;
+use crate::deliver::{Ack, StoredAt};
 use crate::sink::Record;
 use crate::sink::Template;
 use entry::{Entry, Kind, Position, Raw, Skip};
@@ -149,18 +149,30 @@ impl Orderer {
         seq: u64,
         record: Consumed,
     ) -> Result<(), String> {
+        self.hold(key, seq, record, true).await
+    }
+
+    /// Holds `record` (its body in memory when `keep`, else read back at release) and releases
+    /// what can go.
+    async fn hold(
+        &mut self,
+        key: &GroupKey,
+        seq: u64,
+        record: Consumed,
+        keep: bool,
+    ) -> Result<(), String> {
         let line = self
             .lines
             .entry(key.clone())
             .or_insert_with(|| Line::starting_at(seq));
-        let raw = Arc::new(record.raw);
-        let bytes = raw.bytes();
+        let raw = keep.then(|| Arc::new(record.raw));
+        let bytes = raw.as_ref().map_or(0, |r| r.bytes());
         let held = Held {
             since_ms: super::repair::now_ms(),
             what: What::Record {
                 at: record.at,
                 appended_ms: record.appended_ms,
-                raw: Some(raw),
+                raw,
             },
         };
         if line.offer(seq, held) == Offered::Duplicate {
@@ -173,16 +185,18 @@ impl Orderer {
     }
 
     /// A record the auditor backfilled for `key` at `seq`, where the broker keeps it: held like
-    /// one consumed (its copy in the main stream is then a duplicate). Without a place to read
-    /// it back from, the copy in the main stream is waited for instead.
+    /// one consumed (its copy in the main stream is then a duplicate). When the broker already
+    /// had the seq (a live record JetStream kept instead), that record is read back from the
+    /// main stream at release, so the ordered stream holds what the main stream holds. Without
+    /// a place to read it from, the copy in the main stream is waited for instead.
     pub async fn backfilled(
         &mut self,
         key: &GroupKey,
         seq: u64,
         record: Record,
-        stored_at: Option<StoredAt>,
+        ack: Ack,
     ) -> Result<(), String> {
-        let at = match stored_at {
+        let at = match ack.stored_at {
             Some(StoredAt::Stream(stream_seq)) => Position::Nats { stream_seq },
             Some(StoredAt::Partition(partition, offset)) => Position::Kafka {
                 topic: record.destination.clone(),
@@ -205,7 +219,7 @@ impl Orderer {
             at,
             appended_ms: super::repair::now_ms(),
         };
-        self.offer(key, seq, consumed).await
+        self.hold(key, seq, consumed, !ack.duplicate).await
     }
 
     /// Seqs of `key` that are gone, with why (a repaired gap's unrecoverable and settled seqs).
