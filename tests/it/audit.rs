@@ -438,31 +438,7 @@ async fn the_load_tools_verify_finds_nothing_missing_after_the_audit() {
         ran["ok"], ran["sent"],
         "every callback sent was answered 200"
     );
-    let mut groups: BTreeMap<String, SimGroup> = BTreeMap::new();
-    for line in std::fs::read_to_string(&history).unwrap().lines() {
-        let item: Value = serde_json::from_str(line).unwrap();
-        let group = groups
-            .entry(item["GroupId"].as_str().unwrap().to_string())
-            .or_insert_with(|| SimGroup {
-                kind: "Public".into(),
-                ..SimGroup::default()
-            });
-        let seq = item["MsgSeq"].as_u64().unwrap();
-        group.messages.insert(
-            seq,
-            SimMessage {
-                from: item["From_Account"].as_str().unwrap().to_string(),
-                random: item["MsgRandom"].as_u64().unwrap(),
-                time: item["MsgTimeStamp"].as_u64().unwrap(),
-                body: item["MsgBody"].clone(),
-                system: item["IsSystemMsg"] == 1,
-                placeholder: 0,
-            },
-        );
-    }
-    for (id, group) in groups {
-        sim.set_group(&id, group);
-    }
+    give_history(&sim, &history);
 
     let (_admin, _auditor) = start_auditor(&config, &nats, &sim, &[]);
     let reader = nats.reader().await;
@@ -500,6 +476,36 @@ async fn the_load_tools_verify_finds_nothing_missing_after_the_audit() {
     assert_eq!(report["out_of_order"], 0, "{report}");
     assert_eq!(report["backfilled"], skipped as u64, "{report}");
     drop(bridge);
+}
+
+/// Gives the simulator the history `timbridge-load run --history-out` wrote: every message of
+/// the run, notices included, as Tencent's history would hold them.
+fn give_history(sim: &Tencent, history: &Path) {
+    let mut groups: BTreeMap<String, SimGroup> = BTreeMap::new();
+    for line in std::fs::read_to_string(history).unwrap().lines() {
+        let item: Value = serde_json::from_str(line).unwrap();
+        let group = groups
+            .entry(item["GroupId"].as_str().unwrap().to_string())
+            .or_insert_with(|| SimGroup {
+                kind: "Public".into(),
+                ..SimGroup::default()
+            });
+        let seq = item["MsgSeq"].as_u64().unwrap();
+        group.messages.insert(
+            seq,
+            SimMessage {
+                from: item["From_Account"].as_str().unwrap().to_string(),
+                random: item["MsgRandom"].as_u64().unwrap(),
+                time: item["MsgTimeStamp"].as_u64().unwrap(),
+                body: item["MsgBody"].clone(),
+                system: item["IsSystemMsg"] == 1,
+                placeholder: 0,
+            },
+        );
+    }
+    for (id, group) in groups {
+        sim.set_group(&id, group);
+    }
 }
 
 /// The load generator's binary (the tools workspace member), built when missing.

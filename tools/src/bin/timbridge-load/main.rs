@@ -49,9 +49,10 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// The bridge's callback endpoint.
+    /// The bridge's callback endpoint; repeat it for several bridges (replicas), connection c
+    /// using the (c mod n)-th.
     #[arg(long, default_value = "http://127.0.0.1:8080/callback")]
-    url: String,
+    url: Vec<String>,
     #[arg(long, default_value_t = 1400000000)]
     sdkappid: u64,
     /// Sign URLs with this token (Sign + RequestTime).
@@ -88,6 +89,11 @@ struct RunArgs {
     /// per line in the shape of Tencent's group history, for a simulator of it.
     #[arg(long)]
     history_out: Option<PathBuf>,
+    /// Open loop: deal each group's messages over every connection in turn instead of one
+    /// connection per group, so several of a group are in flight at once (Tencent documents
+    /// no ordering between a group's callbacks).
+    #[arg(long)]
+    spread: bool,
 }
 
 /// Why a scheduled seq is not sent.
@@ -258,7 +264,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
     if args.groups == 0 || args.connections == 0 {
         return Err("--groups and --connections must be more than 0".into());
     }
-    let (addr, host, path) = target(&args.url)?;
+    let targets = args
+        .url
+        .iter()
+        .map(|url| target(url))
+        .collect::<Result<Vec<_>, String>>()?;
     let token = args.token.clone().map(Token::new);
     let connections = args.connections.min(args.groups);
     let started = Instant::now();
@@ -272,11 +282,12 @@ async fn run(args: RunArgs) -> Result<(), String> {
         let groups: Vec<usize> = (c..args.groups).step_by(connections).collect();
         let (tx, rx) = mpsc::channel::<Job>(4096);
         queues.push(tx);
+        let (addr, host, path) = targets[c % targets.len()].clone();
         let worker = Worker {
             args: args.clone(),
             addr,
-            host: host.clone(),
-            path: path.clone(),
+            host,
+            path,
             token: token.clone(),
         };
         workers.push(tokio::spawn(async move {
@@ -296,6 +307,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         // schedule runs on its own OS thread: tokio's timer rounds to whole milliseconds, which
         // would add up to 1 ms of the generator's own lateness to every latency.
         let groups = args.groups;
+        let spread = args.spread;
         let schedule = std::thread::spawn(move || {
             let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
             let mut next_seq = vec![0u64; groups];
@@ -316,7 +328,12 @@ async fn run(args: RunArgs) -> Result<(), String> {
                     seq: next_seq[group] + 1,
                     due,
                 };
-                match queues[group % connections].try_send(job) {
+                let queue = if spread {
+                    (group + job.seq as usize) % connections
+                } else {
+                    group % connections
+                };
+                match queues[queue].try_send(job) {
                     Ok(()) => next_seq[group] += 1,
                     Err(_) => missed += 1,
                 }
@@ -373,10 +390,22 @@ async fn run(args: RunArgs) -> Result<(), String> {
         for (s, n) in r.statuses {
             *summary.statuses.entry(s).or_default() += n;
         }
-        summary.last_seq.extend(r.last_seq);
-        summary.not_ok.extend(r.not_ok);
-        summary.skipped.extend(r.skipped);
-        summary.system.extend(r.system);
+        // With --spread a group's seqs are spread over workers: merge, never replace.
+        for (group, seq) in r.last_seq {
+            let last = summary.last_seq.entry(group).or_default();
+            *last = (*last).max(seq);
+        }
+        for (mine, theirs) in [
+            (&mut summary.not_ok, r.not_ok),
+            (&mut summary.skipped, r.skipped),
+            (&mut summary.system, r.system),
+        ] {
+            for (group, seqs) in theirs {
+                let all = mine.entry(group).or_default();
+                all.extend(seqs);
+                all.sort_unstable();
+            }
+        }
     }
     if let Some(path) = &args.history_out {
         write_history(&args, &summary.last_seq, path)?;
