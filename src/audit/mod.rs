@@ -248,7 +248,9 @@ pub async fn run(
     // are visible to read_committed consumers only then.
     let checkpoint_interval = match config.ordered.as_ref().map(|o| &o.output) {
         Some(ordered::OutputConfig::Kafka {
-            commit_interval, ..
+            commit_interval,
+            transactions: true,
+            ..
         }) => *commit_interval,
         _ => config.checkpoint_interval,
     };
@@ -463,7 +465,7 @@ async fn save(
     if let Some(orderer) = orderer.as_mut() {
         orderer.flush().await?;
     }
-    let transactional = orderer.as_ref().is_some_and(Orderer::is_kafka);
+    let transactional = orderer.as_ref().is_some_and(Orderer::is_transactional);
     for key in forgotten.drain(..) {
         let _ = checkpoint.forget(&key).await;
     }

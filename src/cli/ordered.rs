@@ -65,6 +65,17 @@ pub struct OrderedArgs {
     /// commits; consumers see the records then.
     #[arg(long, env = "TIMBRIDGE_ORDERED_COMMIT_INTERVAL", default_value = "100ms", value_parser = parse_duration, help_heading = "Ordered stream")]
     pub ordered_commit_interval: Duration,
+
+    /// Kafka: for brokers without transactions (no EndTxn, e.g. tansu 0.6): an idempotent
+    /// producer; each checkpoint waits for the ordered records' delivery reports, and a restart
+    /// may repeat what was released since the last one (a repeat is a seq at or below the last
+    /// one a consumer saw of its group).
+    #[arg(
+        long,
+        env = "TIMBRIDGE_ORDERED_NO_TRANSACTIONS",
+        help_heading = "Ordered stream"
+    )]
+    pub ordered_no_transactions: bool,
 }
 
 impl OrderedArgs {
@@ -125,6 +136,7 @@ impl OrderedArgs {
                 OutputConfig::Kafka {
                     topic: self.ordered_topic,
                     commit_interval: self.ordered_commit_interval,
+                    transactions: !self.ordered_no_transactions,
                 }
             }
             _ => {

@@ -25,6 +25,9 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct KafkaOutput {
     producer: FutureProducer,
+    /// Without transactions (brokers that lack them): an idempotent producer, each commit
+    /// only waiting for the delivery reports.
+    transactional: bool,
     topic: String,
     /// For reading held records back.
     config: ClientConfig,
@@ -34,33 +37,40 @@ pub struct KafkaOutput {
 type Delivery = futures_util::future::BoxFuture<'static, (Entry, Result<(), String>)>;
 
 impl KafkaOutput {
-    /// The transactional producer `transactional_id`: fences an earlier instance with the same
-    /// id (aborting what it left open), then opens the first transaction.
+    /// The transactional producer `transactional_id` (`None`: an idempotent one, for brokers
+    /// without transactions): fences an earlier instance with the same id (aborting what it
+    /// left open), then opens the first transaction.
     pub async fn open(
         config: &KafkaConfig,
         topic: &str,
-        transactional_id: &str,
+        transactional_id: Option<&str>,
     ) -> Result<KafkaOutput, String> {
-        let producer: FutureProducer = connection_config(config)
-            .set("transactional.id", transactional_id)
-            .set(
-                "transaction.timeout.ms",
-                TXN_TIMEOUT.as_millis().to_string(),
-            )
+        let mut client = connection_config(config);
+        client
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("partitioner", "murmur2_random")
+            .set("partitioner", "murmur2_random");
+        if let Some(id) = transactional_id {
+            client.set("transactional.id", id).set(
+                "transaction.timeout.ms",
+                TXN_TIMEOUT.as_millis().to_string(),
+            );
+        }
+        let producer: FutureProducer = client
             .create()
             .map_err(|e| format!("Kafka ordered producer: {e}"))?;
-        let p = producer.clone();
-        blocking(move || {
-            p.init_transactions(TXN_TIMEOUT)?;
-            p.begin_transaction()
-        })
-        .await
-        .map_err(|e| format!("Kafka ordered producer {transactional_id}: {e}"))?;
+        if let Some(id) = transactional_id {
+            let p = producer.clone();
+            blocking(move || {
+                p.init_transactions(TXN_TIMEOUT)?;
+                p.begin_transaction()
+            })
+            .await
+            .map_err(|e| format!("Kafka ordered producer {id}: {e}"))?;
+        }
         Ok(KafkaOutput {
             producer,
+            transactional: transactional_id.is_some(),
             topic: topic.to_string(),
             config: connection_config(config),
             in_flight: FuturesUnordered::new(),
@@ -68,8 +78,12 @@ impl KafkaOutput {
     }
 
     /// The transactional producer, for the checkpoint records of the same transaction.
-    pub fn producer(&self) -> FutureProducer {
-        self.producer.clone()
+    pub fn producer(&self) -> Option<FutureProducer> {
+        self.transactional.then(|| self.producer.clone())
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
     }
 
     pub fn pending(&self) -> usize {

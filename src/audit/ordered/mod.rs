@@ -55,6 +55,9 @@ pub enum OutputConfig {
     Kafka {
         topic: String,
         commit_interval: Duration,
+        /// Exactly once through transactions; off for brokers without them (a restart may
+        /// then repeat what was released since the last checkpoint).
+        transactions: bool,
     },
 }
 
@@ -357,14 +360,16 @@ impl Orderer {
         }
     }
 
-    pub fn is_kafka(&self) -> bool {
-        matches!(self.output, Output::Kafka(_))
+    /// Kafka with transactions: the checkpoint and the consumed offsets commit with the
+    /// ordered records.
+    pub fn is_transactional(&self) -> bool {
+        matches!(&self.output, Output::Kafka(out) if out.is_transactional())
     }
 
     /// The transactional producer (Kafka), for the checkpoint records.
     pub fn kafka_producer(&self) -> Option<rdkafka::producer::FutureProducer> {
         match &self.output {
-            Output::Kafka(out) => Some(out.producer()),
+            Output::Kafka(out) => out.producer(),
             Output::Nats(_) => None,
         }
     }
@@ -478,9 +483,19 @@ pub async fn open(
                     .await?,
             ))
         }
-        (OutputConfig::Kafka { topic, .. }, crate::config::SinkConfig::Kafka(kafka)) => Ok(
-            Output::Kafka(kafka::KafkaOutput::open(kafka, topic, transactional_id).await?),
-        ),
+        (
+            OutputConfig::Kafka {
+                topic,
+                transactions,
+                ..
+            },
+            crate::config::SinkConfig::Kafka(kafka),
+        ) => {
+            let id = transactions.then_some(transactional_id);
+            Ok(Output::Kafka(
+                kafka::KafkaOutput::open(kafka, topic, id).await?,
+            ))
+        }
         _ => {
             Err("--ordered-subject goes with --sink nats, --ordered-topic with --sink kafka".into())
         }
