@@ -685,6 +685,15 @@ def test_the_ordered_values_set_the_ordered_flags():
     }
 
 
+def test_a_kafka_broker_without_transactions_gets_the_idempotent_ordered_producer():
+    # audit.ordered.transactions false: --ordered-no-transactions (tansu 0.6 has no EndTxn).
+    env = ordered_env(render_objects(kafka_audit_values(transactions=False)))
+    assert env["TIMBRIDGE_ORDERED_NO_TRANSACTIONS"] == "true"
+    # On NATS the value means nothing and sets nothing.
+    assert "TIMBRIDGE_ORDERED_NO_TRANSACTIONS" not in ordered_env(
+        render_objects(audit_values(transactions=False)))
+
+
 @pytest.mark.parametrize("values", [audit_values, kafka_audit_values], ids=["nats", "kafka"])
 def test_ordered_disabled_passes_no_ordered_flag(values):
     objs = render_objects(values(enabled=False))
