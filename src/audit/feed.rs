@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use super::consume::{self, Observation};
 use super::kafka::KafkaFeed;
-use super::ordered::entry::{Position, Raw};
+use super::ordered::entry::{Headers, Position, Raw};
 use super::ordered::Consumed;
 
 /// One record read: the group message it is (if it is one) and, when the ordered stream is
@@ -45,19 +45,13 @@ impl Replay {
                     continue;
                 }
             }
-            let headers = super::ordered::nats::own_headers(&message.headers);
-            let get = |name: &str| {
-                headers
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.as_str())
-            };
-            let seen = consume::observation(get, &message.payload);
+            let headers = Headers::Nats(message.headers);
+            let seen = consume::observation(|name| headers.get(name), &message.payload);
             let appended_ms =
                 u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
             let consumed = Consumed {
                 raw: Raw {
-                    headers: headers.clone(),
+                    headers,
                     body: message.payload,
                     key: None,
                 },
@@ -113,19 +107,19 @@ impl Feed {
                     }
                 }
                 match messages.next().await? {
-                    Ok(message) => {
+                    Ok(mut message) => {
                         let seen = consume::observe(&message);
                         let (seq, appended_ms) = message.info().map_or((u64::MAX, 0), |info| {
                             let ms = info.published.unix_timestamp_nanos() / 1_000_000;
                             (info.stream_sequence, u64::try_from(ms).unwrap_or(0))
                         });
+                        // The ordered stream republishes the headers: taken, not copied (the
+                        // message is kept for its acknowledgement only).
                         let consumed = raw.then(|| Consumed {
                             raw: Raw {
-                                headers: message
-                                    .headers
-                                    .as_ref()
-                                    .map(super::ordered::nats::own_headers)
-                                    .unwrap_or_default(),
+                                headers: Headers::Nats(
+                                    message.message.headers.take().unwrap_or_default(),
+                                ),
                                 body: message.payload.clone(),
                                 key: None,
                             },

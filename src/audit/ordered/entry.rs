@@ -95,30 +95,73 @@ pub enum Position {
     },
 }
 
-/// A main-stream record as consumed: its headers (the broker's own left out), body and, on
-/// Kafka, its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A record's headers as its broker gave them: a JetStream message's map, kept as it is (it
+/// is published again with one header changed), or name-value pairs (Kafka, and what the
+/// auditor makes itself).
+#[derive(Debug, Clone)]
+pub enum Headers {
+    Nats(async_nats::HeaderMap),
+    Pairs(Vec<(String, String)>),
+}
+
+impl Headers {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        match self {
+            Headers::Nats(map) => map.get(name).map(|v| v.as_str()),
+            Headers::Pairs(pairs) => pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str()),
+        }
+    }
+
+    /// Every header but the broker's own (`Nats-*`), in no particular order.
+    pub fn pairs(&self) -> Vec<(&str, &str)> {
+        match self {
+            Headers::Nats(map) => map
+                .iter()
+                .filter(|(name, _)| !AsRef::<str>::as_ref(*name).starts_with("Nats-"))
+                .flat_map(|(name, values)| values.iter().map(move |v| (name.as_ref(), v.as_str())))
+                .collect(),
+            Headers::Pairs(pairs) => pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Headers::Nats(map) => map
+                .iter()
+                .map(|(name, values)| {
+                    let name: &str = name.as_ref();
+                    values
+                        .iter()
+                        .map(|v| name.len() + v.as_str().len())
+                        .sum::<usize>()
+                })
+                .sum(),
+            Headers::Pairs(pairs) => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        }
+    }
+}
+
+/// A main-stream record as consumed: its headers, body and, on Kafka, its key.
+#[derive(Debug, Clone)]
 pub struct Raw {
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: Bytes,
     pub key: Option<String>,
 }
 
 impl Raw {
     pub fn bytes(&self) -> usize {
-        self.body.len()
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
+        self.body.len() + self.headers.bytes()
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 
     /// The key the bridge partitioned the record by: the Kafka key, else the command table's
@@ -137,12 +180,12 @@ impl Raw {
 }
 
 /// One record of the ordered stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Entry {
     /// Ordered per key: the GroupId of group messages.
     pub key: String,
     pub sdkappid: u64,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: Bytes,
     /// NATS: `Nats-Msg-Id`, so a republished entry is dropped within the duplicate window.
     pub msg_id: Option<String>,
@@ -171,12 +214,12 @@ pub fn msg_id(group: &GroupKey, seq: u64) -> String {
 }
 
 /// A group message's record, as the main stream holds it.
-pub fn message(group: &GroupKey, seq: u64, raw: &Raw, appended_ms: u64) -> Entry {
+pub fn message(group: &GroupKey, seq: u64, raw: Raw, appended_ms: u64) -> Entry {
     Entry {
         key: group.group.clone(),
         sdkappid: group.sdkappid,
-        headers: raw.headers.clone(),
-        body: raw.body.clone(),
+        headers: raw.headers,
+        body: raw.body,
         msg_id: Some(msg_id(group, seq)),
         appended_ms: Some(appended_ms),
         kind: Kind::Message,
@@ -209,7 +252,7 @@ pub fn marker(group: &GroupKey, seq: u64, reason: Skip) -> Entry {
     Entry {
         key: group.group.clone(),
         sdkappid: group.sdkappid,
-        headers,
+        headers: Headers::Pairs(headers),
         body: serde_json::to_vec(&body).expect("plain data").into(),
         msg_id: Some(msg_id(group, seq)),
         appended_ms: None,
@@ -219,16 +262,16 @@ pub fn marker(group: &GroupKey, seq: u64, reason: Skip) -> Entry {
 
 /// Any other record, passed through as it arrived; its own dedup id (if any) keeps a
 /// republished one out within the duplicate window.
-pub fn passthrough(raw: &Raw, appended_ms: u64) -> Entry {
+pub fn passthrough(raw: Raw, appended_ms: u64) -> Entry {
     Entry {
         key: raw.partition_key(),
         sdkappid: raw
             .header(header::SDKAPPID)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
-        headers: raw.headers.clone(),
-        body: raw.body.clone(),
         msg_id: raw.header(header::DEDUP_ID).map(|id| format!("o:{id}")),
+        headers: raw.headers,
+        body: raw.body,
         appended_ms: Some(appended_ms),
         kind: Kind::Passthrough,
     }
@@ -246,11 +289,7 @@ mod tests {
             topic: None,
         };
         let m = marker(&group, 7, Skip::System);
-        let headers: Vec<(&str, &str)> = m
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let headers = m.headers.pairs();
         assert_eq!(
             headers,
             vec![
@@ -273,26 +312,23 @@ mod tests {
 
     #[test]
     fn a_passed_through_record_keeps_the_bridges_key() {
-        let raw = Raw {
-            headers: vec![
+        let pairs = |command: &str| {
+            Headers::Pairs(vec![
                 ("tim-sdkappid".into(), "1400000000".into()),
-                (
-                    "tim-callback-command".into(),
-                    "C2C.CallbackAfterSendMsg".into(),
-                ),
-            ],
+                ("tim-callback-command".into(), command.into()),
+            ])
+        };
+        let raw = Raw {
+            headers: pairs("C2C.CallbackAfterSendMsg"),
             body: Bytes::from_static(br#"{"From_Account":"alice","To_Account":"bob"}"#),
             key: None,
         };
-        assert_eq!(passthrough(&raw, 0).key, "alice");
+        assert_eq!(passthrough(raw.clone(), 0).key, "alice");
         let unknown = Raw {
-            headers: vec![
-                ("tim-sdkappid".into(), "1400000000".into()),
-                ("tim-callback-command".into(), "Some.New".into()),
-            ],
+            headers: pairs("Some.New"),
             ..raw
         };
-        assert_eq!(passthrough(&unknown, 0).key, "1400000000");
+        assert_eq!(passthrough(unknown, 0).key, "1400000000");
     }
 
     #[test]

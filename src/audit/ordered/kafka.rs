@@ -17,7 +17,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::entry::{Entry, Raw};
+use super::entry::{self, Entry, Raw};
 use crate::sink::kafka::connection_config;
 use crate::sink::KafkaConfig;
 
@@ -92,8 +92,9 @@ impl KafkaOutput {
 
     /// Queues `entry` in the open transaction (librdkafka keeps each partition's order).
     pub async fn push(&mut self, entry: Entry) {
-        let mut headers = OwnedHeaders::new_with_capacity(entry.headers.len());
-        for (name, value) in &entry.headers {
+        let pairs = entry.headers.pairs();
+        let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
+        for (name, value) in pairs {
             headers = headers.insert(Header {
                 key: name,
                 value: Some(value.as_bytes()),
@@ -222,7 +223,7 @@ pub fn raw(message: &impl Message) -> Raw {
         }
     }
     Raw {
-        headers,
+        headers: entry::Headers::Pairs(headers),
         body: bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default()),
         key: message
             .key()

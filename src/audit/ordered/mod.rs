@@ -23,7 +23,6 @@ pub mod metrics;
 pub mod nats;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -82,10 +81,14 @@ pub struct Orderer {
     held_records: usize,
     max_held_bytes: usize,
     max_inflight: usize,
+    /// `released_total` by kind: message, marker, passthrough (looked up once).
+    released: [prometheus::IntCounter; 3],
 }
 
 impl Orderer {
     pub fn new(output: Output, config: &OrderedConfig, metrics: OrderedMetrics) -> Orderer {
+        let released = ["message", "marker", "passthrough"]
+            .map(|kind| metrics.released.with_label_values(&[kind]));
         Orderer {
             lines: HashMap::new(),
             output,
@@ -94,6 +97,7 @@ impl Orderer {
             held_records: 0,
             max_held_bytes: config.max_held_bytes,
             max_inflight: config.max_inflight.max(1),
+            released,
         }
     }
 
@@ -164,11 +168,17 @@ impl Orderer {
         record: Consumed,
         keep: bool,
     ) -> Result<(), String> {
-        let line = self
-            .lines
-            .entry(key.clone())
-            .or_insert_with(|| Line::starting_at(seq));
-        let raw = keep.then(|| Arc::new(record.raw));
+        if !self.lines.contains_key(key) {
+            self.lines.insert(key.clone(), Line::starting_at(seq));
+        }
+        let line = self.lines.get_mut(key).expect("inserted above");
+        if keep && line.held.is_empty() && seq == line.released + 1 {
+            // The next seq, nothing held: straight out (the common case, no hole).
+            line.released = seq;
+            let entry = entry::message(key, seq, record.raw, record.appended_ms);
+            return self.push(entry).await;
+        }
+        let raw = keep.then(|| Box::new(record.raw));
         let bytes = raw.as_ref().map_or(0, |r| r.bytes());
         let held = Held {
             since_ms: super::repair::now_ms(),
@@ -209,11 +219,13 @@ impl Orderer {
             None => return Ok(()),
         };
         let raw = Raw {
-            headers: record
-                .headers
-                .iter()
-                .map(|(name, value)| (name.to_string(), value.clone()))
-                .collect(),
+            headers: entry::Headers::Pairs(
+                record
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.to_string(), value.clone()))
+                    .collect(),
+            ),
             body: record.body,
             key: Some(record.key),
         };
@@ -245,7 +257,7 @@ impl Orderer {
 
     /// A record that is not an audited group message: out in arrival order.
     pub async fn pass(&mut self, record: Consumed) -> Result<(), String> {
-        self.push(entry::passthrough(&record.raw, record.appended_ms))
+        self.push(entry::passthrough(record.raw, record.appended_ms))
             .await
     }
 
@@ -270,7 +282,7 @@ impl Orderer {
                 raw: Some(raw),
                 appended_ms,
                 ..
-            } => entry::message(key, seq, &raw, appended_ms),
+            } => entry::message(key, seq, *raw, appended_ms),
             What::Record {
                 raw: None,
                 at,
@@ -278,7 +290,7 @@ impl Orderer {
             } => {
                 let raw = fetch(&self.main_reader(), &at).await?;
                 self.metrics.refetched.inc();
-                entry::message(key, seq, &raw, appended_ms)
+                entry::message(key, seq, raw, appended_ms)
             }
         };
         self.push(entry).await
@@ -316,17 +328,17 @@ impl Orderer {
             },
         };
         let kind = match entry.kind {
-            Kind::Message => "message",
+            Kind::Message => 0,
             Kind::Marker(reason) => {
                 self.metrics
                     .markers
                     .with_label_values(&[reason.label()])
                     .inc();
-                "marker"
+                1
             }
-            Kind::Passthrough => "passthrough",
+            Kind::Passthrough => 2,
         };
-        self.metrics.released.with_label_values(&[kind]).inc();
+        self.released[kind].inc();
         if let Some(appended) = entry.appended_ms {
             let now = super::repair::now_ms();
             self.metrics

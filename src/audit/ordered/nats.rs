@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 
-use super::entry::{Entry, Raw};
+use super::entry::{Entry, Headers, Raw};
 use crate::sink::partition::partition;
 use crate::sink::Template;
 
@@ -146,41 +146,29 @@ impl MainReader {
             .await
             .map_err(|e| format!("stream {} sequence {stream_seq}: {e}", self.main))?;
         Ok(Raw {
-            headers: own_headers(&message.headers),
+            headers: Headers::Nats(message.headers),
             body: message.payload,
             key: None,
         })
     }
 }
 
-/// The record's headers without the broker's own (`Nats-*`), sorted by name: a map does not
-/// keep their order.
-pub fn own_headers(headers: &HeaderMap) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = headers
-        .iter()
-        .filter(|(name, _)| {
-            let name: &str = name.as_ref();
-            !name.starts_with("Nats-")
-        })
-        .flat_map(|(name, values)| {
-            values
-                .iter()
-                .map(move |v| (name.to_string(), v.as_str().to_string()))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// Publishes until JetStream stores it (or drops it as a duplicate of an earlier attempt).
-async fn publish(js: jetstream::Context, subject: String, entry: Entry) -> Published {
-    let mut headers = HeaderMap::new();
-    for (name, value) in &entry.headers {
-        // Read from (or made like) a stored message: valid header values.
-        if let Ok(value) = value.parse::<HeaderValue>() {
-            headers.insert(name.as_str(), value);
+async fn publish(js: jetstream::Context, subject: String, mut entry: Entry) -> Published {
+    // A consumed JetStream message's map goes out as it came, its Nats-Msg-Id replaced.
+    let mut headers = match std::mem::replace(&mut entry.headers, Headers::Pairs(Vec::new())) {
+        Headers::Nats(map) => map,
+        Headers::Pairs(pairs) => {
+            let mut map = HeaderMap::new();
+            for (name, value) in &pairs {
+                // Read from (or made like) a stored message: valid header values.
+                if let Ok(value) = value.parse::<HeaderValue>() {
+                    map.insert(name.as_str(), value);
+                }
+            }
+            map
         }
-    }
+    };
     if let Some(id) = &entry.msg_id {
         if let Ok(id) = id.parse::<HeaderValue>() {
             headers.insert(NATS_MESSAGE_ID, id);
