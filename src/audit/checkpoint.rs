@@ -92,14 +92,9 @@ impl Checkpoint {
         Ok(out)
     }
 
-    pub async fn save(
-        &self,
-        key: &GroupKey,
-        state: &GroupState,
-        line: Option<&Line>,
-    ) -> Result<(), String> {
+    pub async fn put(&self, key: &GroupKey, entry: Vec<u8>) -> Result<(), String> {
         self.store
-            .put(kv_key(key), encode(key, state, line).into())
+            .put(kv_key(key), entry.into())
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -129,15 +124,11 @@ impl Store {
         }
     }
 
-    pub async fn save(
-        &self,
-        key: &GroupKey,
-        state: &GroupState,
-        line: Option<&Line>,
-    ) -> Result<(), String> {
+    /// Writes one group's entry ([`encode`]d).
+    pub async fn put(&self, key: &GroupKey, entry: Vec<u8>) -> Result<(), String> {
         match self {
-            Store::Kv(kv) => kv.save(key, state, line).await,
-            Store::Topic(topic) => topic.save(key, state, line).await,
+            Store::Kv(kv) => kv.put(key, entry).await,
+            Store::Topic(topic) => topic.put(key, entry).await,
         }
     }
 

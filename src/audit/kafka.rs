@@ -11,10 +11,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::checkpoint::{decode, encode, kv_key, Saved};
+use super::checkpoint::{decode, kv_key, Saved};
 use super::consume::{observation, Observation};
-use super::ordered::line::Line;
-use super::tracker::{GroupKey, GroupState};
+use super::tracker::GroupKey;
 use crate::sink::kafka::connection_config;
 use crate::sink::KafkaConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -160,13 +159,8 @@ impl TopicCheckpoint {
             .map_err(|e| e.to_string())?
     }
 
-    pub async fn save(
-        &self,
-        key: &GroupKey,
-        state: &GroupState,
-        line: Option<&Line>,
-    ) -> Result<(), String> {
-        let (id, value) = (kv_key(key), encode(key, state, line));
+    pub async fn put(&self, key: &GroupKey, value: Vec<u8>) -> Result<(), String> {
+        let id = kv_key(key);
         let record = FutureRecord::to(&self.topic).key(&id).payload(&value);
         self.producer
             .send(record, Duration::from_secs(10))

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::config::apps::App;
@@ -435,6 +436,9 @@ pub async fn run(
     Ok(())
 }
 
+/// Checkpoint writes in flight at once.
+const SAVE_CONCURRENCY: usize = 64;
+
 /// Seqs one lookup covers at most (50 history pages); a longer gap is looked up in turns,
 /// its lowest part first, so a day's outage is repaired step by step and never held in memory.
 const MAX_LOOKUP_SEQS: u64 = 1000;
@@ -469,20 +473,39 @@ async fn save(
     for key in forgotten.drain(..) {
         let _ = checkpoint.forget(&key).await;
     }
-    for key in dirty.iter() {
-        if let Some(state) = tracker.get(key) {
+    // The writes go out together (SAVE_CONCURRENCY at a time), not one round trip after
+    // another: the loop consumes nothing meanwhile, and the ordered stream's latency is this
+    // pause at every checkpoint.
+    let entries: Vec<(&GroupKey, Vec<u8>)> = dirty
+        .iter()
+        .filter_map(|key| {
             let line = orderer.as_ref().and_then(|o| o.line(key));
-            if let Err(err) = checkpoint.save(key, state, line).await {
-                if transactional {
-                    return Err(format!(
-                        "checkpoint write in the ordered stream's transaction: {err}"
-                    ));
-                }
-                tracing::warn!(error = %err, "audit: checkpoint write failed; acknowledgements held back");
-                return Ok(());
+            Some((key, checkpoint::encode(key, tracker.get(key)?, line)))
+        })
+        .collect();
+    let mut entries = entries.into_iter();
+    let mut writes = futures_util::stream::FuturesUnordered::new();
+    loop {
+        while writes.len() < SAVE_CONCURRENCY {
+            let Some((key, value)) = entries.next() else {
+                break;
+            };
+            writes.push(checkpoint.put(key, value));
+        }
+        let Some(written) = writes.next().await else {
+            break;
+        };
+        if let Err(err) = written {
+            if transactional {
+                return Err(format!(
+                    "checkpoint write in the ordered stream's transaction: {err}"
+                ));
             }
+            tracing::warn!(error = %err, "audit: checkpoint write failed; acknowledgements held back");
+            return Ok(());
         }
     }
+    drop(writes);
     dirty.clear();
     match orderer.as_mut() {
         Some(orderer) if transactional => orderer.commit(feed.offsets()).await,
