@@ -142,7 +142,7 @@ def main():
     # the whole run (an hour of grace; the REST endpoint answers nothing, so a hole looked up
     # early for the memory bound stays), with the default bound and a quarter of it.
     held = []
-    for bound in ["64MiB", "16MiB"]:
+    for bound in ["64MiB", "4MiB"]:
         r = run("held", work, groups=10000, skip=10.0,
                 extra=["--gap-grace", "1h", "--ordered-max-held-bytes", bound])
         held.append(r)

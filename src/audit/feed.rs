@@ -76,6 +76,8 @@ pub enum Feed {
         raw: bool,
         /// Read first (the ordered stream only).
         replay: Option<Replay>,
+        /// The acknowledgements of the last checkpoint, sent off the loop (one batch at a time).
+        acking: Option<tokio::task::JoinHandle<()>>,
     },
     Kafka {
         feed: KafkaFeed,
@@ -94,6 +96,7 @@ impl Feed {
                 unacked,
                 raw,
                 replay,
+                ..
             } => {
                 if let Some(r) = replay {
                     match r.next().await {
@@ -146,6 +149,15 @@ impl Feed {
         }
     }
 
+    /// Waits for the acknowledgements sent off the loop (before the auditor exits).
+    pub async fn settle(&mut self) {
+        if let Feed::Nats { acking, .. } = self {
+            if let Some(previous) = acking.take() {
+                let _ = previous.await;
+            }
+        }
+    }
+
     /// Records consumed since the last commit.
     pub fn pending(&self) -> usize {
         match self {
@@ -172,11 +184,24 @@ impl Feed {
     }
 
     /// Acknowledges (commits) everything consumed so far: call only once it is checkpointed.
+    /// On NATS the acknowledgements go out from a task of their own (thousands a second, one
+    /// publish each: the loop would consume nothing meanwhile); the previous batch is waited
+    /// for first, so at most one is outstanding.
     pub async fn commit(&mut self) {
         match self {
-            Feed::Nats { unacked, .. } => {
-                for (_, message) in std::mem::take(unacked) {
-                    let _ = message.ack().await;
+            Feed::Nats {
+                unacked, acking, ..
+            } => {
+                if let Some(previous) = acking.take() {
+                    let _ = previous.await;
+                }
+                let batch = std::mem::take(unacked);
+                if !batch.is_empty() {
+                    *acking = Some(tokio::spawn(async move {
+                        for (_, message) in batch {
+                            let _ = message.ack().await;
+                        }
+                    }));
                 }
             }
             Feed::Kafka { feed, consumed, .. } => {

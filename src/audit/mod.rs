@@ -432,6 +432,7 @@ pub async fn run(
         &mut feed,
     )
     .await?;
+    feed.settle().await;
     sink.close(Duration::from_secs(5)).await;
     Ok(())
 }
@@ -610,6 +611,7 @@ async fn open_feed(
                 unacked: BTreeMap::new(),
                 raw,
                 replay,
+                acking: None,
             };
             Ok((feed, store))
         }
