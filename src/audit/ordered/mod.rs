@@ -60,6 +60,8 @@ pub enum OutputConfig {
     },
 }
 
+// One per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Output {
     Nats(nats::NatsOutput),
     Kafka(kafka::KafkaOutput),
