@@ -773,7 +773,8 @@ async fn the_ordered_topic_commits_in_transactions() {
 
 /// Tencent-like traffic: `timbridge-load run --spread` deals each group's callbacks over 8
 /// connections to two bridges, so several of a group are in flight at once, 1% left out and
-/// every tenth seq a system notice. `timbridge-load verify --ordered` on the ordered stream
+/// every tenth seq a system notice. (A group's seqs are 50 ms apart, 20 groups at 400/s: its
+/// seq 1, where the auditor starts, reaches the stream before its seq 2.) `timbridge-load verify --ordered` on the ordered stream
 /// finds nothing missing, nothing twice, nothing out of order, and every marker at a seq the
 /// run says was a system notice or left out (and so unrecoverable from the simulator only if
 /// it holds nothing there: it holds everything, so left-out seqs come back as backfills).
@@ -795,7 +796,7 @@ async fn concurrent_senders_over_two_bridges_verify_clean_on_the_ordered_stream(
         .arg("run")
         .args(["--url", &format!("http://{}/callback", bridge.addr())])
         .args(["--url", &format!("http://{}/callback", second.addr())])
-        .args(["--groups", "10", "--connections", "8", "--spread"])
+        .args(["--groups", "20", "--connections", "8", "--spread"])
         .args(["--duration", "4s", "--rate", "400"])
         .args(["--skip-percent", "1", "--system-every", "10"])
         .args(["--group-prefix", "@TGS#ordload-"])
