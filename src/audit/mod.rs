@@ -10,8 +10,11 @@
 //!     published like the live one + tim-source: backfill │ settled: system notice, placeholder
 //!     │ unrecoverable: an event on --audit-event-subject
 //!  tail (every --tail-interval): get_group_info NextMsgSeq for recently active groups
-//!  checkpoint (every --audit-checkpoint-interval): changed groups to a KV bucket, then the
-//!  consumed messages are acknowledged
+//!  ordered (--ordered-subject / --ordered-topic): every record consumed and every repaired
+//!     gap's outcome ──▶ ordered/: each group's seqs once, in order, a message or a marker
+//!  checkpoint (every --audit-checkpoint-interval): changed groups (and their ordered lines) to
+//!  a KV bucket, then the consumed messages are acknowledged (Kafka with the ordered stream:
+//!  one transaction with the ordered records)
 //! ```
 
 pub mod backfill;
