@@ -702,6 +702,59 @@ async fn a_killed_auditor_never_skips_or_reorders_a_seq_on_kafka() {
     drop(bridge);
 }
 
+/// The example Kafka consumer against a real broker (tansu, so without transactions): the
+/// auditor orders three groups full of holes, and `ordered_kafka` reads each group 1..=30 in
+/// order, markers included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_example_reads_the_ordered_topic_on_tansu() {
+    use crate::common::kafka::{start_bridge as start_kafka_bridge, Tansu};
+    let _serial = crate::common::serial().await;
+    let broker = Tansu::start();
+    broker.create_topic(KAFKA_TOPIC, 16);
+    broker.create_topic(ORDERED_TOPIC, 16);
+    broker.create_topic("timbridge-audit-state", 1);
+    broker.create_topic("tim.audit.unrecoverable", 1);
+    let bridge = start_kafka_bridge(&broker.bootstrap(), &[]).await;
+    let sim = Tencent::start(APP, ADMIN, KEY, 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), KEY);
+    let groups: Vec<String> = (0..3).map(|g| format!("@TGS#kexample{g}")).collect();
+    send_with_holes(bridge.addr(), &sim, &groups, 30, 10).await;
+    let flags = kafka_flags(
+        &config,
+        &sim,
+        &broker.bootstrap(),
+        &["--ordered-no-transactions", "--rest-max-rate", "40"],
+    );
+    let _auditor = AuditProcess::start(&flags);
+    let by = ordered_topic(&broker.bootstrap(), groups.len() * 30).await;
+    for id in &groups {
+        let seqs: Vec<u64> = by[id].iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=30).collect::<Vec<_>>(), "{id}");
+    }
+    let bootstrap = broker.bootstrap();
+    let (summary, ok) = run_example(
+        "ordered_kafka",
+        &[
+            "--brokers",
+            &bootstrap,
+            "--topic",
+            ORDERED_TOPIC,
+            "--group",
+            "example-check",
+            "--expect",
+            "90",
+            "--idle",
+            "10s",
+        ],
+    );
+    assert!(ok, "{summary}");
+    assert_eq!(summary["records"], 87, "{summary}");
+    assert_eq!(summary["markers"], 3, "{summary}");
+    assert_eq!(summary["out_of_order"], 0, "{summary}");
+    drop(bridge);
+}
+
 /// Kafka with transactions (rdkafka's MockCluster, which has the transaction coordinator tansu
 /// lacks): the ordered records, the checkpoint and the consumed offsets commit together. A
 /// `read_committed` consumer (the example consumer too) sees each group 1..=40 once, in
