@@ -60,8 +60,8 @@ impl OrderedMetrics {
                     "From the main stream's append of a record to its store in the ordered stream.",
                 )
                 .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    30.0, 60.0, 300.0,
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
                 ]),
             )
             .expect("valid metric"),
