@@ -12,13 +12,23 @@ use serde::{Deserialize, Serialize};
 use super::ordered::line::Line;
 use super::tracker::{GroupKey, GroupState};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Entry {
     key: GroupKey,
     state: GroupState,
     /// The group's place in the ordered stream, when it is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ordered: Option<Line>,
+}
+
+/// What [`encode`] writes: an [`Entry`] by reference (the line's bodies in memory are not
+/// copied to be left out).
+#[derive(Serialize)]
+struct EntryRef<'a> {
+    key: &'a GroupKey,
+    state: &'a GroupState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ordered: Option<&'a Line>,
 }
 
 /// One group as checkpointed: its key, the tracker's state and its ordered-stream line.
@@ -30,10 +40,10 @@ pub struct Checkpoint {
 
 /// One checkpoint entry: the group, its state and its line, as JSON.
 pub fn encode(key: &GroupKey, state: &GroupState, line: Option<&Line>) -> Vec<u8> {
-    serde_json::to_vec(&Entry {
-        key: key.clone(),
-        state: state.clone(),
-        ordered: line.cloned(),
+    serde_json::to_vec(&EntryRef {
+        key,
+        state,
+        ordered: line,
     })
     .expect("plain data")
 }

@@ -82,18 +82,22 @@ impl KafkaFeed {
                 .and_then(|ms| u64::try_from(ms).ok())
                 .unwrap_or(0),
         });
-        let mut headers: HashMap<&str, String> = HashMap::new();
-        if let Some(h) = message.headers() {
-            for header in h.iter() {
-                if let Some(value) = header.value {
-                    headers.insert(header.key, String::from_utf8_lossy(value).into_owned());
+        let payload = message.payload().unwrap_or_default();
+        // The record's headers are read once: from what the ordered stream keeps, when it does.
+        let seen = match &consumed {
+            Some(consumed) => observation(|name| consumed.raw.header(name), payload),
+            None => {
+                let mut headers: HashMap<&str, String> = HashMap::new();
+                if let Some(h) = message.headers() {
+                    for header in h.iter() {
+                        if let Some(value) = header.value {
+                            headers.insert(header.key, String::from_utf8_lossy(value).into_owned());
+                        }
+                    }
                 }
+                observation(|name| headers.get(name).map(String::as_str), payload)
             }
-        }
-        let seen = observation(
-            |name| headers.get(name).map(String::as_str),
-            message.payload().unwrap_or_default(),
-        );
+        };
         Ok((seen, consumed))
     }
 

@@ -77,6 +77,16 @@ impl Line {
         Offered::Held
     }
 
+    /// Takes `seq` straight out when it is the next one and nothing is held (no hole: the
+    /// common case), without holding it first; false when it must be [`Line::offer`]ed.
+    pub fn pass(&mut self, seq: u64) -> bool {
+        let next = self.held.is_empty() && seq == self.released + 1;
+        if next {
+            self.released = seq;
+        }
+        next
+    }
+
     /// The seqs that can go now, in order: each directly follows the one before.
     pub fn ready(&mut self) -> Vec<(u64, Held)> {
         let mut out = Vec::new();
@@ -154,6 +164,19 @@ mod tests {
         assert_eq!(line.offer(6, marker(Skip::System)), Offered::Held);
         assert_eq!(seqs(&line.ready()), vec![6, 7]);
         assert_eq!((line.released, line.hole_since()), (7, None));
+    }
+
+    #[test]
+    fn the_next_seq_passes_straight_only_with_nothing_held() {
+        let mut line = Line::starting_at(1);
+        assert!(line.pass(1));
+        assert!(!line.pass(3), "not the next one");
+        line.offer(3, record(1, 0));
+        assert!(!line.pass(2), "3 is held: 2 must go through the line");
+        line.offer(2, record(2, 0));
+        assert_eq!(seqs(&line.ready()), vec![2, 3]);
+        assert!(line.pass(4));
+        assert_eq!(line.released, 4);
     }
 
     #[test]

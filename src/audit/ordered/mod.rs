@@ -174,9 +174,7 @@ impl Orderer {
             self.lines.insert(key.clone(), Line::starting_at(seq));
         }
         let line = self.lines.get_mut(key).expect("inserted above");
-        if keep && line.held.is_empty() && seq == line.released + 1 {
-            // The next seq, nothing held: straight out (the common case, no hole).
-            line.released = seq;
+        if keep && line.pass(seq) {
             let entry = entry::message(key, seq, record.raw, record.appended_ms);
             return self.push(entry).await;
         }
