@@ -19,6 +19,23 @@
 //!    9. ingest::report: the log line and the counters; 200 {"ActionStatus":"OK",...}
 //! ```
 //!
+//! Layers, lowest first. A module imports only from its own layer and the ones above it in this
+//! list, and no files of two modules import each other (`layers.rs` checks both on the source):
+//!
+//! ```text layers
+//! core      the record and its header names, the delivery seam, ConfigError, secrets, metric helpers
+//! tencent   Tencent's callback protocol (query, signature, body, reply) and its REST API
+//! wire      the apps served, destination templates, the partitioner, the record builder
+//! sink      stdout, NATS JetStream, Kafka: where records go
+//! spool     spooled mode: the fsynced log in front of a sink and its forwarder
+//! before    before-callbacks: answered at once, or relayed to the moderation service
+//! ingest    the handler: admission, verification, the after path, rejections, the report
+//! delivery  direct (the sink) or spooled (the spool in front of it)
+//! http      the callback listener, the slow-loris guard, the admin listener
+//! audit     `timbridge audit`: MsgSeq gaps, backfills, the ordered stream
+//! app       flags, the configuration file, the composition root, shutdown
+//! ```
+//!
 //! Module map:
 //! - [`cli`] (flags, each with a `TIMBRIDGE_*` env fallback) → [`config`] (plain data; the
 //!   apps from the flags or from `--config FILE`).
@@ -36,33 +53,22 @@
 //!
 //! `main.rs` only parses flags, sets up logging and runs a [`Bridge`] until a signal.
 
+pub mod app;
 pub mod audit;
 pub mod before;
-pub mod bridge;
-pub mod cli;
-pub mod config;
-pub mod deliver;
+pub mod core;
+pub mod delivery;
 pub mod http;
 pub mod ingest;
-pub mod metrics;
-pub mod secret;
-pub mod shutdown;
+#[cfg(test)]
+mod layers;
 pub mod sink;
 pub mod spool;
 pub mod tencent;
+pub mod wire;
 
-pub use bridge::{Bridge, StartError};
-pub use config::{Config, ConfigError, SinkConfig};
-
-/// The README, for the tests that hold its tables to the code.
-#[cfg(test)]
-pub(crate) mod readme {
-    /// The text under `heading` (a `## ` or `### ` line) up to the next `## ` heading.
-    pub fn section(heading: &str) -> &'static str {
-        include_str!("../README.md")
-            .split(heading)
-            .nth(1)
-            .and_then(|rest| rest.split("\n## ").next())
-            .unwrap_or_else(|| panic!("the README has a {heading:?} section"))
-    }
-}
+pub use self::core::ConfigError;
+pub use app::bridge::{Bridge, StartError};
+pub use app::config::Config;
+pub use delivery::Delivery;
+pub use sink::SinkConfig;

@@ -3,10 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use timbridge::cli::{
+use timbridge::app::cli::{
     AuditArgs, Cli, Command, DeadLettersAction, DeadLettersArgs, DrainArgs, LogFormat, SpoolCommand,
 };
-use timbridge::{shutdown, Bridge, StartError};
+use timbridge::app::shutdown;
+use timbridge::{Bridge, StartError};
 use tracing_subscriber::EnvFilter;
 
 /// BSD's EX_USAGE: the configuration is wrong.

@@ -13,12 +13,10 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::tracker::GroupKey;
-use crate::config::apps::Apps;
-use crate::ingest::Rejection;
-use crate::sink::record::header;
-use crate::sink::{Record, RecordBuilder};
-use crate::tencent::callback::{Policy, VerifiedQuery};
+use crate::core::record::{header, Record};
+use crate::tencent::callback::{CallbackError, Policy, Signers, VerifiedQuery};
 use crate::tencent::rest::group::HistoryMessage;
+use crate::wire::RecordBuilder;
 
 pub const COMMAND: &str = "Group.CallbackAfterSendMsg";
 pub const SOURCE_BACKFILL: &str = "backfill";
@@ -60,9 +58,9 @@ pub fn record(
     kind: &str,
     message: &HistoryMessage,
     now_ms: u64,
-) -> Result<Record, Rejection> {
+) -> Result<Record, CallbackError> {
     let policy = Policy {
-        apps: Apps::Any { token: None },
+        signers: Signers::Any { token: None },
         max_clock_skew: std::time::Duration::MAX,
     };
     let query = format!(
@@ -87,7 +85,7 @@ pub fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::Template;
+    use crate::wire::Template;
 
     #[test]
     fn a_backfill_has_the_live_records_partition_and_dedup_id() {

@@ -5,7 +5,7 @@
 use async_nats::jetstream::{self, consumer, Message};
 
 use super::tracker::GroupKey;
-use crate::sink::record::header;
+use crate::core::record::header;
 
 /// One group message as the auditor sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

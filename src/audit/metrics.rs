@@ -8,7 +8,7 @@ use prometheus::{
 use super::ordered::metrics::OrderedMetrics;
 use super::resolve::Reason;
 use super::tracker::Seen;
-use crate::metrics::KafkaGauges;
+use crate::sink::metrics::KafkaGauges;
 use crate::tencent::rest::group;
 
 #[derive(Clone)]
@@ -182,7 +182,7 @@ mod tests {
     #[test]
     fn the_readme_table_matches_the_registry() {
         let documented: std::collections::BTreeSet<String> =
-            crate::readme::section("### Auditor metrics")
+            crate::core::readme::section("### Auditor metrics")
                 .lines()
                 .filter(|l| l.starts_with("| `timbridge_"))
                 .map(|l| l.split('`').nth(1).unwrap().to_owned())

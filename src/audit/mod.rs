@@ -38,13 +38,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::config::apps::App;
-use crate::config::SinkConfig;
-use crate::deliver::Deliver;
+use crate::core::deliver::Deliver;
 use crate::http::admin::Status;
-use crate::sink::{KafkaSink, NatsSink, RecordBuilder, Sink};
+use crate::sink::SinkConfig;
+use crate::sink::{KafkaSink, NatsSink, Sink};
 use crate::tencent::rest::group::MAX_GROUPS_PER_INFO;
 use crate::tencent::rest::{RestClient, RestConfig, SystemClock};
+use crate::wire::apps::App;
+use crate::wire::RecordBuilder;
 use backoff::Backoff;
 use checkpoint::Store;
 use feed::Feed;
@@ -108,7 +109,7 @@ impl Shard {
     }
 
     pub fn owns(self, group: &str, partitions: u32) -> bool {
-        crate::sink::partition::partition(group.as_bytes(), partitions) % self.count == self.index
+        crate::wire::partition::partition(group.as_bytes(), partitions) % self.count == self.index
     }
 }
 
@@ -313,7 +314,7 @@ pub async fn run(
                     // order (the auditor's own events, which have no command, do not).
                     _ => {
                         if let (Some(orderer), Some(consumed)) = (orderer.as_mut(), consumed) {
-                            if consumed.raw.header(crate::sink::record::header::COMMAND).is_some() {
+                            if consumed.raw.header(crate::core::record::header::COMMAND).is_some() {
                                 orderer.pass(consumed).await?;
                             }
                         }

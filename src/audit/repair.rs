@@ -14,11 +14,13 @@ use super::backfill;
 use super::metrics::AuditMetrics;
 use super::resolve::{self, Gone, Reason};
 use super::tracker::Gap;
-use crate::deliver::{Ack, Deliver};
-use crate::sink::partition::partition;
-use crate::sink::record::header;
-use crate::sink::{Record, RecordBuilder, Sink};
+use crate::core::deliver::{Ack, Deliver};
+use crate::core::record::header;
+use crate::core::Record;
+use crate::sink::Sink;
 use crate::tencent::rest::RestClient;
+use crate::wire::partition::partition;
+use crate::wire::RecordBuilder;
 
 /// What became of a gap.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::ConfigError;
+use crate::core::ConfigError;
 
 /// The largest answer read from the moderation service (Tencent's answer carries at most a
 /// changed message body).
@@ -89,20 +89,20 @@ impl Verdict {
     }
 }
 
-pub struct Forwarder {
+pub struct Relay {
     client: Client<HttpConnector, Full<Bytes>>,
     config: ForwardConfig,
 }
 
-impl Forwarder {
-    pub fn new(config: ForwardConfig) -> Forwarder {
+impl Relay {
+    pub fn new(config: ForwardConfig) -> Relay {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeout));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Forwarder { client, config }
+        Relay { client, config }
     }
 
     /// Relays one before-callback; the answer for Tencent (`None`: allow) and the verdict.

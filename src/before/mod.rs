@@ -18,15 +18,16 @@
 //! those bounds, too, the answer is OK and the event is dropped.
 
 pub mod forward;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::deliver::Deliver;
-use crate::metrics::Metrics;
-use crate::sink::Record;
+use crate::core::deliver::Deliver;
+use crate::core::Record;
+use metrics::BeforeMetrics;
 
 /// What the bridge does with before-callbacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,11 +50,6 @@ pub struct BeforeConfig {
     pub queue: usize,
     /// The moderation service (`forward` only).
     pub forward: Option<forward::ForwardConfig>,
-}
-
-/// Whether Tencent waits on this command's answer to let a user's action go ahead.
-pub fn is_before_callback(command: &str) -> bool {
-    command.contains(".CallbackBefore") || command.contains(".CallbackPrev")
 }
 
 /// What happened to one before-callback; the `outcome` label of
@@ -98,7 +94,7 @@ pub struct Background<D> {
     delivery: Arc<D>,
     slots: Arc<Semaphore>,
     publish_timeout: Duration,
-    metrics: Metrics,
+    metrics: BeforeMetrics,
 }
 
 impl<D: Deliver> Background<D> {
@@ -106,7 +102,7 @@ impl<D: Deliver> Background<D> {
         delivery: Arc<D>,
         queue: usize,
         publish_timeout: Duration,
-        metrics: Metrics,
+        metrics: BeforeMetrics,
     ) -> Self {
         Background {
             delivery,
@@ -135,37 +131,9 @@ impl<D: Deliver> Background<D> {
                 }
                 Err(_) => BeforeOutcome::PublishFailed,
             };
-            metrics.before_callback(outcome);
+            metrics.outcome(outcome);
             drop(slot);
         });
         BeforeOutcome::Queued
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn before_callbacks_are_told_from_the_others() {
-        for before in [
-            "Group.CallbackBeforeSendMsg",
-            "C2C.CallbackBeforeSendMsg",
-            "Group.CallbackBeforeCreateGroup",
-            "Group.CallbackBeforeApplyJoinGroup",
-            "Group.CallbackBeforeInviteJoinGroup",
-            "Sns.CallbackPrevFriendAdd",
-            "Sns.CallbackPrevFriendResponse",
-        ] {
-            assert!(is_before_callback(before), "{before}");
-        }
-        for after in [
-            "Group.CallbackAfterSendMsg",
-            "C2C.CallbackAfterSendMsg",
-            "State.StateChange",
-            "Sns.CallbackFriendAdd",
-        ] {
-            assert!(!is_before_callback(after), "{after}");
-        }
     }
 }

@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::deliver::Deliver;
+use crate::core::deliver::Deliver;
 use crate::ingest::Handler;
 
 /// What the admin endpoints answer.

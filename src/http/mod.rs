@@ -29,7 +29,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::deliver::Deliver;
+use crate::core::deliver::Deliver;
 use crate::ingest::{Handler, Rejection};
 
 pub mod admin;

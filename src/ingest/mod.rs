@@ -1,13 +1,17 @@
 //! The request path: from an HTTP request to the delivery's acknowledgement and Tencent's
 //! answer.
 //!
-//! Order of checks, cheapest and most telling first: path and method, admission (a request slot),
-//! the query (app id, then signature), the broker's health (slow acks), the body (memory budget,
-//! size and time while reading, then validation); then the wire record is built and delivered,
-//! bounded by one publish deadline. Nothing is delivered unless every check passed, and 200 is
-//! sent only after the delivery acknowledged.
+//! Order of checks, cheapest and most telling first: path and method, the query (app id, then
+//! signature; the command is looked up once, there), then one branch: a before-callback takes
+//! [`before`]'s path unless it is published like the others; every other callback reads
+//! straight through: admission (a request slot, the broker's health), the body (memory budget,
+//! size and time while reading, then validation), the wire record built and delivered, bounded
+//! by one publish deadline. Nothing is delivered unless every check passed, and 200 is sent
+//! only after the delivery acknowledged.
 
 pub mod admission;
+mod before;
+pub mod metrics;
 pub mod rejection;
 mod report;
 
@@ -21,20 +25,39 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 
-use crate::before::forward::{Forwarder, Verdict};
-use crate::before::{is_before_callback, Background, BeforeOutcome, BeforePolicy};
-use crate::config::Config;
-use crate::deliver::{Ack, Deliver, DeliveryError};
-use crate::metrics::Metrics;
-use crate::sink::record::header as record_header;
-use crate::sink::RecordBuilder;
-use crate::tencent::callback::{command_label, reply, Callback, Policy, Query, VerifiedQuery};
+use crate::before::forward::Verdict;
+use crate::before::{BeforeConfig, BeforeOutcome};
+use crate::core::deliver::{Ack, Deliver, DeliveryError};
+use crate::core::Record;
+use crate::tencent::callback::{reply, Callback, CallbackError, Policy, Query, VerifiedQuery};
+use crate::wire::RecordBuilder;
 use admission::{Admission, Admitted};
+use before::BeforePath;
+use metrics::Metrics;
 pub use rejection::{Outcome, Rejection};
 use report::Report;
 
 /// Seconds Tencent (or a load balancer) is told to wait after a 503.
 const RETRY_AFTER_SECS: &str = "1";
+
+/// What the request path needs of the configuration, and nothing more.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The callback path, e.g. `/callback`.
+    pub path: String,
+    /// The apps served, their tokens and the clock skew allowed.
+    pub policy: Policy,
+    /// Where each callback's record goes (the apps' own destinations included).
+    pub records: RecordBuilder,
+    /// The configured apps, each counted under its own `sdkappid` label (others: `other`).
+    pub app_ids: Vec<u64>,
+    pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+    /// The bound on waiting for the delivery's acknowledgement.
+    pub publish_timeout: Duration,
+    pub admission: admission::Limits,
+    pub before: BeforeConfig,
+}
 
 /// Answers callbacks: checks them, builds their record and waits for `D` to take it.
 pub struct Handler<D> {
@@ -46,13 +69,10 @@ pub struct Handler<D> {
     admission: Admission,
     records: RecordBuilder,
     delivery: Arc<D>,
-    before: BeforePolicy,
     /// The `sdkappid` label of each configured app (metrics of other apps say `other`).
     app_labels: Vec<(u64, String)>,
-    /// Before-callbacks' own request and memory bounds, and their background publisher.
-    before_admission: Admission,
-    background: Background<D>,
-    forwarder: Option<Forwarder>,
+    /// Before-callbacks' own path; `None` when they are published like every other callback.
+    before: Option<BeforePath<D>>,
     report: Report,
     draining: AtomicBool,
 }
@@ -100,20 +120,6 @@ impl Attempt {
         }
     }
 
-    fn before(
-        command: &'static str,
-        sdkappid: Option<u64>,
-        outcome: BeforeOutcome,
-        body_unread: bool,
-    ) -> Attempt {
-        Attempt::ended(
-            command,
-            sdkappid,
-            Ok(Answered::Before(outcome)),
-            body_unread,
-        )
-    }
-
     fn refused(
         command: &'static str,
         sdkappid: Option<u64>,
@@ -121,6 +127,39 @@ impl Attempt {
         body_unread: bool,
     ) -> Attempt {
         Attempt::ended(command, sdkappid, Err(rejection), body_unread)
+    }
+
+    /// Refused while reading the body: a refusal of the body itself (invalid JSON...) came
+    /// after reading it whole.
+    fn unreadable(
+        command: &'static str,
+        sdkappid: Option<u64>,
+        rejection: Rejection,
+        has_body: bool,
+    ) -> Attempt {
+        let read_whole = matches!(
+            rejection,
+            Rejection::BadJson(_) | Rejection::CommandMismatch { .. } | Rejection::InvalidBody(_)
+        );
+        Attempt::refused(command, sdkappid, rejection, has_body && !read_whole)
+    }
+
+    /// An attempt on a validated callback, before its answer is known.
+    fn validated(command: &'static str, callback: &Callback) -> Attempt {
+        let fields = callback.fields();
+        Attempt {
+            command,
+            sdkappid: Some(callback.sdkappid()),
+            body_unread: false,
+            group_id: fields.group_id.clone(),
+            msg_seq: fields.msg_seq,
+            result: Err(Rejection::NotFound),
+        }
+    }
+
+    fn with(mut self, result: Result<Answered, Rejection>) -> Attempt {
+        self.result = result;
+        self
     }
 }
 
@@ -130,12 +169,12 @@ struct Delivered {
 }
 
 impl<D: Deliver> Handler<D> {
-    pub fn new(config: &Config, delivery: D, metrics: Metrics) -> Handler<D> {
+    pub fn new(settings: Settings, delivery: D, metrics: Metrics) -> Handler<D> {
         let delivery = Arc::new(delivery);
-        let apps = config.policy.apps.listed();
-        let app_labels: Vec<(u64, String)> = apps
+        let app_labels: Vec<(u64, String)> = settings
+            .app_ids
             .iter()
-            .map(|app| (app.sdkappid, app.sdkappid.to_string()))
+            .map(|id| (*id, id.to_string()))
             .collect();
         metrics.for_apps(
             &app_labels
@@ -143,27 +182,24 @@ impl<D: Deliver> Handler<D> {
                 .map(|(_, l)| l.clone())
                 .collect::<Vec<_>>(),
         );
-        let background = Background::new(
+        let before = BeforePath::new(
+            &settings.before,
+            settings.admission,
             delivery.clone(),
-            config.before.queue,
-            config.publish_timeout,
-            metrics.clone(),
+            settings.publish_timeout,
+            metrics.before.clone(),
         );
         Handler {
-            path: config.path.clone(),
-            policy: config.policy.clone(),
-            max_body_bytes: config.max_body_bytes,
-            body_read_timeout: config.body_read_timeout,
-            publish_timeout: config.publish_timeout,
-            admission: Admission::new(config.admission),
-            records: RecordBuilder::new(config.sink.destination(), config.partitions)
-                .with_apps(apps),
+            path: settings.path,
+            policy: settings.policy,
+            max_body_bytes: settings.max_body_bytes,
+            body_read_timeout: settings.body_read_timeout,
+            publish_timeout: settings.publish_timeout,
+            admission: Admission::new(settings.admission),
+            records: settings.records,
             delivery,
-            before: config.before.policy,
             app_labels,
-            before_admission: Admission::new(config.admission),
-            background,
-            forwarder: config.before.forward.clone().map(Forwarder::new),
+            before,
             report: Report::new(metrics),
             draining: AtomicBool::new(false),
         }
@@ -227,7 +263,7 @@ impl<D: Deliver> Handler<D> {
             }
             Ok(Answered::Forwarded(answer, verdict, outcome)) => {
                 self.report.before(&attempt, *outcome, took, peer);
-                self.metrics().before_verdict(*verdict);
+                self.metrics().before.verdict(*verdict);
                 respond(StatusCode::OK, answer.clone().unwrap_or_else(reply::ok))
             }
             Ok(Answered::Delivered(delivered)) => {
@@ -275,79 +311,32 @@ impl<D: Deliver> Handler<D> {
                 return Attempt::refused("other", claimed, rejection, has_body);
             }
         };
+        if let Some(before) = self.before.as_ref().filter(|_| query.is_before()) {
+            return before.answer(self, request, query, has_body, now).await;
+        }
+        let command = query.command_label();
         let sdkappid = Some(query.sdkappid());
-        let command = command_label(query.command());
-        let before = is_before_callback(query.command()) && self.before != BeforePolicy::Publish;
-        let admitted = if before {
-            self.before_admission.admit()
-        } else {
-            self.admission.admit().and_then(|admitted| {
-                // Refused before the body is read: a callback admitted now would most likely
-                // time out.
-                self.admission.check_broker()?;
-                Ok(admitted)
-            })
-        };
+        let admitted = self.admission.admit().and_then(|admitted| {
+            // Refused before the body is read: a callback admitted now would most likely time
+            // out.
+            self.admission.check_broker()?;
+            Ok(admitted)
+        });
         let mut admitted = match admitted {
             Ok(admitted) => admitted,
-            // A before-callback's answer is a verdict on the user's action: past its bounds
-            // the event is dropped, the action still allowed.
-            Err(_) if before => {
-                return Attempt::before(command, sdkappid, BeforeOutcome::Dropped, has_body)
-            }
             Err(rejection) => return Attempt::refused(command, sdkappid, rejection, has_body),
         };
-        // Tencent's query, passed on as it came to the moderation service.
-        let forward_query = (before && self.forwarder.is_some())
-            .then(|| request.uri().query().unwrap_or("").to_owned());
-        let admission = if before {
-            &self.before_admission
-        } else {
-            &self.admission
-        };
         let callback = match self
-            .read_callback(request, query, admission, &mut admitted, now)
+            .read_callback(request, query, &self.admission, &mut admitted, now)
             .await
         {
             Ok(callback) => callback,
-            Err(Rejection::Overloaded(_)) if before => {
-                return Attempt::before(command, sdkappid, BeforeOutcome::Dropped, has_body)
-            }
-            // Refused on the body itself (invalid JSON...): it was read whole.
-            Err(
-                rejection @ (Rejection::BadJson(_)
-                | Rejection::CommandMismatch { .. }
-                | Rejection::InvalidBody(_)),
-            ) => return Attempt::refused(command, sdkappid, rejection, false),
-            Err(rejection) => return Attempt::refused(command, sdkappid, rejection, has_body),
+            Err(rejection) => return Attempt::unreadable(command, sdkappid, rejection, has_body),
         };
-        let fields = callback.fields();
-        let (group_id, msg_seq) = (fields.group_id.clone(), fields.msg_seq);
-        let result = if let (Some(forwarder), Some(query)) = (&self.forwarder, forward_query) {
-            let mut record = self.records.build(callback);
-            let (answer, verdict) = forwarder.relay(&query, record.body.clone()).await;
-            record
-                .headers
-                .push((record_header::BEFORE_VERDICT, verdict.label().to_owned()));
-            let outcome = self.background.offer(record);
-            Ok(Answered::Forwarded(answer, verdict, outcome))
-        } else if before {
-            Ok(Answered::Before(match self.before {
-                BeforePolicy::Skip => BeforeOutcome::Skipped,
-                _ => self.background.offer(self.records.build(callback)),
-            }))
-        } else {
-            self.deliver(callback).await.map(Answered::Delivered)
-        };
+        let attempt = Attempt::validated(command, &callback);
+        let result = self.deliver(self.records.build(callback)).await;
         drop(admitted);
-        Attempt {
-            command,
-            sdkappid,
-            body_unread: false,
-            group_id,
-            msg_seq,
-            result,
-        }
+        attempt.with(result.map(Answered::Delivered))
     }
 
     /// Path, method, HTTP framing and the query (app id and signature): cheap and pure, done
@@ -367,22 +356,22 @@ impl<D: Deliver> Handler<D> {
         );
         let skew = match &verified {
             Ok(query) => query.clock_skew_secs(now.as_secs()),
-            Err(Rejection::StaleRequestTime { skew_secs, .. }) => Some(*skew_secs),
+            Err(CallbackError::StaleRequestTime { skew_secs, .. }) => Some(*skew_secs),
             Err(_) => None,
         };
         if let Some(skew) = skew {
             self.metrics().request_time_skew(skew);
         }
         if let Err(
-            Rejection::MissingSignature
-            | Rejection::BadSignature
-            | Rejection::StaleRequestTime { .. },
+            CallbackError::MissingSignature
+            | CallbackError::BadSignature
+            | CallbackError::StaleRequestTime { .. },
         ) = &verified
         {
             let claimed = Query::claimed_sdkappid(request.uri().query().unwrap_or(""));
             self.metrics().signature_failure(self.app_label(claimed));
         }
-        verified
+        Ok(verified?)
     }
 
     /// The `sdkappid` label: the app's id when it is configured, `other` otherwise.
@@ -419,13 +408,12 @@ impl<D: Deliver> Handler<D> {
         let reserve = declared.map_or(self.max_body_bytes, |len| len as usize);
         admission.reserve_body(admitted, reserve)?;
         let body = self.read_body(request.into_body()).await?;
-        query.accept(body, now.as_millis() as u64)
+        Ok(query.accept(body, now.as_millis() as u64)?)
     }
 
     /// Builds the record and waits for the delivery, bounded by one publish deadline whatever
     /// the sink's own timeouts say.
-    async fn deliver(&self, callback: Callback) -> Result<Delivered, Rejection> {
-        let record = self.records.build(callback);
+    async fn deliver(&self, record: Record) -> Result<Delivered, Rejection> {
         let started = Instant::now();
         let pending = self.admission.publishing();
         let result =

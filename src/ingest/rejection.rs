@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::deliver::DeliveryError;
+use crate::core::deliver::DeliveryError;
+use crate::tencent::callback::CallbackError;
 
 /// Why a request was not answered with OK. Every variant maps to exactly one reason label, so
 /// `timbridge_rejections_total{reason}` has a small fixed label set.
@@ -228,6 +229,17 @@ impl Rejection {
 mod tests {
     use super::*;
 
+    /// Each protocol error becomes the rejection of its own reason, message and all.
+    #[test]
+    fn protocol_errors_keep_their_reason() {
+        for err in CallbackError::examples() {
+            let (reason, message) = (err.reason(), err.to_string());
+            let rejection = Rejection::from(err);
+            assert_eq!(rejection.reason(), reason);
+            assert_eq!(rejection.to_string(), message);
+        }
+    }
+
     #[test]
     fn every_variant_has_a_distinct_reason_and_code() {
         let all = Rejection::examples();
@@ -247,7 +259,7 @@ mod tests {
     #[test]
     fn the_readme_table_matches_the_code() {
         let mut rows = Vec::new();
-        for line in crate::readme::section("## Answers").lines() {
+        for line in crate::core::readme::section("## Answers").lines() {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
             // | HTTP | ErrorCode | reason label | meaning |
             if cells.len() == 6 && cells[1].parse::<u16>().is_ok() && cells[3].starts_with('`') {
@@ -263,5 +275,30 @@ mod tests {
             .map(|r| (r.status().as_u16(), r.error_code(), r.reason().to_owned()))
             .collect();
         assert_eq!(rows, code, "README rows (left) vs Rejection::meta (right)");
+    }
+}
+
+/// Each protocol error is the rejection of the same name.
+impl From<CallbackError> for Rejection {
+    fn from(err: CallbackError) -> Rejection {
+        match err {
+            CallbackError::BadQuery(why) => Rejection::BadQuery(why),
+            CallbackError::BadContentType(found) => Rejection::BadContentType(found),
+            CallbackError::ForbiddenAppId(id) => Rejection::ForbiddenAppId(id),
+            CallbackError::MissingSignature => Rejection::MissingSignature,
+            CallbackError::BadSignature => Rejection::BadSignature,
+            CallbackError::StaleRequestTime {
+                skew_secs,
+                max_secs,
+            } => Rejection::StaleRequestTime {
+                skew_secs,
+                max_secs,
+            },
+            CallbackError::BadJson(why) => Rejection::BadJson(why),
+            CallbackError::CommandMismatch { url, body } => {
+                Rejection::CommandMismatch { url, body }
+            }
+            CallbackError::InvalidBody(why) => Rejection::InvalidBody(why),
+        }
     }
 }

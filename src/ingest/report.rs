@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{Attempt, Delivered, Rejection};
 use crate::before::BeforeOutcome;
-use crate::metrics::Metrics;
+use crate::ingest::metrics::Metrics;
 
 /// The longest a reason stays silent at warn while it keeps happening.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
@@ -76,7 +76,8 @@ impl Report {
         took: Duration,
         peer: SocketAddr,
     ) {
-        self.metrics.before_answered(attempt.command, outcome, took);
+        self.metrics.before_answered(attempt.command, took);
+        self.metrics.before.outcome(outcome);
         tracing::debug!(
             %peer,
             command = attempt.command,
@@ -154,7 +155,7 @@ mod tests {
 
     #[test]
     fn a_reason_warns_once_per_window_with_the_count() {
-        let report = Report::new(Metrics::new().unwrap());
+        let report = Report::new(Metrics::new(&prometheus::Registry::new()).unwrap());
         assert_eq!(report.summary_due("bad_json"), Some(1));
         for _ in 0..99 {
             assert_eq!(report.summary_due("bad_json"), None);

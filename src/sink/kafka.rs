@@ -15,10 +15,10 @@ use rdkafka::ClientContext;
 use tokio::task::JoinHandle;
 
 use super::{Record, Template};
-use crate::config::ConfigError;
-use crate::deliver::{Ack, DeliveryError, StoredAt};
-use crate::metrics::KafkaGauges;
-use crate::secret::Secret;
+use crate::core::deliver::{Ack, DeliveryError, StoredAt};
+use crate::core::secret::Secret;
+use crate::core::ConfigError;
+use crate::sink::metrics::KafkaGauges;
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {

@@ -4,23 +4,58 @@
 //! (the JetStream PubAck, the Kafka delivery report) or the line was written (stdout).
 
 pub mod kafka;
+pub mod metrics;
 pub mod nats;
-pub mod partition;
-pub mod record;
 pub mod stdout;
-pub mod template;
 
 use std::time::Duration;
 
-use crate::config::SinkConfig;
-use crate::deliver::{Ack, Deliver, DeliveryError};
-use crate::metrics::Metrics;
+use crate::core::deliver::{Ack, Deliver, DeliveryError};
+use crate::core::{ConfigError, Record};
+use crate::wire::Template;
 
 pub use kafka::{KafkaConfig, KafkaSink};
+pub use metrics::KafkaGauges;
 pub use nats::{NatsConfig, NatsSink};
-pub use record::{Record, RecordBuilder};
 pub use stdout::StdoutSink;
-pub use template::Template;
+
+// One per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    Stdout,
+    Nats(NatsConfig),
+    Kafka(KafkaConfig),
+}
+
+impl SinkConfig {
+    /// The template of the records' destination: the NATS subject, the Kafka topic, or (for
+    /// stdout, which prints it) the NATS default.
+    pub fn destination(&self) -> Template {
+        match self {
+            SinkConfig::Nats(nats) => nats.subject.clone(),
+            SinkConfig::Kafka(kafka) => kafka.topic.clone(),
+            SinkConfig::Stdout => Template::stdout(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkConfig::Stdout => "stdout",
+            SinkConfig::Nats(_) => "nats",
+            SinkConfig::Kafka(_) => "kafka",
+        }
+    }
+
+    /// Checks an app's own destination template (named by `key`) with the sink's rules.
+    pub fn check_destination(&self, key: &str, template: &Template) -> Result<(), ConfigError> {
+        match self {
+            SinkConfig::Nats(nats) => nats.check_subject(key, template),
+            SinkConfig::Kafka(kafka) => kafka.check_topic(key, template),
+            SinkConfig::Stdout => Ok(()),
+        }
+    }
+}
 
 // One per process: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -36,15 +71,15 @@ impl Sink {
     pub async fn connect(
         config: &SinkConfig,
         publish_timeout: Duration,
-        metrics: &Metrics,
-    ) -> Result<Sink, crate::config::ConfigError> {
+        kafka_gauges: &KafkaGauges,
+    ) -> Result<Sink, crate::core::ConfigError> {
         Ok(match config {
             SinkConfig::Stdout => Sink::Stdout(StdoutSink::new()),
             SinkConfig::Nats(nats) => Sink::Nats(NatsSink::connect(nats, publish_timeout).await?),
             SinkConfig::Kafka(kafka) => Sink::Kafka(KafkaSink::connect(
                 kafka,
                 publish_timeout,
-                metrics.kafka_gauges(),
+                kafka_gauges.clone(),
             )?),
         })
     }

@@ -15,11 +15,11 @@ use async_nats::{jetstream, ConnectOptions, Event};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::record::header;
 use super::{Record, Template};
-use crate::config::ConfigError;
-use crate::deliver::{Ack, DeliveryError, StoredAt};
-use crate::secret::Secret;
+use crate::core::deliver::{Ack, DeliveryError, StoredAt};
+use crate::core::record::header;
+use crate::core::secret::Secret;
+use crate::core::ConfigError;
 
 #[derive(Debug, Clone)]
 pub struct NatsConfig {

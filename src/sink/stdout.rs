@@ -8,7 +8,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
 use super::Record;
-use crate::deliver::{Ack, DeliveryError};
+use crate::core::deliver::{Ack, DeliveryError};
 
 pub struct StdoutSink {
     out: Mutex<Box<dyn Write + Send>>,

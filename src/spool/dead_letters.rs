@@ -11,10 +11,12 @@ use std::time::Duration;
 use super::frame::{decode_payload, encode_payload, put_frame};
 use super::segment::{sync_dir, Reader, Step};
 use super::OpenError;
-use crate::config::{ConfigError, SinkConfig};
-use crate::deliver::{Deliver, DeliveryError};
-use crate::metrics::Metrics;
-use crate::sink::{Record, Sink};
+use crate::core::deliver::{Deliver, DeliveryError};
+use crate::core::ConfigError;
+use crate::core::Record;
+use crate::sink::KafkaGauges;
+use crate::sink::Sink;
+use crate::sink::SinkConfig;
 
 pub const FILE: &str = "dead-letters.log";
 const TEMPORARY: &str = "dead-letters.log.tmp";
@@ -137,8 +139,9 @@ pub async fn replay(
             ),
         )));
     }
-    let metrics = Metrics::new().map_err(|e| ConfigError::new("metrics", e.to_string()))?;
-    let sink = Sink::connect(&sink, publish_timeout, &metrics).await?;
+    let gauges = KafkaGauges::new(&prometheus::Registry::new())
+        .map_err(|e| ConfigError::new("metrics", e.to_string()))?;
+    let sink = Sink::connect(&sink, publish_timeout, &gauges).await?;
     // Connected and the stream or topic there: a publish before that would be judged by a
     // client that has not heard the server's limits yet.
     let ready_by = tokio::time::Instant::now() + READY_WAIT;

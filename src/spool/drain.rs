@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use super::metrics::SpoolMetrics;
 use super::{OpenError, Spool, SpoolConfig};
-use crate::config::{ConfigError, SinkConfig};
-use crate::deliver::Deliver;
-use crate::metrics::Metrics;
+use crate::core::deliver::Deliver;
+use crate::core::ConfigError;
+use crate::sink::KafkaGauges;
 use crate::sink::Sink;
+use crate::sink::SinkConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
@@ -30,8 +32,12 @@ pub enum DrainError {
 /// Forwards every record of the spool to `sink`; the number forwarded. An error when any
 /// record is left unforwarded (unreadable, or of a newer build's format), with how many.
 pub async fn drain(sink: SinkConfig, config: SpoolConfig) -> Result<u64, DrainError> {
-    let metrics = Metrics::new().map_err(|e| ConfigError::new("metrics", e.to_string()))?;
-    let sink = Sink::connect(&sink, config.publish_timeout, &metrics).await?;
+    // A registry of its own: nothing serves it, the counters say what was forwarded.
+    let registry = prometheus::Registry::new();
+    let metric_error = |e: prometheus::Error| ConfigError::new("metrics", e.to_string());
+    let metrics = SpoolMetrics::new(&registry).map_err(metric_error)?;
+    let kafka = KafkaGauges::new(&registry).map_err(metric_error)?;
+    let sink = Sink::connect(&sink, config.publish_timeout, &kafka).await?;
     let spool = Spool::open(config, sink, &metrics, None)?;
     while !spool.is_recovered() {
         if spool.fatal().is_cancelled() {
@@ -42,9 +48,9 @@ pub async fn drain(sink: SinkConfig, config: SpoolConfig) -> Result<u64, DrainEr
     // No deadline: the point is to empty it. A signal kills the process; the position is
     // durable every few hundred ms, so a second run forwards only what is left (again).
     spool.close(Duration::from_secs(365 * 24 * 3600)).await;
-    let forwarded = metrics.spool().forwarded.get();
+    let forwarded = metrics.forwarded.get();
     // The forwarder stops early only when it cannot read on: what it did not pass is left.
-    let left = metrics.spool().unforwarded.get().max(0) as u64;
+    let left = metrics.unforwarded.get().max(0) as u64;
     if left > 0 {
         let stopped = spool
             .shared()

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use super::fs::faults::{self, Fault, Kind};
 use super::fs::Op;
-use super::tests::test_config;
+use super::tests::{test_config, TestMetrics};
 use super::*;
-use crate::deliver::scripted::{Outcome, Scripted};
-use crate::sink::record::header;
+use crate::core::deliver::scripted::{Outcome, Scripted};
+use crate::core::record::header;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -63,7 +63,7 @@ fn config(dir: &std::path::Path) -> SpoolConfig {
 }
 
 /// Waits (bounded) until the spool forwarded everything it holds, or failed.
-async fn settle(spool: &Spool<Scripted>, metrics: &Metrics) {
+async fn settle(spool: &Spool<Scripted>, metrics: &TestMetrics) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline
         && !spool.fatal().is_cancelled()
@@ -74,11 +74,11 @@ async fn settle(spool: &Spool<Scripted>, metrics: &Metrics) {
 }
 
 /// Opens the spool; `None` when it failed at start-up (the process would exit 74).
-async fn start(dir: &std::path::Path, ready: bool) -> Option<(Spool<Scripted>, Metrics)> {
-    let metrics = Metrics::new().unwrap();
+async fn start(dir: &std::path::Path, ready: bool) -> Option<(Spool<Scripted>, TestMetrics)> {
+    let metrics = TestMetrics::new();
     let sink = Scripted::new(Outcome::Ok);
     sink.set_ready(ready);
-    let spool = Spool::open(config(dir), sink, &metrics, None).ok()?;
+    let spool = Spool::open(config(dir), sink, metrics.spool(), None).ok()?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while !spool.is_recovered() {
         if spool.fatal().is_cancelled() || Instant::now() > deadline {

@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use super::frame::{decode_payload, filler_first};
 use super::segment::{self, Reader, Step};
 use super::{dead_letters, position, Location, Shared};
-use crate::deliver::{Deliver, DeliveryError};
-use crate::sink::record::header;
-use crate::sink::Record;
+use crate::core::deliver::{Deliver, DeliveryError};
+use crate::core::record::header;
+use crate::core::Record;
 
 /// Records read from disk in one trip, at most (also bounded by the free window).
 const READ_AHEAD_RECORDS: usize = 256;

@@ -7,8 +7,8 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-use crate::sink::record::header;
-use crate::sink::Record;
+use crate::core::record::header;
+use crate::core::Record;
 
 /// Bytes before the payload: length, CRC, sequence number.
 pub const HEADER_BYTES: usize = 16;
@@ -294,7 +294,9 @@ pub(crate) mod tests {
             Undecodable::Malformed.label(),
         ];
         assert_eq!(labels, Undecodable::LABELS);
-        let text = String::from_utf8(crate::metrics::Metrics::new().unwrap().encode()).unwrap();
+        let registry = prometheus::Registry::new();
+        crate::spool::metrics::SpoolMetrics::new(&registry).unwrap();
+        let text = String::from_utf8(crate::core::metrics::encode(&registry)).unwrap();
         let series = text
             .lines()
             .filter(|l| l.starts_with("timbridge_spool_forward_stopped{"))

@@ -11,7 +11,7 @@ use super::frame::{decode_payload, filler_first};
 use super::position;
 use super::segment::{self, Reader, Step};
 use super::sequence::{Across, Break, InSegment};
-use crate::sink::record::header;
+use crate::core::record::header;
 
 #[derive(Debug, Default)]
 pub struct Report {

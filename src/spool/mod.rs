@@ -27,6 +27,7 @@ pub mod frame;
 pub mod fs;
 pub mod inspect;
 pub mod lane;
+pub mod metrics;
 pub mod position;
 pub mod recovery;
 pub mod segment;
@@ -44,10 +45,10 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::deliver::{Ack, Deliver, DeliveryError};
-use crate::metrics::{Metrics, SpoolMetrics};
-use crate::sink::Record;
+use crate::core::deliver::{Ack, Deliver, DeliveryError};
+use crate::core::Record;
 use forwarder::Forwarder;
+use metrics::SpoolMetrics;
 use segment::Segment;
 use writer::{Append, Msg, Writer};
 
@@ -330,7 +331,7 @@ impl<S: Deliver> Spool<S> {
     pub fn open(
         config: SpoolConfig,
         sink: S,
-        metrics: &Metrics,
+        metrics: &SpoolMetrics,
         lane: Option<lane::Lane>,
     ) -> Result<Spool<S>, OpenError> {
         let io = |source| OpenError::Io {
@@ -341,11 +342,10 @@ impl<S: Deliver> Spool<S> {
         let lock = lock(&config.dir)?;
         let (appends, rx) = mpsc::channel(config.queue.max(1));
         metrics
-            .spool()
             .max_bytes
             .set(i64::try_from(config.max_bytes).unwrap_or(i64::MAX));
         let shared = Arc::new(Shared {
-            metrics: metrics.spool(),
+            metrics: metrics.clone(),
             bytes: AtomicU64::new(0),
             no_room: AtomicBool::new(false),
             full_until_ms: AtomicU64::new(0),

@@ -8,7 +8,7 @@ use super::frame::tests::record;
 use super::frame::{encode_payload, put_frame};
 use super::segment::{self, Segment};
 use super::*;
-use crate::deliver::scripted::{Outcome, Scripted};
+use crate::core::deliver::scripted::{Outcome, Scripted};
 
 pub(crate) fn test_config(dir: &Path) -> SpoolConfig {
     SpoolConfig {
@@ -30,9 +30,31 @@ pub(crate) fn test_config(dir: &Path) -> SpoolConfig {
     }
 }
 
-pub(crate) async fn open(config: SpoolConfig, sink: Scripted) -> (Spool<Scripted>, Metrics) {
-    let metrics = Metrics::new().unwrap();
-    let spool = Spool::open(config, sink, &metrics, None).unwrap();
+/// The spool's metrics on a registry of their own, readable as the exposition.
+pub(crate) struct TestMetrics {
+    registry: prometheus::Registry,
+    spool: SpoolMetrics,
+}
+
+impl TestMetrics {
+    pub(crate) fn new() -> TestMetrics {
+        let registry = prometheus::Registry::new();
+        let spool = SpoolMetrics::new(&registry).unwrap();
+        TestMetrics { registry, spool }
+    }
+
+    pub(crate) fn spool(&self) -> &SpoolMetrics {
+        &self.spool
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        crate::core::metrics::encode(&self.registry)
+    }
+}
+
+pub(crate) async fn open(config: SpoolConfig, sink: Scripted) -> (Spool<Scripted>, TestMetrics) {
+    let metrics = TestMetrics::new();
+    let spool = Spool::open(config, sink, metrics.spool(), None).unwrap();
     until("recovered", || spool.is_recovered()).await;
     (spool, metrics)
 }
@@ -51,7 +73,7 @@ fn seqs(records: &[Record]) -> Vec<String> {
         .map(|r| {
             r.headers
                 .iter()
-                .find(|(n, _)| *n == crate::sink::record::header::MSG_SEQ)
+                .find(|(n, _)| *n == crate::core::record::header::MSG_SEQ)
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default()
         })
@@ -325,7 +347,7 @@ async fn parked_key_soak() {
 }
 
 /// A counter or gauge of `metrics` by name (`None` when it is not registered).
-fn metric(metrics: &Metrics, name: &str) -> Option<f64> {
+fn metric(metrics: &TestMetrics, name: &str) -> Option<f64> {
     let text = String::from_utf8(metrics.encode()).unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -357,7 +379,7 @@ fn write_segment(dir: &Path, first: u64, frames: &[(u64, u64)]) {
 }
 
 /// Opens the spool in `dir` for forwarding only and waits until `count` records arrived.
-async fn forward_all(dir: &Path, count: usize) -> (Vec<String>, Metrics) {
+async fn forward_all(dir: &Path, count: usize) -> (Vec<String>, TestMetrics) {
     let mut config = test_config(dir);
     config.appends = false;
     let (spool, metrics) = open(config, Scripted::new(Outcome::Ok)).await;

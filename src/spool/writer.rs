@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::frame::{put_filler, put_record_frame, FILLER_FRAME_BYTES};
 use super::segment;
 use super::Shared;
-use crate::deliver::DeliveryError;
-use crate::sink::Record;
+use crate::core::deliver::DeliveryError;
+use crate::core::Record;
 
 /// What the request path sends the writer.
 pub enum Msg {

@@ -9,9 +9,9 @@ use std::time::Duration;
 use crate::common::kafka::{self, consume_topics, Tansu};
 use crate::common::nats::{start_bridge, NatsServer};
 use crate::common::*;
-use timbridge::sink::partition::partition;
 use timbridge::tencent::callback::signature::sign;
 use timbridge::tencent::callback::Token;
+use timbridge::wire::partition::partition;
 
 const PROD: u64 = APP;
 const STAGING: u64 = 1400000002;

@@ -11,9 +11,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use timbridge::deliver::scripted::{Outcome, Scripted};
+use timbridge::core::deliver::scripted::{Outcome, Scripted};
+use timbridge::ingest::metrics::Metrics;
 use timbridge::ingest::Handler;
-use timbridge::metrics::Metrics;
 
 use crate::common::*;
 
@@ -79,9 +79,9 @@ fn handler(service: SocketAddr) -> Arc<Handler<Scripted>> {
         "300ms",
     ]);
     Arc::new(Handler::new(
-        &config,
+        config.ingest(),
         Scripted::new(Outcome::Ok),
-        Metrics::new().unwrap(),
+        Metrics::new(&prometheus::Registry::new()).unwrap(),
     ))
 }
 

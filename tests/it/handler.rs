@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use timbridge::deliver::scripted::{Outcome, Scripted};
-use timbridge::deliver::DeliveryError;
+use timbridge::core::deliver::scripted::{Outcome, Scripted};
+use timbridge::core::deliver::DeliveryError;
+use timbridge::ingest::metrics::Metrics;
 use timbridge::ingest::{Handler, Rejection};
-use timbridge::metrics::Metrics;
 
 use crate::common::cases::{now, request_cases, signed, CASE_FLAGS};
 use crate::common::*;
@@ -30,9 +30,9 @@ fn handler(default: Outcome, extra: &[&str]) -> Arc<Handler<Scripted>> {
 /// A handler with exactly these flags.
 fn handler_with(default: Outcome, flags: &[&str]) -> Arc<Handler<Scripted>> {
     Arc::new(Handler::new(
-        &config(flags),
+        config(flags).ingest(),
         Scripted::new(default),
-        Metrics::new().unwrap(),
+        Metrics::new(&prometheus::Registry::new()).unwrap(),
     ))
 }
 
@@ -124,7 +124,7 @@ async fn a_delivered_callback_is_answered_ok_with_its_record_and_metrics() {
     let record = &delivered[0];
     assert_eq!(record.body, body);
     assert_eq!(record.key, "@TGS#ok");
-    let p = timbridge::sink::partition::partition(b"@TGS#ok", 16);
+    let p = timbridge::wire::partition::partition(b"@TGS#ok", 16);
     assert_eq!(record.partition, p);
     assert_eq!(record.destination, format!("tim.{CMD}.{p}"));
     assert_eq!(

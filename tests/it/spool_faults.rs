@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use timbridge::sink::record::header;
-use timbridge::sink::Record;
+use timbridge::core::record::header;
+use timbridge::core::Record;
 use timbridge::spool::frame::{encode_payload, put_frame};
 use timbridge::spool::segment::Segment;
 

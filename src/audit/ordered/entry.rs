@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::audit::resolve::{Gone, Reason, Settled};
 use crate::audit::tracker::GroupKey;
-use crate::sink::record::header;
+use crate::core::record::header;
 
 /// Marker header names; the value of [`ORDERED`] is always `skip`.
 pub const ORDERED: &str = "tim-ordered";
@@ -175,7 +175,7 @@ impl Raw {
         let Ok(body) = serde_json::from_slice::<serde_json::Value>(&self.body) else {
             return sdkappid;
         };
-        crate::sink::record::key_field(command, &body).unwrap_or(sdkappid)
+        crate::wire::build::key_field(command, &body).unwrap_or(sdkappid)
     }
 }
 

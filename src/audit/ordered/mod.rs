@@ -29,9 +29,9 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::TopicPartitionList;
 
 use super::tracker::GroupKey;
-use crate::deliver::{Ack, StoredAt};
-use crate::sink::Record;
-use crate::sink::Template;
+use crate::core::deliver::{Ack, StoredAt};
+use crate::core::Record;
+use crate::wire::Template;
 use entry::{Entry, Kind, Position, Raw, Skip};
 use line::{Held, Line, Offered, What};
 use metrics::OrderedMetrics;
@@ -471,7 +471,7 @@ async fn fetch(reader: &MainReader, at: &Position) -> Result<Raw, String> {
 /// The ordered stream's output, opened on the auditor's broker.
 pub async fn open(
     config: &OrderedConfig,
-    sink: &crate::config::SinkConfig,
+    sink: &crate::sink::SinkConfig,
     js: Option<async_nats::jetstream::Context>,
     partitions: u32,
     transactional_id: &str,
@@ -483,7 +483,7 @@ pub async fn open(
                 stream,
                 duplicate_window,
             },
-            crate::config::SinkConfig::Nats(nats),
+            crate::sink::SinkConfig::Nats(nats),
         ) => {
             let js = js.ok_or("the ordered stream on NATS needs the NATS sink")?;
             let settings = nats::StreamSettings {
@@ -501,7 +501,7 @@ pub async fn open(
                 transactions,
                 ..
             },
-            crate::config::SinkConfig::Kafka(kafka),
+            crate::sink::SinkConfig::Kafka(kafka),
         ) => {
             let id = transactions.then_some(transactional_id);
             Ok(Output::Kafka(

@@ -14,8 +14,8 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 
 use super::entry::{Entry, Headers, Raw};
-use crate::sink::partition::partition;
-use crate::sink::Template;
+use crate::wire::partition::partition;
+use crate::wire::Template;
 
 pub struct NatsOutput {
     js: jetstream::Context,

@@ -13,7 +13,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::ingest::Rejection;
+use super::error::CallbackError;
 
 pub const GROUP_AFTER_SEND_MSG: &str = "Group.CallbackAfterSendMsg";
 pub const C2C_AFTER_SEND_MSG: &str = "C2C.CallbackAfterSendMsg";
@@ -41,11 +41,11 @@ pub struct Fields {
 }
 
 /// Parses `body` as the callback named `url_command` in the URL.
-pub fn parse(url_command: &str, body: &[u8]) -> Result<Fields, Rejection> {
+pub fn parse(url_command: &str, body: &[u8]) -> Result<Fields, CallbackError> {
     // JSON text is UTF-8 (RFC 8259 §8.1). serde checks only the strings it reads, not those it
     // skips, so the whole body is checked first (SIMD: a small share of the parse's cost).
     if let Err(err) = simdutf8::compat::from_utf8(body) {
-        return Err(Rejection::BadJson(format!(
+        return Err(CallbackError::BadJson(format!(
             "the body is not valid UTF-8 (at byte {})",
             err.valid_up_to()
         )));
@@ -53,8 +53,8 @@ pub fn parse(url_command: &str, body: &[u8]) -> Result<Fields, Rejection> {
     // serde would also read a struct from a JSON array (positionally): only objects are callbacks.
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
-        Some(_) => return Err(Rejection::BadJson("expected a JSON object".into())),
-        None => return Err(Rejection::BadJson("the body is empty".into())),
+        Some(_) => return Err(CallbackError::BadJson("expected a JSON object".into())),
+        None => return Err(CallbackError::BadJson("the body is empty".into())),
     }
     let fields = if url_command == GROUP_AFTER_SEND_MSG {
         match serde_json::from_slice::<GroupMsg>(body) {
@@ -64,7 +64,7 @@ pub fn parse(url_command: &str, body: &[u8]) -> Result<Fields, Rejection> {
                 // "missing field": say what is really wrong when the command differs.
                 let envelope = lenient(body)?;
                 check_command(url_command, &envelope.command)?;
-                return Err(Rejection::InvalidBody(err.to_string()));
+                return Err(CallbackError::InvalidBody(err.to_string()));
             }
         }
     } else {
@@ -83,7 +83,7 @@ impl Fields {
     /// Every value that becomes a header, a key or part of the dedup id: a control character
     /// could split or forge a header, and an unbounded one could overflow the broker's header
     /// limit (a permanent failure that is the sender's, not the broker's).
-    fn check_identities(&self) -> Result<(), Rejection> {
+    fn check_identities(&self) -> Result<(), CallbackError> {
         for (name, value) in [
             ("GroupId", &self.group_id),
             ("TopicId", &self.topic_id),
@@ -98,12 +98,12 @@ impl Fields {
                 continue;
             };
             if let Some(c) = value.chars().find(|c| c.is_control()) {
-                return Err(Rejection::InvalidBody(format!(
+                return Err(CallbackError::InvalidBody(format!(
                     "{name} contains the control character {c:?}"
                 )));
             }
             if value.len() > MAX_ID_BYTES {
-                return Err(Rejection::InvalidBody(format!(
+                return Err(CallbackError::InvalidBody(format!(
                     "{name} is {} bytes long, more than {MAX_ID_BYTES}",
                     value.len()
                 )));
@@ -111,7 +111,7 @@ impl Fields {
         }
         for member in &self.members {
             if member.len() > MAX_ID_BYTES || member.chars().any(|c| c.is_control()) {
-                return Err(Rejection::InvalidBody(
+                return Err(CallbackError::InvalidBody(
                     "a member account has a control character or is over the length bound".into(),
                 ));
             }
@@ -120,22 +120,22 @@ impl Fields {
     }
 }
 
-fn lenient(body: &[u8]) -> Result<Envelope<'_>, Rejection> {
+fn lenient(body: &[u8]) -> Result<Envelope<'_>, CallbackError> {
     serde_json::from_slice::<Envelope>(body).map_err(|err| {
         // serde stops at the first problem; a type error may hide broken JSON further on.
         // Checking the whole syntax costs a second pass, on the error path only.
         match serde_json::from_slice::<IgnoredAny>(body) {
-            Err(syntax) => Rejection::BadJson(syntax.to_string()),
-            Ok(_) => Rejection::InvalidBody(err.to_string()),
+            Err(syntax) => CallbackError::BadJson(syntax.to_string()),
+            Ok(_) => CallbackError::InvalidBody(err.to_string()),
         }
     })
 }
 
-fn check_command(url: &str, body: &str) -> Result<(), Rejection> {
+fn check_command(url: &str, body: &str) -> Result<(), CallbackError> {
     if url == body {
         Ok(())
     } else {
-        Err(Rejection::CommandMismatch {
+        Err(CallbackError::CommandMismatch {
             url: url.to_owned(),
             body: body.to_owned(),
         })
@@ -194,13 +194,13 @@ struct GroupAt<'a> {
 }
 
 impl GroupMsg<'_> {
-    fn check(self) -> Result<Fields, Rejection> {
+    fn check(self) -> Result<Fields, CallbackError> {
         check_command(GROUP_AFTER_SEND_MSG, &self.command)?;
         if self.group_id.is_empty() {
-            return Err(Rejection::InvalidBody("GroupId is empty".into()));
+            return Err(CallbackError::InvalidBody("GroupId is empty".into()));
         }
         if let Some(flag) = self.online_only_flag.filter(|f| *f > 1) {
-            return Err(Rejection::InvalidBody(format!(
+            return Err(CallbackError::InvalidBody(format!(
                 "OnlineOnlyFlag is {flag}, expected 0 or 1"
             )));
         }
@@ -252,7 +252,7 @@ struct Envelope<'a> {
 }
 
 impl Envelope<'_> {
-    fn check(self, url_command: &str) -> Result<Fields, Rejection> {
+    fn check(self, url_command: &str) -> Result<Fields, CallbackError> {
         check_command(url_command, &self.command)?;
         let owned = |s: LooseStr<'_>| s.0.filter(|s| !s.is_empty()).map(Cow::into_owned);
         Ok(Fields {

@@ -47,8 +47,14 @@ pub struct Spec {
 impl Spec {
     /// Tencent waits on the answer to let the user's action go ahead.
     pub fn is_before(&self) -> bool {
-        crate::before::is_before_callback(self.name)
+        is_before(self.name)
     }
+}
+
+/// Whether Tencent waits on the answer to `command` (a `CallbackBefore…` or `CallbackPrev…`),
+/// listed or not.
+pub fn is_before(command: &str) -> bool {
+    command.contains(".CallbackBefore") || command.contains(".CallbackPrev")
 }
 
 const fn spec(name: &'static str, key: Key, identity: Identity) -> Spec {
@@ -147,8 +153,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn before_callbacks_are_told_from_the_others() {
+        for before in [
+            "Group.CallbackBeforeSendMsg",
+            "C2C.CallbackBeforeSendMsg",
+            "Group.CallbackBeforeCreateGroup",
+            "Group.CallbackBeforeApplyJoinGroup",
+            "Group.CallbackBeforeInviteJoinGroup",
+            "Sns.CallbackPrevFriendAdd",
+            "Sns.CallbackPrevFriendResponse",
+        ] {
+            assert!(is_before(before), "{before}");
+        }
+        for after in [
+            "Group.CallbackAfterSendMsg",
+            "C2C.CallbackAfterSendMsg",
+            "State.StateChange",
+            "Sns.CallbackFriendAdd",
+        ] {
+            assert!(!is_before(after), "{after}");
+        }
+    }
+
+    #[test]
     fn the_readme_command_table_is_this_table() {
-        let section = crate::readme::section("### Commands");
+        let section = crate::core::readme::section("### Commands");
         let documented: Vec<&str> = section.lines().filter(|l| l.starts_with("| `")).collect();
         let expected: Vec<String> = COMMANDS.iter().map(readme_row).collect();
         assert_eq!(

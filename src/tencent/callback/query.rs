@@ -1,7 +1,7 @@
 //! The callback URL's query string: `SdkAppid`, `CallbackCommand`, `contenttype`, `ClientIP`,
 //! `OptPlatform` and, when authentication is on, `Sign` and `RequestTime`.
 
-use crate::ingest::Rejection;
+use super::error::CallbackError;
 
 /// The query parameters the bridge reads. Parameters come in any order and are looked up by
 /// name; unknown ones are ignored (Tencent may add some).
@@ -25,7 +25,7 @@ impl Query {
     }
 
     /// Parses a raw (still percent-encoded) query string.
-    pub fn parse(raw: &str) -> Result<Query, Rejection> {
+    pub fn parse(raw: &str) -> Result<Query, CallbackError> {
         let mut sdkappid = None;
         let mut command = None;
         let mut content_type = None;
@@ -46,17 +46,17 @@ impl Query {
                 _ => continue,
             };
             if slot.is_some() {
-                return Err(Rejection::BadQuery(format!("{name} is given twice")));
+                return Err(CallbackError::BadQuery(format!("{name} is given twice")));
             }
             // These values end up in broker headers: a control character (a decoded %0D%0A)
             // would let a caller forge headers.
             if let Some(c) = value.chars().find(|c| c.is_control()) {
-                return Err(Rejection::BadQuery(format!(
+                return Err(CallbackError::BadQuery(format!(
                     "{name} contains the control character {c:?}"
                 )));
             }
             if value.len() > super::body::MAX_ID_BYTES {
-                return Err(Rejection::BadQuery(format!(
+                return Err(CallbackError::BadQuery(format!(
                     "{name} is longer than {} bytes",
                     super::body::MAX_ID_BYTES
                 )));
@@ -64,14 +64,15 @@ impl Query {
             *slot = Some(value.into_owned());
         }
 
-        let sdkappid = sdkappid.ok_or_else(|| Rejection::BadQuery("SdkAppid is missing".into()))?;
-        query.sdkappid = sdkappid
-            .parse()
-            .map_err(|_| Rejection::BadQuery(format!("SdkAppid {sdkappid:?} is not a number")))?;
+        let sdkappid =
+            sdkappid.ok_or_else(|| CallbackError::BadQuery("SdkAppid is missing".into()))?;
+        query.sdkappid = sdkappid.parse().map_err(|_| {
+            CallbackError::BadQuery(format!("SdkAppid {sdkappid:?} is not a number"))
+        })?;
         query.command =
-            command.ok_or_else(|| Rejection::BadQuery("CallbackCommand is missing".into()))?;
+            command.ok_or_else(|| CallbackError::BadQuery("CallbackCommand is missing".into()))?;
         if !is_valid_command(&query.command) {
-            return Err(Rejection::BadQuery(format!(
+            return Err(CallbackError::BadQuery(format!(
                 "CallbackCommand {:?} is not of the form Module.Command",
                 query.command
             )));
@@ -79,7 +80,7 @@ impl Query {
         // Tencent's pages say both `json` and `JSON`; an absent contenttype is taken as JSON.
         if let Some(ct) = content_type {
             if !ct.eq_ignore_ascii_case("json") {
-                return Err(Rejection::BadContentType(ct));
+                return Err(CallbackError::BadContentType(ct));
             }
         }
         Ok(query)

@@ -8,8 +8,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::ingest::Rejection;
-use crate::secret::Secret;
+use super::error::CallbackError;
+use crate::core::secret::Secret;
 
 /// The callback token: a [`Secret`], so its `Debug` never shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,21 +42,21 @@ pub fn verify(
     request_time: Option<&str>,
     now_unix: u64,
     max_skew: Duration,
-) -> Result<(), Rejection> {
+) -> Result<(), CallbackError> {
     let (Some(given), Some(request_time)) = (sign_param, request_time) else {
-        return Err(Rejection::MissingSignature);
+        return Err(CallbackError::MissingSignature);
     };
     // Only plain decimal digits: the signature covers RequestTime's text, so "+1669872112" or
     // " 1669872112" must not pass as the same time.
     let time: u64 = match request_time.bytes().all(|b| b.is_ascii_digit()) {
-        true if !request_time.is_empty() && request_time.len() <= 19 => {
-            request_time.parse().map_err(|_| Rejection::BadSignature)?
-        }
-        _ => return Err(Rejection::BadSignature),
+        true if !request_time.is_empty() && request_time.len() <= 19 => request_time
+            .parse()
+            .map_err(|_| CallbackError::BadSignature)?,
+        _ => return Err(CallbackError::BadSignature),
     };
     let skew_secs = now_unix.abs_diff(time);
     if skew_secs > max_skew.as_secs() {
-        return Err(Rejection::StaleRequestTime {
+        return Err(CallbackError::StaleRequestTime {
             skew_secs,
             max_secs: max_skew.as_secs(),
         });
@@ -67,7 +67,7 @@ pub fn verify(
     if bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
         Ok(())
     } else {
-        Err(Rejection::BadSignature)
+        Err(CallbackError::BadSignature)
     }
 }
 

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::usersig;
-use crate::config::apps::RestCredentials;
-use crate::secret::Secret;
+use super::RestCredentials;
+use crate::core::secret::Secret;
 
 /// The flags of the REST client, the same for every app.
 #[derive(Debug, Clone)]

@@ -8,6 +8,8 @@ pub mod usersig;
 
 use serde::Deserialize;
 
+use crate::core::secret::Secret;
+
 pub use client::{Clock, RestClient, RestConfig, RestError, SystemClock};
 
 /// Where an app lives, which decides the domain of its REST calls (Tencent's "REST API
@@ -51,6 +53,15 @@ impl Region {
             Region::Jakarta => "adminapiidn.im.qcloud.com",
         }
     }
+}
+
+/// What a call to Tencent's REST API on behalf of an app needs: where the app lives, an admin
+/// account, and the app's secret key (which signs the admin's UserSig).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestCredentials {
+    pub region: Region,
+    pub identifier: String,
+    pub secret_key: Secret,
 }
 
 #[cfg(test)]

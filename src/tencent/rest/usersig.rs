@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::secret::Secret;
+use crate::core::secret::Secret;
 
 /// What a UserSig says about itself once decoded and verified.
 #[derive(Debug, Clone, PartialEq, Eq)]

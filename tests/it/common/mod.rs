@@ -16,7 +16,7 @@ use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use timbridge::cli::{Cli, Command};
+use timbridge::app::cli::{Cli, Command};
 use timbridge::{Bridge, Config};
 
 pub const APP: u64 = 1400000000;

@@ -25,7 +25,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use timbridge::secret::Secret;
+use timbridge::core::secret::Secret;
 use timbridge::tencent::rest::usersig;
 
 #[derive(Debug, Clone)]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use timbridge::cli::parse::parse_duration;
+use timbridge::app::cli::parse::parse_duration;
 use timbridge::tencent::callback::signature::sign;
 use timbridge::tencent::callback::Token;
 use tokio::sync::mpsc;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::secret::Secret;
+use crate::core::secret::Secret;
 
 /// Parses `256KiB`, `1MiB`, `512KB`, `1000` (bytes).
 pub fn parse_size(text: &str) -> Result<usize, String> {

@@ -1,11 +1,10 @@
 //! The Tencent IM apps a bridge serves, each with its own callback token, optionally its own
 //! destination, and the REST credentials the auditor uses. Built from the flags (one token for
-//! every listed app) or from a configuration file ([`super::file`]); both end here.
+//! every listed app) or from a configuration file (`app::config::file`); both end here.
 
-use crate::secret::Secret;
-use crate::sink::Template;
-use crate::tencent::callback::Token;
-use crate::tencent::rest::Region;
+use super::template::Template;
+use crate::tencent::callback::{Signers, Token};
+use crate::tencent::rest::RestCredentials;
 
 /// One app, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,15 +29,6 @@ impl App {
             rest: None,
         }
     }
-}
-
-/// What a call to Tencent's REST API on behalf of an app needs: where the app lives, an admin
-/// account, and the app's secret key (which signs the admin's UserSig).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestCredentials {
-    pub region: Region,
-    pub identifier: String,
-    pub secret_key: Secret,
 }
 
 /// Which callbacks are accepted.
@@ -67,6 +57,20 @@ impl Apps {
             Apps::Listed(_) => self
                 .lookup(sdkappid)
                 .map(|app| app.and_then(|app| app.token.as_ref())),
+        }
+    }
+
+    /// The apps whose callbacks the endpoint accepts, with their tokens.
+    pub fn signers(&self) -> Signers {
+        match self {
+            Apps::Any { token } => Signers::Any {
+                token: token.clone(),
+            },
+            Apps::Listed(apps) => Signers::Listed(
+                apps.iter()
+                    .map(|app| (app.sdkappid, app.token.clone()))
+                    .collect(),
+            ),
         }
     }
 

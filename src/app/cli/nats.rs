@@ -6,9 +6,10 @@ use std::time::Duration;
 use clap::Args;
 
 use super::parse::{parse_duration, parse_secret};
-use crate::config::ConfigError;
-use crate::secret::Secret;
-use crate::sink::{NatsConfig, Template};
+use crate::core::secret::Secret;
+use crate::core::ConfigError;
+use crate::sink::NatsConfig;
+use crate::wire::Template;
 
 #[derive(Debug, Args)]
 #[command(next_help_heading = "NATS JetStream sink")]

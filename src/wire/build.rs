@@ -2,85 +2,12 @@
 //! callback. Every sink publishes exactly this (subject or topic, key, headers, body), so NATS,
 //! Kafka and stdout agree, and the spool can store it as it is.
 
-use bytes::Bytes;
-
 use super::partition::partition;
 use super::template::Template;
-use crate::config::apps::App;
+use crate::core::record::{header, Record};
 use crate::tencent::callback::commands::{self, Identity, Key};
 use crate::tencent::callback::Callback;
-
-/// Header names, shared by every sink.
-pub mod header {
-    pub const SDKAPPID: &str = "tim-sdkappid";
-    pub const COMMAND: &str = "tim-callback-command";
-    pub const GROUP_ID: &str = "tim-group-id";
-    pub const MSG_SEQ: &str = "tim-msg-seq";
-    pub const TOPIC_ID: &str = "tim-topic-id";
-    pub const MSG_ID: &str = "tim-msg-id";
-    pub const CLIENT_IP: &str = "tim-client-ip";
-    pub const OPT_PLATFORM: &str = "tim-opt-platform";
-    pub const RECEIVED_AT: &str = "tim-received-at";
-    /// The recalled MsgSeqs of a group recall, comma-separated.
-    pub const MSG_SEQ_LIST: &str = "tim-msg-seq-list";
-    /// The callback's stable identity, for consumers that drop duplicates; NATS also sends it
-    /// as `Nats-Msg-Id`, which JetStream deduplicates on.
-    pub const DEDUP_ID: &str = "tim-dedup-id";
-    /// Where a record came from when it is not a live callback (`backfill`, from the auditor).
-    pub const SOURCE: &str = "tim-source";
-    /// `--before-callbacks forward`: what the moderation service decided (allow, deny, rewrite,
-    /// timeout, error).
-    pub const BEFORE_VERDICT: &str = "tim-before-verdict";
-
-    /// Every header name, for turning a stored name back into its constant (the spool).
-    pub const ALL: [&str; 13] = [
-        SDKAPPID,
-        COMMAND,
-        GROUP_ID,
-        MSG_SEQ,
-        TOPIC_ID,
-        MSG_ID,
-        CLIENT_IP,
-        OPT_PLATFORM,
-        RECEIVED_AT,
-        MSG_SEQ_LIST,
-        DEDUP_ID,
-        BEFORE_VERDICT,
-        SOURCE,
-    ];
-
-    /// The constant spelled `name`, if it is one of ours.
-    pub fn lookup(name: &str) -> Option<&'static str> {
-        ALL.into_iter().find(|known| *known == name)
-    }
-}
-
-/// One message as every sink publishes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// The NATS subject or Kafka topic (stdout prints it).
-    pub destination: String,
-    /// Everything with one key keeps its order: the GroupId, else the sender, else the app.
-    pub key: String,
-    /// `(murmur2(key) & 0x7fffffff) % --partitions`: the `{partition}` of subjects, and Kafka's
-    /// own choice when the topic has `--partitions` partitions.
-    pub partition: u32,
-    /// Metadata headers in a fixed order, the dedup id last; absent values are left out.
-    pub headers: Vec<(&'static str, String)>,
-    /// The request body, byte for byte.
-    pub body: Bytes,
-}
-
-impl Record {
-    /// The value of the `tim-dedup-id` header, when the callback has a stable identity.
-    pub fn dedup_id(&self) -> Option<&str> {
-        self.headers
-            .iter()
-            .rev()
-            .find(|(name, _)| *name == header::DEDUP_ID)
-            .map(|(_, value)| value.as_str())
-    }
-}
+use crate::wire::apps::App;
 
 /// Turns callbacks into records for a destination template (and the apps' own ones) and a
 /// partition count.
@@ -135,7 +62,7 @@ impl RecordBuilder {
 /// absent or the command is not in the table.
 fn partition_key(callback: &Callback) -> std::borrow::Cow<'_, str> {
     let f = callback.fields();
-    let key = commands::lookup(callback.command()).map_or(Key::App, |spec| spec.key);
+    let key = callback.spec().map_or(Key::App, |spec| spec.key);
     let field = match key {
         Key::GroupId => f.group_id.as_deref(),
         Key::FromAccount => f.from_account.as_deref(),
@@ -203,7 +130,7 @@ fn headers(callback: &Callback) -> Vec<(&'static str, String)> {
 fn dedup_id(callback: &Callback) -> Option<String> {
     let f = callback.fields();
     let app = callback.sdkappid();
-    let identity = commands::lookup(callback.command()).map_or(Identity::None, |s| s.identity);
+    let identity = callback.spec().map_or(Identity::None, |s| s.identity);
     let topic = f.topic_id.as_deref().unwrap_or("");
     let listed = |items: &mut dyn Iterator<Item = String>| {
         items
@@ -272,13 +199,14 @@ fn dedup_id(callback: &Callback) -> Option<String> {
 mod tests {
     use std::time::Duration;
 
+    use bytes::Bytes;
+
     use super::*;
-    use crate::config::apps::Apps;
-    use crate::tencent::callback::{body, Policy, VerifiedQuery};
+    use crate::tencent::callback::{body, Policy, Signers, VerifiedQuery};
 
     fn policy() -> Policy {
         Policy {
-            apps: Apps::Listed(vec![App::new(1400000000, None)]),
+            signers: Signers::Listed(vec![(1400000000, None)]),
             max_clock_skew: Duration::from_secs(60),
         }
     }
@@ -299,7 +227,7 @@ mod tests {
         let mut staging = App::new(1400000001, None);
         staging.destination = Some(Template::parse("k", "staging.{command}").unwrap());
         let policy = Policy {
-            apps: Apps::Listed(vec![App::new(1400000000, None), staging.clone()]),
+            signers: Signers::Listed(vec![(1400000000, None), (1400000001, None)]),
             max_clock_skew: Duration::from_secs(60),
         };
         let builder = RecordBuilder::new(Template::parse("k", "tim.{sdkappid}").unwrap(), 16)

@@ -11,7 +11,7 @@ pub mod scripted;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::sink::Record;
+use crate::core::Record;
 
 /// What the receiving end said about a record it took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::ConfigError;
+use crate::core::ConfigError;
 
 /// A subject or topic name with placeholders: `{command}`, `{partition}`, `{sdkappid}`.
 /// Parsed once at start-up; rendering is plain concatenation.

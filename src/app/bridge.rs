@@ -7,14 +7,15 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
-use crate::deliver::Deliver;
-use crate::deliver::{Ack, DeliveryError};
+use crate::app::config::Config;
+use crate::app::metrics::BridgeMetrics;
+use crate::app::shutdown::{self, Budget, Task};
+use crate::core::deliver::Deliver;
+use crate::core::ConfigError;
+use crate::delivery::Delivery;
 use crate::http::{self, admin, ConnectionLimits};
 use crate::ingest::Handler;
-use crate::metrics::Metrics;
-use crate::shutdown::{self, Budget, Task};
-use crate::sink::{Record, Sink};
+use crate::sink::Sink;
 use crate::spool::lane::Lane;
 use crate::spool::{OpenError, Spool};
 
@@ -29,66 +30,6 @@ pub enum StartError {
     },
     #[error(transparent)]
     Spool(#[from] OpenError),
-}
-
-/// What the handler delivers to: the sink itself (direct mode: 200 after the broker's ack), or
-/// the spool in front of it (spooled mode: 200 once fsynced).
-// One per process: the size difference between variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-pub enum Delivery {
-    Direct(Sink),
-    Spooled(Spool<Sink>),
-}
-
-impl Deliver for Delivery {
-    fn name(&self) -> &'static str {
-        match self {
-            Delivery::Direct(sink) => sink.name(),
-            Delivery::Spooled(spool) => spool.name(),
-        }
-    }
-
-    async fn deliver(&self, record: &Record) -> Result<Ack, DeliveryError> {
-        match self {
-            Delivery::Direct(sink) => sink.deliver(record).await,
-            Delivery::Spooled(spool) => spool.deliver(record).await,
-        }
-    }
-
-    async fn deliver_owned(&self, record: Record) -> Result<Ack, DeliveryError> {
-        match self {
-            Delivery::Direct(sink) => sink.deliver(&record).await,
-            Delivery::Spooled(spool) => spool.deliver_owned(record).await,
-        }
-    }
-
-    fn is_ready(&self) -> bool {
-        match self {
-            Delivery::Direct(sink) => sink.is_ready(),
-            Delivery::Spooled(spool) => spool.is_ready(),
-        }
-    }
-
-    fn unready_reason(&self) -> Option<&'static str> {
-        match self {
-            Delivery::Direct(sink) => sink.unready_reason(),
-            Delivery::Spooled(spool) => spool.unready_reason(),
-        }
-    }
-
-    fn is_healthy(&self) -> bool {
-        match self {
-            Delivery::Direct(sink) => sink.is_healthy(),
-            Delivery::Spooled(spool) => spool.is_healthy() && spool.sink().is_healthy(),
-        }
-    }
-
-    async fn close(&self, timeout: std::time::Duration) {
-        match self {
-            Delivery::Direct(sink) => sink.close(timeout).await,
-            Delivery::Spooled(spool) => spool.close(timeout).await,
-        }
-    }
 }
 
 /// A running bridge: both listeners bound and serving.
@@ -109,7 +50,7 @@ impl Bridge<Delivery> {
         let metrics = new_metrics()?;
         let delivery = match &config.spool {
             None => Delivery::Direct(
-                Sink::connect(&config.sink, config.publish_timeout, &metrics).await?,
+                Sink::connect(&config.sink, config.publish_timeout, &metrics.kafka).await?,
             ),
             Some(spool) => {
                 // The sink lives on the forwarder's runtime: only the forwarder publishes.
@@ -117,12 +58,20 @@ impl Bridge<Delivery> {
                     dir: spool.dir.clone(),
                     source,
                 })?;
-                let (sink_config, timeout, sink_metrics) =
-                    (config.sink.clone(), config.publish_timeout, metrics.clone());
+                let (sink_config, timeout, sink_metrics) = (
+                    config.sink.clone(),
+                    config.publish_timeout,
+                    metrics.kafka.clone(),
+                );
                 let sink = lane
                     .run(async move { Sink::connect(&sink_config, timeout, &sink_metrics).await })
                     .await?;
-                Delivery::Spooled(Spool::open(spool.clone(), sink, &metrics, Some(lane))?)
+                Delivery::Spooled(Spool::open(
+                    spool.clone(),
+                    sink,
+                    &metrics.spool,
+                    Some(lane),
+                )?)
             }
         };
         Bridge::serve(config, delivery, metrics).await
@@ -145,13 +94,17 @@ impl<D: Deliver> Bridge<D> {
         Bridge::serve(config, delivery, new_metrics()?).await
     }
 
-    async fn serve(config: Config, delivery: D, metrics: Metrics) -> Result<Bridge<D>, StartError> {
+    async fn serve(
+        config: Config,
+        delivery: D,
+        metrics: BridgeMetrics,
+    ) -> Result<Bridge<D>, StartError> {
         let listener = bind(config.listen)?;
         let admin_listener = bind(config.admin_listen)?;
         let addr = local_addr(&listener, config.listen);
         let admin_addr = local_addr(&admin_listener, config.admin_listen);
 
-        let handler = Arc::new(Handler::new(&config, delivery, metrics));
+        let handler = Arc::new(Handler::new(config.ingest(), delivery, metrics.ingest));
         let budget = Budget::new(
             config.shutdown_delay,
             config.shutdown_timeout,
@@ -232,9 +185,9 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-fn new_metrics() -> Result<Metrics, StartError> {
+fn new_metrics() -> Result<BridgeMetrics, StartError> {
     // Fails only on a programming error (two metrics of one name).
-    Metrics::new().map_err(|e| ConfigError::new("metrics", e.to_string()).into())
+    BridgeMetrics::new().map_err(|e| ConfigError::new("metrics", e.to_string()).into())
 }
 
 fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::app::config::Config;
 use crate::before::forward::ForwardConfig;
 use crate::before::{BeforeConfig, BeforePolicy};
-use crate::config::apps::{App, Apps};
-use crate::config::{Config, ConfigError, SinkConfig};
-use crate::secret::Secret;
-use crate::tencent::callback::{Policy, Token};
+use crate::core::secret::Secret;
+use crate::core::ConfigError;
+use crate::sink::SinkConfig;
+use crate::tencent::callback::Token;
+use crate::wire::apps::{App, Apps};
 
 mod audit;
 mod kafka;
@@ -421,7 +423,7 @@ impl ServeArgs {
             ));
         }
         let apps = match &self.config {
-            Some(file) => Apps::Listed(crate::config::file::read_apps(file, &sink)?),
+            Some(file) => Apps::Listed(crate::app::config::file::read_apps(file, &sink)?),
             None => apps_from_flags(
                 self.allow_any_sdkappid,
                 self.sdkappids,
@@ -433,10 +435,8 @@ impl ServeArgs {
             listen: self.listen,
             admin_listen: self.admin_listen,
             path: self.path,
-            policy: Policy {
-                apps,
-                max_clock_skew: self.max_clock_skew,
-            },
+            apps,
+            max_clock_skew: self.max_clock_skew,
             sink,
             publish_timeout: self.publish_timeout,
             max_body_bytes: self.max_body_bytes,
@@ -524,10 +524,7 @@ mod tests {
         assert_eq!(c.max_body_bytes, 256 * 1024);
         assert_eq!(c.partitions, 16);
         assert!(matches!(c.sink, SinkConfig::Stdout));
-        assert_eq!(
-            c.policy.apps,
-            Apps::Listed(vec![App::new(1400000000, None)])
-        );
+        assert_eq!(c.apps, Apps::Listed(vec![App::new(1400000000, None)]));
     }
 
     #[test]
@@ -663,7 +660,7 @@ mod tests {
     #[test]
     fn the_readme_flags_table_matches_the_flags() {
         use clap::CommandFactory;
-        let section = crate::readme::section("## Flags");
+        let section = crate::core::readme::section("## Flags");
         let mut documented = std::collections::BTreeMap::new();
         for line in section.lines().filter(|l| l.starts_with("| `--")) {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
@@ -725,8 +722,8 @@ mod tests {
         .unwrap();
         let file = serve(&["--config", path.to_str().unwrap()]).unwrap();
         let flags = serve(&["--sdkappid", "1", "--sdkappid", "2", "--token", "one"]).unwrap();
-        assert_eq!(file.policy.apps, flags.policy.apps);
-        assert_eq!(file.policy.apps.listed().len(), 2);
+        assert_eq!(file.apps, flags.apps);
+        assert_eq!(file.apps.listed().len(), 2);
         for clash in [
             &["--sdkappid", "1"][..],
             &["--token", "t"],
@@ -751,7 +748,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.policy.apps,
+            c.apps,
             Apps::Any {
                 token: Some(Token::new("xxxxyyyy".into()))
             }

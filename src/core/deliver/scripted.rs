@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{Ack, Deliver, DeliveryError};
-use crate::sink::Record;
+use crate::core::Record;
 
 /// One scripted answer to a delivery.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::deliver::Deliver;
+use crate::core::deliver::Deliver;
 use crate::ingest::Handler;
 
 /// Resolves on the first SIGTERM or SIGINT.

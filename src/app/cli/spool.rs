@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::parse::{parse_duration, parse_size};
-use crate::config::ConfigError;
+use crate::core::ConfigError;
 use crate::spool::SpoolConfig;
 
 #[derive(Debug, Args)]

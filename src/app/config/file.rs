@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::apps::{App, RestCredentials};
-use super::{ConfigError, SinkConfig};
-use crate::secret::Secret;
-use crate::sink::Template;
+use crate::core::secret::Secret;
+use crate::core::ConfigError;
+use crate::sink::SinkConfig;
 use crate::tencent::callback::Token;
 use crate::tencent::rest::Region;
+use crate::tencent::rest::RestCredentials;
+use crate::wire::apps::App;
+use crate::wire::Template;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

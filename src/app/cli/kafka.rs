@@ -6,9 +6,10 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::parse::{parse_duration, parse_key_value, parse_secret};
-use crate::config::ConfigError;
-use crate::secret::Secret;
-use crate::sink::{KafkaConfig, Template};
+use crate::core::secret::Secret;
+use crate::core::ConfigError;
+use crate::sink::KafkaConfig;
+use crate::wire::Template;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Compression {

@@ -10,7 +10,8 @@ use clap::Args;
 use super::parse::parse_duration;
 use super::{KafkaArgs, NatsArgs, OrderedArgs, SinkKind};
 use crate::audit::{AuditConfig, Shard};
-use crate::config::{ConfigError, SinkConfig};
+use crate::core::ConfigError;
+use crate::sink::SinkConfig;
 use crate::tencent::rest::RestConfig;
 
 #[derive(Debug, Args)]
@@ -277,7 +278,7 @@ impl AuditArgs {
         let ordered =
             self.ordered
                 .into_config(&sink, &self.audit_state_topic, &self.audit_event_subject)?;
-        let apps = crate::config::file::read_apps(&self.config, &sink)?;
+        let apps = crate::app::config::file::read_apps(&self.config, &sink)?;
         if !apps.iter().any(|app| app.rest.is_some()) {
             return Err(ConfigError::new(
                 "--config",
@@ -466,7 +467,7 @@ mod tests {
     /// (the NATS flags and those shared with `serve` are documented in its table).
     #[test]
     fn the_readme_auditor_table_matches_the_flags() {
-        let section = crate::readme::section("### Auditor flags");
+        let section = crate::core::readme::section("### Auditor flags");
         let documented: std::collections::BTreeMap<String, String> = section
             .lines()
             .filter(|l| l.starts_with("| `--"))

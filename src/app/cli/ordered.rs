@@ -7,7 +7,8 @@ use clap::Args;
 
 use super::parse::{parse_duration, parse_size};
 use crate::audit::ordered::{OrderedConfig, OutputConfig};
-use crate::config::{ConfigError, SinkConfig};
+use crate::core::ConfigError;
+use crate::sink::SinkConfig;
 
 #[derive(Debug, Args)]
 pub struct OrderedArgs {
@@ -94,7 +95,7 @@ impl OrderedArgs {
             (_, true, true) => return Ok(None),
             (SinkConfig::Nats(nats), false, true) => {
                 let flag = "--ordered-subject";
-                let subject = crate::sink::Template::parse(flag, &self.ordered_subject)?;
+                let subject = crate::wire::Template::parse(flag, &self.ordered_subject)?;
                 if !subject.uses_partition() || subject.uses_command() {
                     return Err(ConfigError::new(
                         flag,
