@@ -66,6 +66,15 @@ mod tests {
         metrics
             .ingest
             .delivered("other", "stdout", Duration::ZERO, Duration::ZERO, true);
+        metrics.ingest.set_state(
+            "stdout",
+            crate::ingest::metrics::State {
+                ready: true,
+                inflight_bytes: 0,
+                ack_latency: Duration::ZERO,
+                backpressure: false,
+            },
+        );
         let registered: BTreeSet<String> = metrics
             .registry
             .gather()

@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::core::deliver::Deliver;
+use crate::ingest::metrics::State;
 use crate::ingest::Handler;
 
 /// What the admin endpoints answer.
@@ -69,10 +70,13 @@ impl<D: Deliver> Status for Handler<D> {
     fn exposition(&self) -> Vec<u8> {
         let admission = self.admission();
         self.metrics().set_state(
-            self.delivery().is_ready(),
-            admission.inflight_bytes(),
-            admission.ack_latency(),
-            admission.sink_slow(),
+            self.delivery().name(),
+            State {
+                ready: self.delivery().is_ready(),
+                inflight_bytes: admission.inflight_bytes(),
+                ack_latency: admission.ack_latency(),
+                backpressure: admission.delivery_slow(),
+            },
         );
         self.metrics().encode()
     }

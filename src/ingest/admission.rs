@@ -80,20 +80,21 @@ impl Admission {
         Ok(())
     }
 
-    /// Refuses when the broker is not answering in time for a new callback to be answered.
-    pub fn check_broker(&self) -> Result<(), Rejection> {
-        match self.broker_verdict() {
-            Some(why) => Err(Rejection::SinkBackpressure(why.into())),
+    /// Refuses when the delivery (the broker in direct mode, the spool's fsync in spooled
+    /// mode) is not acknowledging in time for a new callback to be answered.
+    pub fn check_delivery(&self) -> Result<(), Rejection> {
+        match self.slow_delivery() {
+            Some(why) => Err(Rejection::Backpressure(why.into())),
             None => Ok(()),
         }
     }
 
-    fn broker_verdict(&self) -> Option<&'static str> {
+    fn slow_delivery(&self) -> Option<&'static str> {
         let max = self.limits.max_ack_latency?;
         if self.pending.oldest_age() > max {
-            Some("a publish has waited longer than --max-ack-latency for the broker's ack")
+            Some("a callback has waited longer than --max-ack-latency for its delivery's ack")
         } else if self.pending.degraded.load(Ordering::Relaxed) && self.pending.outstanding() > 0 {
-            Some("the broker timed out; probing it with one publish at a time")
+            Some("a delivery timed out; probing with one callback at a time")
         } else {
             None
         }
@@ -115,13 +116,14 @@ impl Admission {
         }
     }
 
-    pub fn sink_slow(&self) -> bool {
-        self.broker_verdict().is_some()
+    /// New callbacks are refused because acknowledgements are slow.
+    pub fn delivery_slow(&self) -> bool {
+        self.slow_delivery().is_some()
     }
 
     /// At a bound: new callbacks would be refused now.
     pub fn is_saturated(&self) -> bool {
-        self.requests.available_permits() == 0 || self.sink_slow()
+        self.requests.available_permits() == 0 || self.delivery_slow()
     }
 
     pub fn inflight_bytes(&self) -> usize {
@@ -270,14 +272,14 @@ mod tests {
     fn a_slow_pending_publish_sheds_and_its_ack_clears_the_verdict_at_once() {
         let a = Admission::new(limits());
         let slow = a.publishing();
-        a.check_broker().unwrap();
+        a.check_delivery().unwrap();
         // Nothing else needed: the verdict is derived from the pending publish alone.
         let later = a.pending.now_ms() + 300;
         assert!(a.pending.oldest_age_at(later) > Duration::from_millis(100));
         drop(slow);
         a.record(true, false);
         assert_eq!(a.pending.oldest_age_at(later), Duration::ZERO);
-        a.check_broker().unwrap();
+        a.check_delivery().unwrap();
     }
 
     #[test]
@@ -285,15 +287,15 @@ mod tests {
         let a = Admission::new(limits());
         a.record(false, true);
         // Nothing pending: a probe is admitted.
-        a.check_broker().unwrap();
+        a.check_delivery().unwrap();
         let probe = a.publishing();
-        assert_eq!(a.check_broker().unwrap_err().reason(), "sink_backpressure");
+        assert_eq!(a.check_delivery().unwrap_err().reason(), "backpressure");
         assert!(a.is_saturated());
         drop(probe);
         a.record(true, false);
         let _one = a.publishing();
         let _two = a.publishing();
-        a.check_broker().unwrap();
+        a.check_delivery().unwrap();
     }
 
     #[test]
@@ -304,6 +306,6 @@ mod tests {
         });
         a.record(false, true);
         let _pending = a.publishing();
-        a.check_broker().unwrap();
+        a.check_delivery().unwrap();
     }
 }

@@ -7,13 +7,21 @@
 use std::time::Duration;
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::before::metrics::BeforeMetrics;
 use crate::core::metrics::{GaugeGuard, LATENCY_BUCKETS};
 use crate::ingest::{Outcome, Rejection};
+
+/// What the admin listener samples at scrape time.
+pub struct State {
+    pub ready: bool,
+    pub inflight_bytes: usize,
+    pub ack_latency: Duration,
+    pub backpressure: bool,
+}
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -29,10 +37,10 @@ pub struct Metrics {
     inflight: IntGauge,
     open_connections: IntGauge,
     connections_evicted: IntCounter,
-    sink_ready: IntGauge,
+    delivery_ready: IntGaugeVec,
     inflight_bytes: IntGauge,
-    sink_ack_latency: Gauge,
-    sink_backpressure: IntGauge,
+    delivery_ack_latency: GaugeVec,
+    delivery_backpressure: IntGaugeVec,
     draining: IntGauge,
     /// The before-callbacks' own, counted where their background publishes end.
     pub before: BeforeMetrics,
@@ -45,7 +53,7 @@ impl Metrics {
         let callbacks = IntCounterVec::new(
             Opts::new(
                 "timbridge_callbacks_total",
-                "Callbacks answered, by command and outcome (ok: published and acknowledged; rejected: 4xx; failed: 5xx).",
+                "Callbacks answered, by command and outcome (ok: answered 200; rejected: 4xx; failed: 5xx). A 200 means the callback is stored: in direct mode the broker acknowledged it; in spooled mode it is fsynced in the spool, which forwards it to the broker afterwards.",
             ),
             &["command", "outcome"],
         )?;
@@ -111,21 +119,32 @@ impl Metrics {
             "timbridge_connections_evicted_total",
             "Idle callback connections closed at --max-connections to admit a new one.",
         )?;
-        let sink_ready = IntGauge::new(
-            "timbridge_sink_ready",
-            "1 when the sink is connected and can publish, 0 otherwise.",
+        // The handler's delivery: the sink in direct mode (label nats, kafka or stdout), the
+        // spool in spooled mode (label spool).
+        let delivery_ready = IntGaugeVec::new(
+            Opts::new(
+                "timbridge_delivery_ready",
+                "1 when the delivery can take callbacks (direct mode: the sink is connected and can publish; spooled mode: the spool is recovered and has room), 0 otherwise.",
+            ),
+            &["delivery"],
         )?;
         let inflight_bytes = IntGauge::new(
             "timbridge_inflight_body_bytes",
             "Request-body bytes reserved by callbacks in flight (bounded by --max-inflight-bytes).",
         )?;
-        let sink_ack_latency = Gauge::new(
-            "timbridge_sink_ack_latency_seconds",
-            "How long the oldest publish still awaiting the broker's acknowledgement has waited, as used for shedding.",
+        let delivery_ack_latency = GaugeVec::new(
+            Opts::new(
+                "timbridge_delivery_ack_latency_seconds",
+                "How long the oldest callback still awaiting its delivery's acknowledgement has waited (direct mode: the broker's ack; spooled mode: the spool's fsync), as used for shedding.",
+            ),
+            &["delivery"],
         )?;
-        let sink_backpressure = IntGauge::new(
-            "timbridge_sink_backpressure",
-            "1 while new callbacks are refused because the broker is not acknowledging in time.",
+        let delivery_backpressure = IntGaugeVec::new(
+            Opts::new(
+                "timbridge_delivery_backpressure",
+                "1 while new callbacks are refused because the delivery (the broker, or the spool's fsync) is not acknowledging in time.",
+            ),
+            &["delivery"],
         )?;
         let draining = IntGauge::new(
             "timbridge_draining",
@@ -143,10 +162,10 @@ impl Metrics {
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(connections_evicted.clone()))?;
-        registry.register(Box::new(sink_ready.clone()))?;
+        registry.register(Box::new(delivery_ready.clone()))?;
         registry.register(Box::new(inflight_bytes.clone()))?;
-        registry.register(Box::new(sink_ack_latency.clone()))?;
-        registry.register(Box::new(sink_backpressure.clone()))?;
+        registry.register(Box::new(delivery_ack_latency.clone()))?;
+        registry.register(Box::new(delivery_backpressure.clone()))?;
         registry.register(Box::new(draining.clone()))?;
         // Series that alerts and dashboards rate() over exist from the first scrape.
         signature_failures.with_label_values(&["other"]);
@@ -173,10 +192,10 @@ impl Metrics {
             inflight,
             open_connections,
             connections_evicted,
-            sink_ready,
+            delivery_ready,
             inflight_bytes,
-            sink_ack_latency,
-            sink_backpressure,
+            delivery_ack_latency,
+            delivery_backpressure,
             draining,
             before: BeforeMetrics::new(registry)?,
         })
@@ -266,19 +285,20 @@ impl Metrics {
         self.connections_evicted.inc();
     }
 
-    /// The gauges sampled at scrape time.
-    pub fn set_state(
-        &self,
-        sink_ready: bool,
-        inflight_bytes: usize,
-        ack_latency: Duration,
-        backpressure: bool,
-    ) {
-        self.sink_ready.set(i64::from(sink_ready));
+    /// The gauges sampled at scrape time; `delivery` names what the handler delivers to (a
+    /// sink's name, or `spool`).
+    pub fn set_state(&self, delivery: &'static str, state: State) {
+        self.delivery_ready
+            .with_label_values(&[delivery])
+            .set(i64::from(state.ready));
         self.inflight_bytes
-            .set(i64::try_from(inflight_bytes).unwrap_or(i64::MAX));
-        self.sink_ack_latency.set(ack_latency.as_secs_f64());
-        self.sink_backpressure.set(i64::from(backpressure));
+            .set(i64::try_from(state.inflight_bytes).unwrap_or(i64::MAX));
+        self.delivery_ack_latency
+            .with_label_values(&[delivery])
+            .set(state.ack_latency.as_secs_f64());
+        self.delivery_backpressure
+            .with_label_values(&[delivery])
+            .set(i64::from(state.backpressure));
     }
 
     pub fn set_draining(&self, draining: bool) {

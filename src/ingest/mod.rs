@@ -319,7 +319,7 @@ impl<D: Deliver> Handler<D> {
         let admitted = self.admission.admit().and_then(|admitted| {
             // Refused before the body is read: a callback admitted now would most likely time
             // out.
-            self.admission.check_broker()?;
+            self.admission.check_delivery()?;
             Ok(admitted)
         });
         let mut admitted = match admitted {

@@ -59,8 +59,8 @@ pub enum Rejection {
     BodyTimeout(Duration),
     #[error("overloaded: {0}")]
     Overloaded(&'static str),
-    #[error("the broker cannot keep up: {0}")]
-    SinkBackpressure(String),
+    #[error("deliveries are not acknowledged in time: {0}")]
+    Backpressure(String),
     #[error("the spool is full: {0}")]
     SpoolFull(String),
 }
@@ -68,7 +68,8 @@ pub enum Rejection {
 /// The outcome label of `timbridge_callbacks_total` and `timbridge_app_callbacks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Published and acknowledged by the broker: answered 200.
+    /// Answered 200: stored (direct mode: acknowledged by the broker; spooled mode: fsynced in
+    /// the spool). See [`crate::core::OK_MEANS`].
     Ok,
     /// The request itself was wrong (4xx): sending it again will not help.
     Rejected,
@@ -138,9 +139,7 @@ impl Rejection {
             Rejection::SinkUnavailable(_) => meta(S::SERVICE_UNAVAILABLE, 5030, "sink_unavailable"),
             Rejection::PublishTimeout(_) => meta(S::SERVICE_UNAVAILABLE, 5031, "publish_timeout"),
             Rejection::Overloaded(_) => meta(S::SERVICE_UNAVAILABLE, 5032, "overloaded"),
-            Rejection::SinkBackpressure(_) => {
-                meta(S::SERVICE_UNAVAILABLE, 5034, "sink_backpressure")
-            }
+            Rejection::Backpressure(_) => meta(S::SERVICE_UNAVAILABLE, 5034, "backpressure"),
             // Spooled mode: --spool-max-bytes reached or the disk is full. Never the oldest
             // data dropped to make room.
             Rejection::SpoolFull(_) => meta(S::SERVICE_UNAVAILABLE, 5035, "spool_full"),
@@ -169,10 +168,7 @@ impl Rejection {
 
     /// Shedding: refused at once because a bound was reached, before any work was done.
     pub fn is_shedding(&self) -> bool {
-        matches!(
-            self,
-            Rejection::Overloaded(_) | Rejection::SinkBackpressure(_)
-        )
+        matches!(self, Rejection::Overloaded(_) | Rejection::Backpressure(_))
     }
 
     /// The answer to a delivery that failed; `publish_timeout` names the bound a timeout hit.
@@ -182,7 +178,7 @@ impl Rejection {
             DeliveryError::Rejected(why) | DeliveryError::Misconfigured(why) => {
                 Rejection::SinkRejected(why)
             }
-            DeliveryError::Backpressure(why) => Rejection::SinkBackpressure(why),
+            DeliveryError::Backpressure(why) => Rejection::Backpressure(why),
             DeliveryError::TimedOut => Rejection::PublishTimeout(publish_timeout),
             DeliveryError::Full(why) => Rejection::SpoolFull(why),
         }
@@ -219,7 +215,7 @@ impl Rejection {
             Rejection::SinkUnavailable(String::new()),
             Rejection::PublishTimeout(Duration::ZERO),
             Rejection::Overloaded(""),
-            Rejection::SinkBackpressure(String::new()),
+            Rejection::Backpressure(String::new()),
             Rejection::SpoolFull(String::new()),
         ]
     }

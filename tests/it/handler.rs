@@ -223,7 +223,7 @@ async fn every_delivery_failure_has_its_status_code_and_counter() {
             DeliveryError::Backpressure("queue full".into()),
             503,
             5034,
-            "sink_backpressure",
+            "backpressure",
         ),
         (DeliveryError::TimedOut, 503, 5031, "publish_timeout"),
         (
@@ -390,7 +390,7 @@ async fn a_publish_pending_past_the_ack_bound_sheds_until_it_is_answered() {
         started.elapsed() < Duration::from_millis(50),
         "shed at once"
     );
-    assert_eq!(rejections(&h, "sink_backpressure"), 1.0);
+    assert_eq!(rejections(&h, "backpressure"), 1.0);
     // Its ack clears the verdict at once.
     assert_eq!(slow.await.unwrap(), 200);
     assert_eq!(post(&h, group_message("@TGS#lag", 4)).await.status, 200);
@@ -553,7 +553,7 @@ fn every_rejection_reason_is_covered_here() {
         "unsupported_encoding",
         "sink_unavailable",
         "sink_rejected",
-        "sink_backpressure",
+        "backpressure",
         "publish_timeout",
         "spool_full",
         "body_timeout",

@@ -135,7 +135,10 @@ async fn broker_down_answers_503_in_time_and_recovers_without_restart() {
         assert_unavailable_in_time(&answer, started.elapsed(), Duration::from_millis(500 + 400));
     }
     let (_, metrics) = http.admin(admin, "/metrics").await;
-    assert_eq!(metric(&metrics, "timbridge_sink_ready"), 0.0);
+    assert!(
+        metrics.contains("\ntimbridge_delivery_ready{delivery=\"nats\"} 0\n"),
+        "{metrics}"
+    );
     assert!(
         metric(
             &metrics,

@@ -35,7 +35,7 @@ pub use spool::{ForwardArgs, SpoolArgs};
 #[command(
     name = "timbridge",
     version,
-    about = "Receives Tencent Cloud IM callbacks and republishes them to NATS JetStream or Kafka, answering 200 only once the broker acknowledged."
+    about = "Receives Tencent Cloud IM callbacks and republishes them to NATS JetStream or Kafka. A 200 means the callback is stored: in direct mode the broker acknowledged it; in spooled mode it is fsynced in the spool, which forwards it to the broker afterwards."
 )]
 pub struct Cli {
     #[command(subcommand)]
