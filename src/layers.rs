@@ -362,3 +362,49 @@ fn the_checker_sees_every_way_of_naming_a_module() {
     assert_eq!(climbs(&graph, &layers), ["core imports app"]);
     assert_eq!(circles(&graph), [vec!["app".to_owned(), "core".to_owned()]]);
 }
+
+/// The README's layout table lists the layers of `lib.rs`'s map, in its order, and every path
+/// the layout section names exists.
+#[test]
+fn the_readme_layout_is_the_tree() {
+    let section = crate::core::readme::section("## Layout");
+    let listed: Vec<String> = section
+        .lines()
+        .filter(|line| line.starts_with("| ") && !line.starts_with("| layer"))
+        .filter_map(|line| line.split('|').nth(1))
+        .map(|cell| cell.trim().to_owned())
+        .collect();
+    assert_eq!(listed, layers(), "README's layout table vs lib.rs's map");
+    let root = src().parent().unwrap().to_path_buf();
+    let backticked = |text: &'static str| text.split('`').skip(1).step_by(2);
+    let is_path = |word: &&str| {
+        !word.contains(' ')
+            && (word.ends_with(".rs") || word.ends_with('/') || word.ends_with(".md"))
+    };
+    // Paths from the repository's root, and in the table, files named in a row under its folder.
+    let mut missing: Vec<String> = backticked(section)
+        .filter(|word| {
+            ["src/", "tests/", "docs/", "helm/", "bench/", "tools/"]
+                .iter()
+                .any(|p| word.starts_with(p))
+        })
+        .filter(|path| !root.join(path).exists())
+        .map(str::to_owned)
+        .collect();
+    for row in section.lines().filter(|line| line.starts_with("| ")) {
+        let cells: Vec<&str> = row.split('|').collect();
+        let (Some(base), Some(what)) = (cells.get(2), cells.get(3)) else {
+            continue;
+        };
+        let base = base.trim().trim_matches('`');
+        for name in what.split('`').skip(1).step_by(2).filter(is_path) {
+            if !root.join(base).join(name).exists() {
+                missing.push(format!("{base}{name}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the README's layout names what is not there: {missing:?}"
+    );
+}

@@ -75,3 +75,30 @@ impl Record {
             .map(|(_, value)| value.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::header;
+
+    /// The README's headers table names exactly the headers a record can carry.
+    #[test]
+    fn the_readme_headers_table_is_the_header_list() {
+        let section = crate::core::readme::section("## Published messages");
+        let table = section
+            .split("Headers (absent values are left out):")
+            .nth(1)
+            .expect("the headers table");
+        let documented: BTreeSet<&str> = table
+            .lines()
+            .skip_while(|line| !line.starts_with('|'))
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|line| line.split('|').nth(1))
+            .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+            .filter(|name| name.starts_with("tim-"))
+            .collect();
+        let code: BTreeSet<&str> = header::ALL.into_iter().collect();
+        assert_eq!(documented, code, "README (left) vs header::ALL (right)");
+    }
+}
