@@ -315,6 +315,69 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// Validates the flags. Reads the token file: the one piece of I/O of configuration.
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        self.check_bounds()?;
+        let before = self.before_config()?;
+        let sink = match self.sink {
+            SinkKind::Stdout => SinkConfig::Stdout,
+            SinkKind::Nats => SinkConfig::Nats(self.nats.into_config()?),
+            SinkKind::Kafka => SinkConfig::Kafka(self.kafka.into_config(self.publish_timeout)?),
+        };
+        let spool = self.spool.into_config(
+            self.max_inflight + self.before_callback_queue,
+            self.publish_timeout,
+        )?;
+        // A body the spool's frame cannot hold would be answered 200 and never read back.
+        if spool.is_some() && self.max_body_bytes > crate::spool::frame::MAX_BODY_BYTES {
+            return Err(ConfigError::new(
+                "--max-body-bytes",
+                format!(
+                    "must be at most {} in spooled mode (a spool frame holds {} bytes with the \
+                     record's headers)",
+                    crate::spool::frame::MAX_BODY_BYTES,
+                    crate::spool::frame::MAX_FRAME_BYTES
+                ),
+            ));
+        }
+        let apps = match &self.config {
+            Some(file) => Apps::Listed(crate::app::config::file::read_apps(file, &sink)?),
+            None => apps_from_flags(
+                self.allow_any_sdkappid,
+                self.sdkappids,
+                self.token,
+                self.token_file,
+            )?,
+        };
+        Ok(Config {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            path: self.path,
+            apps,
+            max_clock_skew: self.max_clock_skew,
+            sink,
+            publish_timeout: self.publish_timeout,
+            max_body_bytes: self.max_body_bytes,
+            body_read_timeout: self.body_read_timeout,
+            admission: crate::ingest::admission::Limits {
+                max_inflight: self.max_inflight,
+                max_inflight_bytes: self.max_inflight_bytes,
+                max_ack_latency: Some(self.max_ack_latency).filter(|d| !d.is_zero()),
+                publish_timeout: self.publish_timeout,
+            },
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            shutdown_delay: self.shutdown_delay,
+            shutdown_timeout: self.shutdown_timeout,
+            before,
+            partitions: self.partitions,
+            worker_threads: self.worker_threads,
+            spool,
+        })
+    }
+
+    /// Every bound is more than zero, at most an hour for a wait, and consistent with the
+    /// others.
+    fn check_bounds(&self) -> Result<(), ConfigError> {
         if !self.path.starts_with('/') {
             return Err(ConfigError::new("--path", "must start with '/'"));
         }
@@ -374,6 +437,14 @@ impl ServeArgs {
         if self.worker_threads == Some(0) {
             return Err(ConfigError::new("--worker-threads", "must be more than 0"));
         }
+        if self.partitions == 0 {
+            return Err(ConfigError::new("--partitions", "must be more than 0"));
+        }
+        Ok(())
+    }
+
+    /// What before-callbacks get: the policy, the background queue, the moderation service.
+    fn before_config(&self) -> Result<BeforeConfig, ConfigError> {
         if self.before_callback_queue == 0 {
             return Err(ConfigError::new(
                 "--before-callback-queue",
@@ -398,68 +469,10 @@ impl ServeArgs {
             }
             (_, None) => None,
         };
-        if self.partitions == 0 {
-            return Err(ConfigError::new("--partitions", "must be more than 0"));
-        }
-        let sink = match self.sink {
-            SinkKind::Stdout => SinkConfig::Stdout,
-            SinkKind::Nats => SinkConfig::Nats(self.nats.into_config()?),
-            SinkKind::Kafka => SinkConfig::Kafka(self.kafka.into_config(self.publish_timeout)?),
-        };
-        let spool = self.spool.into_config(
-            self.max_inflight + self.before_callback_queue,
-            self.publish_timeout,
-        )?;
-        // A body the spool's frame cannot hold would be answered 200 and never read back.
-        if spool.is_some() && self.max_body_bytes > crate::spool::frame::MAX_BODY_BYTES {
-            return Err(ConfigError::new(
-                "--max-body-bytes",
-                format!(
-                    "must be at most {} in spooled mode (a spool frame holds {} bytes with the \
-                     record's headers)",
-                    crate::spool::frame::MAX_BODY_BYTES,
-                    crate::spool::frame::MAX_FRAME_BYTES
-                ),
-            ));
-        }
-        let apps = match &self.config {
-            Some(file) => Apps::Listed(crate::app::config::file::read_apps(file, &sink)?),
-            None => apps_from_flags(
-                self.allow_any_sdkappid,
-                self.sdkappids,
-                self.token,
-                self.token_file,
-            )?,
-        };
-        Ok(Config {
-            listen: self.listen,
-            admin_listen: self.admin_listen,
-            path: self.path,
-            apps,
-            max_clock_skew: self.max_clock_skew,
-            sink,
-            publish_timeout: self.publish_timeout,
-            max_body_bytes: self.max_body_bytes,
-            body_read_timeout: self.body_read_timeout,
-            admission: crate::ingest::admission::Limits {
-                max_inflight: self.max_inflight,
-                max_inflight_bytes: self.max_inflight_bytes,
-                max_ack_latency: Some(self.max_ack_latency).filter(|d| !d.is_zero()),
-                publish_timeout: self.publish_timeout,
-            },
-            max_connections: self.max_connections,
-            header_read_timeout: self.header_read_timeout,
-            idle_timeout: self.idle_timeout,
-            shutdown_delay: self.shutdown_delay,
-            shutdown_timeout: self.shutdown_timeout,
-            before: BeforeConfig {
-                policy: self.before_callbacks,
-                queue: self.before_callback_queue,
-                forward,
-            },
-            partitions: self.partitions,
-            worker_threads: self.worker_threads,
-            spool,
+        Ok(BeforeConfig {
+            policy: self.before_callbacks,
+            queue: self.before_callback_queue,
+            forward,
         })
     }
 }
