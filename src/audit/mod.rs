@@ -30,7 +30,7 @@ pub mod resolve;
 pub mod tail;
 pub mod tracker;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -171,7 +171,7 @@ pub async fn run(
         None => None,
     };
     let kafka_producer = orderer.as_ref().and_then(Orderer::kafka_producer);
-    let (mut feed, store) = open_feed(&config, &sink, kafka_producer).await?;
+    let (mut feed, store) = feed::open(&config, &sink, kafka_producer).await?;
     let sink = Arc::new(sink);
 
     let builder =
@@ -518,137 +518,6 @@ async fn save(
             feed.commit().await;
             Ok(())
         }
-    }
-}
-
-/// The consumer of the published stream and the checkpoint store, on the sink's broker (on
-/// Kafka written by `producer` when given: the ordered stream's transactional one).
-async fn open_feed(
-    config: &AuditConfig,
-    sink: &Sink,
-    producer: Option<rdkafka::producer::FutureProducer>,
-) -> Result<(Feed, Store), String> {
-    let raw = config.ordered.is_some();
-    match (&config.sink, sink) {
-        (SinkConfig::Nats(nats), Sink::Nats(connected)) => {
-            let js = connected.jetstream();
-            // One consumer for the whole stream; with shards, one per subject of the shard's
-            // partitions (a 2.9 server filters on one subject per consumer).
-            let filters: Vec<Option<String>> = if config.shard == Shard::ALL {
-                vec![None]
-            } else {
-                let mut subjects: Vec<String> = config
-                    .shard
-                    .partitions(config.partitions)
-                    .into_iter()
-                    .flat_map(|p| {
-                        config.apps.iter().map(move |app| {
-                            app.destination.as_ref().unwrap_or(&nats.subject).render(
-                                backfill::COMMAND,
-                                p,
-                                app.sdkappid,
-                            )
-                        })
-                    })
-                    .collect();
-                subjects.sort();
-                subjects.dedup();
-                subjects.into_iter().map(Some).collect()
-            };
-            let mut streams = Vec::with_capacity(filters.len());
-            let mut replay = Vec::new();
-            for filter in filters {
-                let name = match &filter {
-                    None => config.consumer.clone(),
-                    Some(subject) => format!("{}-{}", config.consumer, consume::name_part(subject)),
-                };
-                // The stream exists once the first bridge (or this sink's keeper) created it.
-                let consumer = loop {
-                    let made = consume::consumer(
-                        &js,
-                        &nats.stream,
-                        &name,
-                        filter.clone(),
-                        config.max_ack_pending,
-                    );
-                    match made.await {
-                        Ok(consumer) => break consumer,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "audit: waiting for the stream");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                };
-                let info = consumer.cached_info();
-                let (floor, delivered) = (
-                    info.ack_floor.stream_sequence,
-                    info.delivered.stream_sequence,
-                );
-                if raw && delivered > floor {
-                    replay.push((floor + 1, delivered, filter.clone()));
-                }
-                streams.push(
-                    consumer
-                        .stream()
-                        .max_messages_per_batch(512)
-                        .messages()
-                        .await
-                        .map_err(|e| format!("consumer: {e}"))?,
-                );
-            }
-            let store = Store::Kv(checkpoint::Checkpoint::open(&js, &config.state_bucket).await?);
-            let replay = if replay.is_empty() {
-                None
-            } else {
-                let stream = js
-                    .get_stream(&nats.stream)
-                    .await
-                    .map_err(|e| format!("stream {}: {e}", nats.stream))?;
-                tracing::info!(ranges = ?replay, "audit: reading again what the last run had not acknowledged");
-                Some(feed::Replay {
-                    stream,
-                    ranges: replay,
-                })
-            };
-            let feed = Feed::Nats {
-                messages: futures_util::stream::select_all(streams),
-                unacked: BTreeMap::new(),
-                raw,
-                replay,
-                acking: None,
-            };
-            Ok((feed, store))
-        }
-        (SinkConfig::Kafka(kafka), Sink::Kafka(_)) => {
-            // The topics group messages go to: the sink's template, and the apps' own.
-            let mut topics: Vec<String> = config
-                .apps
-                .iter()
-                .map(|app| {
-                    app.destination.as_ref().unwrap_or(&kafka.topic).render(
-                        backfill::COMMAND,
-                        0,
-                        app.sdkappid,
-                    )
-                })
-                .collect();
-            topics.sort();
-            topics.dedup();
-            let shard =
-                (config.shard != Shard::ALL).then(|| config.shard.partitions(config.partitions));
-            let feed = Feed::Kafka {
-                feed: kafka::KafkaFeed::new(kafka, &config.consumer, &topics, shard.as_deref())?,
-                consumed: 0,
-                raw,
-            };
-            let store = Store::Topic(kafka::TopicCheckpoint::open(
-                kafka,
-                &config.state_topic,
-                producer,
-            )?);
-            Ok((feed, store))
-        }
-        _ => Err("--sink: the auditor reads NATS or Kafka".into()),
     }
 }
 
