@@ -53,7 +53,7 @@ pub async fn drain(sink: SinkConfig, config: SpoolConfig) -> Result<u64, DrainEr
     let left = metrics.unforwarded.get().max(0) as u64;
     if left > 0 {
         let stopped = spool
-            .shared()
+            .state()
             .stopped_at()
             .map(|(seq, why)| format!("seq {seq}: {why}"));
         return Err(DrainError::Left {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{decode_payload, filler_first};
 use super::segment::{self, Reader, Step};
-use super::{dead_letters, position, Location, Shared};
+use super::{dead_letters, position, Location, SpoolState};
 use crate::core::deliver::{Deliver, DeliveryError};
 use crate::core::record::header;
 use crate::core::Record;
@@ -59,7 +59,7 @@ struct Done {
 type Publish = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 pub struct Forwarder<S> {
-    shared: Arc<Shared>,
+    state: Arc<SpoolState>,
     sink: Arc<S>,
     /// The next sequence number to read.
     next_read: u64,
@@ -113,14 +113,14 @@ impl<S: Deliver> Forwarder<S> {
     /// Starts after `position` (acknowledged); records up to `last_seq` were spooled by an
     /// earlier process.
     pub fn new(
-        shared: Arc<Shared>,
+        state: Arc<SpoolState>,
         sink: Arc<S>,
         position: u64,
         last_seq: u64,
         position_file: Option<position::PositionFile>,
     ) -> Forwarder<S> {
         Forwarder {
-            pacer: Pacer::new(shared.config.forward_max_rate),
+            pacer: Pacer::new(state.config.forward_max_rate),
             next_read: position + 1,
             replay_until: last_seq,
             durable_position: position,
@@ -137,15 +137,15 @@ impl<S: Deliver> Forwarder<S> {
             received: HashMap::new(),
             dry: false,
             sink,
-            shared,
+            state,
         }
     }
 
     /// Forwards until `stop`; after `drain`, stops by itself once everything durable is
     /// acknowledged.
     pub async fn run(mut self, drain: CancellationToken, stop: CancellationToken) {
-        let mut durable = self.shared.durable.subscribe();
-        let mut tick = tokio::time::interval(self.shared.config.position_interval);
+        let mut durable = self.state.durable.subscribe();
+        let mut tick = tokio::time::interval(self.state.config.position_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.fill();
@@ -165,7 +165,7 @@ impl<S: Deliver> Forwarder<S> {
             }
         }
         self.checkpoint();
-        let left = self.shared.durable_seq().saturating_sub(self.position());
+        let left = self.state.durable_seq().saturating_sub(self.position());
         if left > 0 {
             tracing::info!(
                 records = left,
@@ -178,8 +178,8 @@ impl<S: Deliver> Forwarder<S> {
     fn caught_up(&self) -> bool {
         self.outstanding.is_empty()
             && (self.dry
-                || self.shared.forwarding_stopped()
-                || self.next_read > self.shared.durable_seq())
+                || self.state.forwarding_stopped()
+                || self.next_read > self.state.durable_seq())
     }
 
     /// Everything up to here is acknowledged.
@@ -193,12 +193,12 @@ impl<S: Deliver> Forwarder<S> {
     /// Reads records while the window has room and durable records are left. The window
     /// counts records held in memory: a parked key's queue is not in it.
     fn fill(&mut self) {
-        let max = self.shared.config.forward_max_inflight;
+        let max = self.state.config.forward_max_inflight;
         self.dry = false;
         while self.outstanding.len() - self.parked_records < max
-            && self.next_read <= self.shared.durable_seq()
+            && self.next_read <= self.state.durable_seq()
         {
-            if self.parked_records >= self.shared.config.forward_max_parked {
+            if self.parked_records >= self.state.config.forward_max_parked {
                 if !self.parked_full {
                     tracing::warn!(
                         parked = self.parked_records,
@@ -222,7 +222,7 @@ impl<S: Deliver> Forwarder<S> {
             self.next_read = seq + 1;
             self.outstanding.insert(seq);
             if seq <= self.replay_until {
-                self.shared.metrics.replayed.inc();
+                self.state.metrics.replayed.inc();
             }
             if let Some(queue) = self.parked.get_mut(&record.key) {
                 queue.push_back(Parked { seq, at });
@@ -256,19 +256,19 @@ impl<S: Deliver> Forwarder<S> {
             return Some(found);
         }
         // What was read ahead comes before the record forwarding stopped at; nothing after.
-        if self.shared.forwarding_stopped() {
+        if self.state.forwarding_stopped() {
             return None;
         }
-        if let Some(found) = self.shared.lock_tail().take(self.next_read) {
+        if let Some(found) = self.state.lock_tail().take(self.next_read) {
             return Some(found);
         }
         let room = self
-            .shared
+            .state
             .config
             .forward_max_inflight
             .saturating_sub(self.outstanding.len())
             .clamp(1, READ_AHEAD_RECORDS);
-        let durable = self.shared.durable_seq();
+        let durable = self.state.durable_seq();
         tokio::task::block_in_place(|| {
             let mut want = self.next_read;
             while self.read_ahead.len() < room
@@ -323,7 +323,7 @@ impl<S: Deliver> Forwarder<S> {
                         let out_of_place = cursor.high.is_some_and(|high| seq <= high)
                             || cursor.ends_before.is_some_and(|end| seq >= end);
                         if out_of_place {
-                            self.shared.metrics.out_of_place.inc();
+                            self.state.metrics.out_of_place.inc();
                             if cursor.out_of_place == 0 {
                                 tracing::error!(
                                     seq,
@@ -349,7 +349,7 @@ impl<S: Deliver> Forwarder<S> {
                                 // Never skipped: a downgrade during a backlog must not lose
                                 // what the newer build answered 200. Forwarding stops here
                                 // until a build that reads it takes the spool.
-                                self.shared.stop_forwarding(seq, why);
+                                self.state.stop_forwarding(seq, why);
                                 self.disk = None;
                                 return None;
                             }
@@ -380,7 +380,7 @@ impl<S: Deliver> Forwarder<S> {
             let next = self.next_segment_after(first_seq);
             let limit = match next {
                 Some(_) => None,
-                None => self.shared.read_limit(first_seq),
+                None => self.state.read_limit(first_seq),
             };
             // Past the written part of a preallocated segment nothing more is to come.
             let readable = if unwritten {
@@ -415,7 +415,7 @@ impl<S: Deliver> Forwarder<S> {
     /// A reader from the start of the segment holding `seq`; `high`: the highest number the
     /// pass read so far (the segment before this one), `None` for a fresh pass.
     fn open_cursor(&self, seq: u64, high: Option<u64>) -> Option<Cursor> {
-        let segments = self.shared.lock_segments();
+        let segments = self.state.lock_segments();
         let at = segments
             .iter()
             .rposition(|s| s.first_seq <= seq)
@@ -423,7 +423,7 @@ impl<S: Deliver> Forwarder<S> {
         let segment = segments.get(at)?;
         let ends_before = segments.get(at + 1).map(|s| s.first_seq);
         let reader =
-            Reader::open_at(&segment.path, 0, self.shared.read_limit(segment.first_seq)).ok()?;
+            Reader::open_at(&segment.path, 0, self.state.read_limit(segment.first_seq)).ok()?;
         Some(Cursor {
             first_seq: segment.first_seq,
             path: segment.path.clone(),
@@ -435,7 +435,7 @@ impl<S: Deliver> Forwarder<S> {
     }
 
     fn next_segment_after(&self, first_seq: u64) -> Option<u64> {
-        self.shared
+        self.state
             .lock_segments()
             .iter()
             .map(|s| s.first_seq)
@@ -451,8 +451,8 @@ impl<S: Deliver> Forwarder<S> {
             }
         }
         let sink = self.sink.clone();
-        let timeout = self.shared.config.publish_timeout;
-        let backoff = backoff(item.attempt, self.shared.config.forward_retry_max);
+        let timeout = self.state.config.publish_timeout;
+        let backoff = backoff(item.attempt, self.state.config.forward_retry_max);
         let start = self.pacer.slot(backoff);
         self.inflight.push(Box::pin(async move {
             // No timer when the slot has come (the common case): a sleep would cost a wake-up.
@@ -478,7 +478,7 @@ impl<S: Deliver> Forwarder<S> {
         let Done { mut item, result } = done;
         match result {
             Ok(()) => {
-                self.shared.metrics.forwarded.inc();
+                self.state.metrics.forwarded.inc();
                 tracing::trace!(
                     seq = item.seq,
                     dedup_id = item.record.dedup_id(),
@@ -490,7 +490,7 @@ impl<S: Deliver> Forwarder<S> {
                     // Not durable in the dead-letter file: the record stays where it is and
                     // the position does not pass it; the next attempt tries both again.
                     tracing::error!(error = %err, seq = item.seq, "spool: cannot make the dead letter durable; the record is kept and tried again");
-                    self.shared.metrics.retries.inc();
+                    self.state.metrics.retries.inc();
                     item.attempt += 1;
                     self.park(&item.record.key);
                     return self.publish(item);
@@ -502,7 +502,7 @@ impl<S: Deliver> Forwarder<S> {
                 if item.attempt.is_multiple_of(REFUSAL_LOG_EVERY) {
                     tracing::error!(seq = item.seq, destination = %item.record.destination, key = %item.record.key, error = %why, attempt = item.attempt, "spool: the broker refuses this destination (a missing topic, an ACL, credentials?); the record waits until it is fixed");
                 }
-                self.shared.metrics.refusals.inc();
+                self.state.metrics.refusals.inc();
                 item.attempt += 1;
                 self.park(&item.record.key);
                 return self.publish(item);
@@ -511,7 +511,7 @@ impl<S: Deliver> Forwarder<S> {
                 if item.attempt == 0 {
                     tracing::warn!(seq = item.seq, error = %err, "spool: publish failed; retrying with backoff (the key's later records wait)");
                 }
-                self.shared.metrics.retries.inc();
+                self.state.metrics.retries.inc();
                 item.attempt += 1;
                 self.park(&item.record.key);
                 return self.publish(item);
@@ -570,7 +570,7 @@ impl<S: Deliver> Forwarder<S> {
     /// as damage is.
     fn read_parked(&self, parked: &Parked) -> Option<Item> {
         let path = self
-            .shared
+            .state
             .lock_segments()
             .iter()
             .find(|s| s.first_seq == parked.at.segment)
@@ -594,7 +594,7 @@ impl<S: Deliver> Forwarder<S> {
                     segment = parked.at.segment,
                     "spool: a parked record cannot be read back from disk; counted as corrupt"
                 );
-                self.shared.metrics.corrupt_records.inc();
+                self.state.metrics.corrupt_records.inc();
                 None
             }
         }
@@ -605,9 +605,9 @@ impl<S: Deliver> Forwarder<S> {
     /// caller lets the position pass it.
     fn dead_letter(&mut self, item: &Item, why: &str) -> std::io::Result<()> {
         let frame = dead_letters::frame(item.seq, &item.record);
-        let dir = self.shared.config.dir.clone();
+        let dir = self.state.config.dir.clone();
         tokio::task::block_in_place(|| dead_letters::append(&dir, &frame))?;
-        self.shared.metrics.dead_letters.inc();
+        self.state.metrics.dead_letters.inc();
         tracing::error!(seq = item.seq, destination = %item.record.destination, key = %item.record.key, error = %why, "spool: the broker refuses this record for good; written to dead-letters.log");
         Ok(())
     }
@@ -619,7 +619,7 @@ impl<S: Deliver> Forwarder<S> {
         if position <= self.durable_position {
             return;
         }
-        let dir = self.shared.config.dir.clone();
+        let dir = self.state.config.dir.clone();
         let durable = self.durable_position;
         let file = &mut self.position_file;
         let written = tokio::task::block_in_place(|| {
@@ -634,7 +634,7 @@ impl<S: Deliver> Forwarder<S> {
         }
         self.durable_position = position;
         let removable: Vec<segment::Segment> = {
-            let mut segments = self.shared.lock_segments();
+            let mut segments = self.state.lock_segments();
             let mut removable = Vec::new();
             // Never the last (active) segment; a segment ends where the next one starts.
             while segments.len() > 1 && segments[1].first_seq <= position + 1 {
@@ -647,7 +647,7 @@ impl<S: Deliver> Forwarder<S> {
         }
         // Off the runtime's threads: an unlink of a large file (with online discard, a trim of
         // its blocks) would hold up the callbacks queued on this worker.
-        let shared = self.shared.clone();
+        let state = self.state.clone();
         tokio::task::spawn_blocking(move || {
             for segment in removable {
                 // A set-aside segment is not counted in --spool-max-bytes (it is kept until an
@@ -661,19 +661,19 @@ impl<S: Deliver> Forwarder<S> {
                     tracing::error!(error = %err, segment = %segment.path.display(), "spool: cannot delete a forwarded segment");
                     continue;
                 }
-                shared.sub_bytes(bytes);
+                state.sub_bytes(bytes);
             }
         });
     }
 
     fn report(&self) {
-        let m = &self.shared.metrics;
+        let m = &self.state.metrics;
         m.unforwarded
-            .set(self.shared.durable_seq().saturating_sub(self.position()) as i64);
+            .set(self.state.durable_seq().saturating_sub(self.position()) as i64);
         let oldest = self.outstanding.first().and_then(|s| self.received.get(s));
         let age = oldest.map_or(0.0, |at| now_ms().saturating_sub(*at) as f64 / 1000.0);
         m.oldest_age.set(age);
-        m.bytes.set(self.shared.bytes() as i64);
+        m.bytes.set(self.state.bytes() as i64);
         m.parked_keys.set(self.parked.len() as i64);
         m.parked_records.set(self.parked_records as i64);
     }

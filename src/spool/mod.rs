@@ -117,7 +117,7 @@ impl SpoolConfig {
 pub const DEFAULT_MAX_PARKED: usize = 1_000_000;
 
 /// What the request path, the writer and the forwarder share.
-pub struct Shared {
+pub struct SpoolState {
     pub config: SpoolConfig,
     pub metrics: SpoolMetrics,
     /// Bytes of the live segments and the spare (preallocated: counted in full when created).
@@ -143,7 +143,7 @@ pub struct Shared {
     tail: Mutex<Tail>,
 }
 
-impl Shared {
+impl SpoolState {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -310,7 +310,7 @@ pub(crate) fn lock(dir: &std::path::Path) -> Result<File, OpenError> {
 /// The spooled delivery: `deliver` returns once the record is fsynced; the forwarder takes it
 /// from there to `S`.
 pub struct Spool<S> {
-    shared: Arc<Shared>,
+    state: Arc<SpoolState>,
     appends: mpsc::Sender<Msg>,
     sink: Arc<S>,
     drain: CancellationToken,
@@ -344,7 +344,7 @@ impl<S: Deliver> Spool<S> {
         metrics
             .max_bytes
             .set(i64::try_from(config.max_bytes).unwrap_or(i64::MAX));
-        let shared = Arc::new(Shared {
+        let state = Arc::new(SpoolState {
             metrics: metrics.clone(),
             bytes: AtomicU64::new(0),
             no_room: AtomicBool::new(false),
@@ -365,7 +365,7 @@ impl<S: Deliver> Spool<S> {
         });
         let sink = Arc::new(sink);
         let mut spool = Spool {
-            shared: shared.clone(),
+            state: state.clone(),
             appends,
             sink: sink.clone(),
             drain: CancellationToken::new(),
@@ -383,25 +383,25 @@ impl<S: Deliver> Spool<S> {
         let forward = async move {
             let started = Instant::now();
             let recovered = {
-                let shared = shared.clone();
-                tokio::task::spawn_blocking(move || start(shared, rx)).await
+                let state = state.clone();
+                tokio::task::spawn_blocking(move || start(state, rx)).await
             };
             let (position, last_seq, position_file) = match recovered {
                 Ok(Ok(resume)) => resume,
                 Ok(Err(err)) => {
                     tracing::error!(error = %err, "spool recovery failed: the spool cannot be used");
-                    shared.fatal.cancel();
+                    state.fatal.cancel();
                     return;
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "spool recovery panicked");
-                    shared.fatal.cancel();
+                    state.fatal.cancel();
                     return;
                 }
             };
             tracing::info!(took = ?started.elapsed(), backlog = last_seq - position, "spool recovered: accepting callbacks");
-            shared.recovered.store(true, Ordering::Release);
-            Forwarder::new(shared, sink, position, last_seq, position_file)
+            state.recovered.store(true, Ordering::Release);
+            Forwarder::new(state, sink, position, last_seq, position_file)
                 .run(drain, stop)
                 .await;
             let _ = done_tx.send(());
@@ -414,17 +414,17 @@ impl<S: Deliver> Spool<S> {
         Ok(spool)
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    pub fn state(&self) -> &Arc<SpoolState> {
+        &self.state
     }
 
     /// Cancelled when the spool failed for good (the process should exit non-zero).
     pub fn fatal(&self) -> CancellationToken {
-        self.shared.fatal.clone()
+        self.state.fatal.clone()
     }
 
     pub fn is_recovered(&self) -> bool {
-        self.shared.recovered.load(Ordering::Acquire)
+        self.state.recovered.load(Ordering::Acquire)
     }
 
     /// The sink the forwarder publishes to.
@@ -437,10 +437,10 @@ impl<S: Deliver> Spool<S> {
 /// sequence number on disk, where the forwarder starts, and the position file (created now,
 /// while there is room for it).
 fn start(
-    shared: Arc<Shared>,
+    state: Arc<SpoolState>,
     rx: mpsc::Receiver<Msg>,
 ) -> std::io::Result<(u64, u64, Option<position::PositionFile>)> {
-    let dir = shared.config.dir.clone();
+    let dir = state.config.dir.clone();
     let position = position::read(&dir)?;
     let position_file = position::PositionFile::open(&dir, position)
         .inspect_err(|err| tracing::error!(error = %err, "spool: cannot create the position file (tried again at each checkpoint)"))
@@ -452,15 +452,15 @@ fn start(
         .filter(|s| !s.corrupt)
         .map(Segment::bytes)
         .sum();
-    shared.add_bytes(bytes);
-    shared
+    state.add_bytes(bytes);
+    state
         .metrics
         .corrupt_segments
         .set(found.corrupt_segments.len() as i64);
     let unreadable = segment::list_unreadable(&dir)?.len();
-    shared.metrics.unreadable_segments.set(unreadable as i64);
-    shared.metrics.corrupt_records.inc_by(found.corrupt_records);
-    shared.metrics.sequence_breaks.inc_by(found.sequence_breaks);
+    state.metrics.unreadable_segments.set(unreadable as i64);
+    state.metrics.corrupt_records.inc_by(found.corrupt_records);
+    state.metrics.sequence_breaks.inc_by(found.sequence_breaks);
     let last_seq = found.last_seq.max(position);
     tracing::info!(
         dir = %dir.display(),
@@ -473,14 +473,14 @@ fn start(
         sequence_breaks = found.sequence_breaks,
         "spool recovery scanned the log"
     );
-    *shared.lock_segments() = found.segments;
-    shared.durable.send_replace(last_seq);
-    shared
+    *state.lock_segments() = found.segments;
+    state.durable.send_replace(last_seq);
+    state
         .metrics
         .unforwarded
         .set(last_seq.saturating_sub(position) as i64);
-    let mut writer = Writer::new(shared.clone(), last_seq + 1);
-    if shared.config.appends {
+    let mut writer = Writer::new(state.clone(), last_seq + 1);
+    if state.config.appends {
         // The first segment's file is zeroed before the spool is ready, so that the first
         // append does not wait for it (appending always starts a new segment).
         writer.prepare_spare_now();
@@ -501,13 +501,13 @@ impl<S: Deliver> Spool<S> {
                 "the spool is still recovering".into(),
             ));
         }
-        if self.shared.fatal.is_cancelled() {
+        if self.state.fatal.is_cancelled() {
             return Err(DeliveryError::Unavailable("the spool failed".into()));
         }
-        if self.shared.is_disk_full() {
+        if self.state.is_disk_full() {
             return Err(DeliveryError::Full("the disk is full".into()));
         }
-        if !self.shared.has_room() {
+        if !self.state.has_room() {
             return Err(DeliveryError::Full("--spool-max-bytes reached".into()));
         }
         // The memory tail keeps the record: a body of its own, not a view into the
@@ -561,13 +561,13 @@ impl<S: Deliver> Deliver for Spool<S> {
     fn unready_reason(&self) -> Option<&'static str> {
         if !self.is_recovered() {
             Some("spool recovering")
-        } else if self.shared.fatal.is_cancelled() {
+        } else if self.state.fatal.is_cancelled() {
             Some("spool failed")
-        } else if self.shared.forwarding_stopped() {
+        } else if self.state.forwarding_stopped() {
             Some("spool forwarding stopped: a record of a newer build's format (see the log)")
-        } else if self.shared.is_disk_full() {
+        } else if self.state.is_disk_full() {
             Some("spool disk full")
-        } else if !self.shared.has_room() {
+        } else if !self.state.has_room() {
             Some("spool full (--spool-max-bytes)")
         } else {
             None
@@ -575,7 +575,7 @@ impl<S: Deliver> Deliver for Spool<S> {
     }
 
     fn is_healthy(&self) -> bool {
-        !self.shared.fatal.is_cancelled()
+        !self.state.fatal.is_cancelled()
     }
 
     /// Commits what is queued, lets the forwarder drain for at most `timeout`, and leaves the
