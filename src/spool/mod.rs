@@ -22,11 +22,11 @@
 
 pub mod dead_letters;
 pub mod drain;
+pub mod forward_runtime;
 pub mod forwarder;
 pub mod frame;
 pub mod fs;
 pub mod inspect;
-pub mod lane;
 pub mod metrics;
 pub mod position;
 pub mod recovery;
@@ -320,19 +320,19 @@ pub struct Spool<S> {
     /// Held until `close`: a second process cannot take the directory.
     lock: File,
     /// The forwarder's runtime, when it has its own; dropped (shut down) with the spool.
-    _lane: Option<lane::Lane>,
+    _runtime: Option<forward_runtime::ForwardRuntime>,
 }
 
 impl<S: Deliver> Spool<S> {
     /// Locks `config.dir` (created when missing), then recovers it in the background: until
     /// recovery finished, deliveries are refused and the spool is not ready.
-    /// The forwarder runs on `lane` when given (the sink should have been connected there),
+    /// The forwarder runs on `runtime` when given (the sink should have been connected there),
     /// else on the caller's runtime.
     pub fn open(
         config: SpoolConfig,
         sink: S,
         metrics: &SpoolMetrics,
-        lane: Option<lane::Lane>,
+        runtime: Option<forward_runtime::ForwardRuntime>,
     ) -> Result<Spool<S>, OpenError> {
         let io = |source| OpenError::Io {
             dir: config.dir.clone(),
@@ -372,7 +372,7 @@ impl<S: Deliver> Spool<S> {
             stop: CancellationToken::new(),
             forwarder_done: Mutex::new(None),
             lock,
-            _lane: None,
+            _runtime: None,
         };
         let (done_tx, done_rx) = oneshot::channel();
         *spool
@@ -406,11 +406,11 @@ impl<S: Deliver> Spool<S> {
                 .await;
             let _ = done_tx.send(());
         };
-        match &lane {
-            Some(lane) => drop(lane.handle().spawn(forward)),
+        match &runtime {
+            Some(runtime) => drop(runtime.handle().spawn(forward)),
             None => drop(tokio::spawn(forward)),
         }
-        spool._lane = lane;
+        spool._runtime = runtime;
         Ok(spool)
     }
 
