@@ -141,26 +141,26 @@ impl<S: Deliver> Forwarder<S> {
         }
     }
 
-    /// Forwards until `stop`; after `drain`, stops by itself once everything durable is
-    /// acknowledged.
-    pub async fn run(mut self, drain: CancellationToken, stop: CancellationToken) {
+    /// Forwards until `stop`; once `finish` is cancelled, stops by itself as soon as it has
+    /// caught up (everything durable acknowledged).
+    pub async fn run(mut self, finish: CancellationToken, stop: CancellationToken) {
         let mut durable = self.state.durable.subscribe();
         let mut tick = tokio::time::interval(self.state.config.position_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.fill();
-            if drain.is_cancelled() && self.caught_up() {
+            if finish.is_cancelled() && self.caught_up() {
                 break;
             }
             tokio::select! {
-                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => self.finish(done),
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => self.completed(done),
                 changed = durable.changed() => {
                     if changed.is_err() {
                         break;
                     }
                 }
                 _ = tick.tick() => self.checkpoint(),
-                _ = drain.cancelled(), if !drain.is_cancelled() => {}
+                _ = finish.cancelled(), if !finish.is_cancelled() => {}
                 _ = stop.cancelled() => break,
             }
         }
@@ -249,8 +249,8 @@ impl<S: Deliver> Forwarder<S> {
 
     /// The first record at or after `next_read`: from memory when the tail holds it, else
     /// from what was read ahead from disk, else from disk, a batch at a time (each trip off
-    /// the runtime's thread costs a hand-off of the worker: one per record made a backlog's
-    /// drain cost more CPU than the callbacks themselves).
+    /// the runtime's thread costs a hand-off of the worker: one per record made forwarding a
+    /// backlog cost more CPU than the callbacks themselves).
     fn read_next(&mut self) -> Option<(u64, Arc<Record>, Location)> {
         if let Some(found) = self.pop_read_ahead() {
             return Some(found);
@@ -474,7 +474,7 @@ impl<S: Deliver> Forwarder<S> {
         }));
     }
 
-    fn finish(&mut self, done: Done) {
+    fn completed(&mut self, done: Done) {
         let Done { mut item, result } = done;
         match result {
             Ok(()) => {

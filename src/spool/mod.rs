@@ -313,7 +313,8 @@ pub struct Spool<S> {
     state: Arc<SpoolState>,
     appends: mpsc::Sender<Msg>,
     sink: Arc<S>,
-    drain: CancellationToken,
+    /// Cancelled by `close`: the forwarder catches up (forwards what is durable) and stops.
+    finish: CancellationToken,
     stop: CancellationToken,
     /// Resolves when the forwarder has stopped.
     forwarder_done: Mutex<Option<oneshot::Receiver<()>>>,
@@ -368,7 +369,7 @@ impl<S: Deliver> Spool<S> {
             state: state.clone(),
             appends,
             sink: sink.clone(),
-            drain: CancellationToken::new(),
+            finish: CancellationToken::new(),
             stop: CancellationToken::new(),
             forwarder_done: Mutex::new(None),
             lock,
@@ -379,7 +380,7 @@ impl<S: Deliver> Spool<S> {
             .forwarder_done
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(done_rx);
-        let (drain, stop) = (spool.drain.clone(), spool.stop.clone());
+        let (finish, stop) = (spool.finish.clone(), spool.stop.clone());
         let forward = async move {
             let started = Instant::now();
             let recovered = {
@@ -402,7 +403,7 @@ impl<S: Deliver> Spool<S> {
             tracing::info!(took = ?started.elapsed(), backlog = last_seq - position, "spool recovered: accepting callbacks");
             state.recovered.store(true, Ordering::Release);
             Forwarder::new(state, sink, position, last_seq, position_file)
-                .run(drain, stop)
+                .run(finish, stop)
                 .await;
             let _ = done_tx.send(());
         };
@@ -578,15 +579,15 @@ impl<S: Deliver> Deliver for Spool<S> {
         !self.state.fatal.is_cancelled()
     }
 
-    /// Commits what is queued, lets the forwarder drain for at most `timeout`, and leaves the
-    /// rest in the log for the next start.
+    /// Commits what is queued, lets the forwarder catch up for at most `timeout`, and leaves
+    /// the rest in the log for the next start.
     async fn close(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         let (done, closed) = oneshot::channel();
         if self.appends.send(Msg::Close(done)).await.is_ok() {
             let _ = tokio::time::timeout_at(deadline, closed).await;
         }
-        self.drain.cancel();
+        self.finish.cancel();
         let forwarder = self
             .forwarder_done
             .lock()
