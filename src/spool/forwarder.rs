@@ -361,7 +361,7 @@ impl<S: Deliver> Forwarder<S> {
                         break;
                     }
                     Err(err) => {
-                        // Tried again at the next fill; `spool drain` reports what is left.
+                        // Tried again at the next fill; `spool forward` reports what is left.
                         tracing::error!(error = %err, segment = %cursor.path.display(), "spool: cannot read a segment");
                         break;
                     }

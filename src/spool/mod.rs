@@ -15,13 +15,13 @@
 //!           the sequence numbers set aside: sequence.rs is the rule; an unreadable segment
 //!           set aside as .seg.unreadable)
 //!  fs.rs: every file operation of the above, where tests inject disk faults
-//!  drain.rs, inspect.rs: the `spool drain` and `spool inspect` commands
+//!  forward_all.rs, inspect.rs: the `spool forward` and `spool inspect` commands
 //! ```
 //!
 //! The invariants and the tests that show them are in `docs/spool.md`.
 
 pub mod dead_letters;
-pub mod drain;
+pub mod forward_all;
 pub mod forward_runtime;
 pub mod forwarder;
 pub mod frame;
@@ -52,7 +52,7 @@ use metrics::SpoolMetrics;
 use segment::Segment;
 use writer::{Append, Msg, Writer};
 
-pub use drain::drain;
+pub use forward_all::forward_all;
 
 /// The spool's bounds and pace, from the `--spool-*` and `--forward-*` flags.
 #[derive(Debug, Clone)]
@@ -85,14 +85,14 @@ pub struct SpoolConfig {
     pub position_interval: Duration,
     /// The bound on one publish's acknowledgement (`--publish-timeout`).
     pub publish_timeout: Duration,
-    /// Callbacks are appended (`serve`); `false` for `spool drain`, which only forwards and
+    /// Callbacks are appended (`serve`); `false` for `spool forward`, which only forwards and
     /// prepares no segment.
     pub appends: bool,
 }
 
 impl SpoolConfig {
-    /// For `spool drain`: forwarding only, nothing appended.
-    pub fn for_drain(dir: PathBuf, publish_timeout: Duration) -> SpoolConfig {
+    /// For `spool forward`: forwarding only, nothing appended.
+    pub fn forward_only(dir: PathBuf, publish_timeout: Duration) -> SpoolConfig {
         SpoolConfig {
             dir,
             segment_bytes: 64 << 20,
@@ -606,7 +606,7 @@ impl<S: Deliver> Deliver for Spool<S> {
         self.sink
             .close(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
-        // Nothing is written any more: the next process (or `spool drain`) may take it.
+        // Nothing is written any more: the next process (or `spool forward`) may take it.
         if let Err(err) = self.lock.unlock() {
             tracing::warn!(error = %err, "spool: cannot release the lock file");
         }
