@@ -6,8 +6,10 @@
 //!  Handler ──deliver(&Record)──▶ Spool (this file): encode the record (frame.rs), bounds
 //!     └─ writer.rs: one thread, group commit: write a batch, fdatasync, answer the batch
 //!           └─ segment.rs: DIR/<first seq>.seg files, created durable with their directory
-//!     └─ forwarder.rs: memory tail or disk → Sink, one record in flight per key, retries,
-//!           a failing key parked (its records wait on disk, outside the window);
+//!     └─ forwarder/: the log → Sink, one record in flight per key, retries, a failing key
+//!           parked (its records wait on disk, outside the window), on its own runtime
+//!           (forward_runtime.rs); reader.rs: the memory tail or the segments, in order;
+//!           schedule.rs: what goes out next and when (no I/O);
 //!           dead_letters.rs: what the broker can never accept, durable;
 //!           position.rs: the acknowledged position, made durable every
 //!           --spool-position-interval; then forwarded segments are deleted
