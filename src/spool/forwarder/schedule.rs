@@ -319,3 +319,297 @@ impl Pacer {
         (at > now).then_some(at)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::spool::frame::tests::record;
+    use crate::spool::tests::test_config;
+
+    fn schedule(max_inflight: usize, max_parked: usize) -> (Schedule, Instant) {
+        let mut config = test_config(Path::new("unused"));
+        config.forward_max_inflight = max_inflight;
+        config.forward_max_parked = max_parked;
+        config.forward_max_rate = None;
+        config.forward_retry_max = Duration::from_secs(1);
+        let now = Instant::now();
+        (Schedule::new(&config, 0, now), now)
+    }
+
+    fn at(seq: u64) -> Location {
+        Location {
+            segment: 1,
+            offset: seq * 100,
+        }
+    }
+
+    /// Admits the next record, of `key`; the item when it goes out now.
+    fn admit(schedule: &mut Schedule, key: &str) -> Option<Item> {
+        let seq = schedule.next_read();
+        schedule.admit(seq, Arc::new(record(key, seq)), at(seq))
+    }
+
+    fn seq_of(next: &Next) -> Option<u64> {
+        match next {
+            Next::Publish(item) => Some(item.seq),
+            Next::ReadBack(parked) => Some(parked.seq),
+            Next::Idle => None,
+        }
+    }
+
+    /// The window counts what is held in memory: `--forward-max-inflight` records read and
+    /// not acknowledged, whatever their keys; an acknowledgement makes room for one more.
+    #[test]
+    fn the_window_holds_forward_max_inflight_records() {
+        let (mut schedule, _) = schedule(4, 100);
+        let mut admitted = 0;
+        while schedule.may_read() {
+            admit(&mut schedule, if admitted % 2 == 0 { "a" } else { "b" });
+            admitted += 1;
+            assert!(admitted <= 10, "the window does not close");
+        }
+        assert_eq!(admitted, 4);
+        assert_eq!(schedule.unacknowledged(), 4);
+        // a1 goes out: a3, queued behind it, is next; one more record may be read.
+        assert_eq!(seq_of(&schedule.acknowledged(1, "a")), Some(3));
+        assert!(schedule.may_read());
+        admit(&mut schedule, "c");
+        assert!(!schedule.may_read());
+    }
+
+    /// A parked key's records leave the window (the other keys keep it) and count against
+    /// `--forward-max-parked` instead; past that bound reading stops until they go out.
+    #[test]
+    fn parked_records_leave_the_window_and_are_bounded() {
+        let (mut schedule, _) = schedule(2, 3);
+        let a1 = admit(&mut schedule, "a").unwrap();
+        assert!(admit(&mut schedule, "a").is_none());
+        assert!(!schedule.may_read(), "a window of 2 is full");
+        // a1 fails: a2 leaves memory; the window has room again.
+        let a1 = schedule.retry(a1);
+        assert_eq!((schedule.parked_keys(), schedule.parked_records()), (1, 1));
+        assert!(schedule.may_read());
+        assert!(admit(&mut schedule, "a").is_none());
+        assert!(admit(&mut schedule, "a").is_none());
+        assert_eq!(schedule.parked_records(), 3);
+        assert!(!schedule.may_read(), "--forward-max-parked reached");
+        // a1 goes out: a2 is read back, and reading goes on.
+        assert_eq!(seq_of(&schedule.acknowledged(a1.seq, "a")), Some(2));
+        assert_eq!(schedule.parked_records(), 2);
+        assert!(schedule.may_read());
+    }
+
+    /// `--forward-max-rate`: first attempts start one interval apart, and a schedule that fell
+    /// behind (no traffic for a while) lends at most a tenth of a second's worth at once.
+    #[test]
+    fn the_pacer_spaces_publishes_and_bounds_a_burst() {
+        let t0 = Instant::now();
+        let mut pacer = Pacer::new(Some(10), t0);
+        let ms = Duration::from_millis;
+        assert_eq!(pacer.slot(Duration::ZERO, t0), None);
+        assert_eq!(pacer.slot(Duration::ZERO, t0), Some(t0 + ms(100)));
+        assert_eq!(pacer.slot(Duration::ZERO, t0), Some(t0 + ms(200)));
+
+        // 10 s idle at 1,000/s: 101 start at once (the burst and the one due now), not 10,000.
+        let mut pacer = Pacer::new(Some(1000), t0);
+        let later = t0 + Duration::from_secs(10);
+        let mut at_once = 0;
+        let first_wait = loop {
+            match pacer.slot(Duration::ZERO, later) {
+                None if at_once < 20_000 => at_once += 1,
+                wait => break wait,
+            }
+        };
+        assert_eq!(at_once, 101);
+        assert_eq!(first_wait, Some(later + ms(1)));
+
+        // No limit (none given, or 0): everything starts at once.
+        for rate in [None, Some(0)] {
+            let mut pacer = Pacer::new(rate, t0);
+            assert!((0..10_000).all(|_| pacer.slot(Duration::ZERO, t0).is_none()));
+        }
+    }
+
+    /// A retry waits its backoff, and that wait takes no slot of `--forward-max-rate` from
+    /// the records behind it.
+    #[test]
+    fn a_retry_takes_no_slot_from_the_pace() {
+        let mut config = test_config(Path::new("unused"));
+        config.forward_max_rate = Some(10);
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(&config, 0, t0);
+        let a1 = admit(&mut schedule, "a").unwrap();
+        assert_eq!(schedule.start(&a1, t0), None);
+        let a1 = schedule.retry(a1);
+        let backoff = backoff(1, config.forward_retry_max);
+        assert_eq!(schedule.start(&a1, t0), Some(t0 + backoff));
+        let b2 = admit(&mut schedule, "b").unwrap();
+        assert_eq!(
+            schedule.start(&b2, t0),
+            Some(t0 + Duration::from_millis(100))
+        );
+    }
+
+    /// The wait before each attempt of one record grows, is capped by `--forward-retry-max`,
+    /// and does not outlive the record: the key's next record starts at once.
+    #[test]
+    fn the_backoff_grows_to_forward_retry_max_and_resets_when_the_record_goes_out() {
+        let (mut schedule, t0) = schedule(16, 100);
+        let mut a1 = admit(&mut schedule, "a").unwrap();
+        assert_eq!(
+            schedule.start(&a1, t0),
+            None,
+            "a first attempt does not wait"
+        );
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            a1 = schedule.retry(a1);
+            let start = schedule.start(&a1, t0).expect("a retry waits");
+            waits.push(start - t0);
+        }
+        let ms = Duration::from_millis;
+        assert_eq!(
+            waits,
+            [200, 400, 800, 1000, 1000, 1000, 1000, 1000].map(ms),
+            "doubling, capped at --forward-retry-max (1 s here)"
+        );
+        // Far past any shift: still the cap.
+        assert_eq!(backoff(u32::MAX, ms(1000)), ms(1000));
+
+        // a2 was read while a1 was retried (parked); once a1 is out, a2, then a3 (read while
+        // a2 was out, so parked too), then a4 (read once a is unparked) start without a wait.
+        assert!(admit(&mut schedule, "a").is_none());
+        let mut next = schedule.acknowledged(a1.seq, "a");
+        for seq in [2, 3] {
+            let Next::ReadBack(parked) = next else {
+                panic!("a{seq} is parked: {next:?}")
+            };
+            assert_eq!(parked.seq, seq);
+            let item = Item::new(seq, Arc::new(record("a", seq)), parked.at);
+            assert_eq!(schedule.start(&item, t0), None);
+            if seq == 2 {
+                assert!(admit(&mut schedule, "a").is_none());
+            }
+            next = schedule.acknowledged(seq, "a");
+        }
+        assert!(matches!(next, Next::Idle));
+        let a4 = admit(&mut schedule, "a").expect("a is unparked");
+        assert_eq!((a4.seq, a4.attempt), (4, 0));
+        assert_eq!(schedule.start(&a4, t0), None);
+    }
+
+    /// One key's record refused again and again: its later records wait behind it (parked,
+    /// then read back in order), while another key's records go out meanwhile; the position
+    /// stays below the retried record until it is out.
+    #[test]
+    fn a_keys_later_records_wait_for_its_retried_record_and_other_keys_go_on() {
+        let (mut schedule, _) = schedule(16, 100);
+        let mut a1 = admit(&mut schedule, "a").unwrap();
+        assert!(admit(&mut schedule, "a").is_none(), "a2 waits behind a1");
+        let b3 = admit(&mut schedule, "b").unwrap();
+        a1 = schedule.retry(a1);
+        assert!(admit(&mut schedule, "a").is_none(), "a4 waits (parked)");
+        assert!(admit(&mut schedule, "b").is_none(), "b5 waits behind b3");
+        // b goes on while a1 is retried.
+        let Next::Publish(b5) = schedule.acknowledged(b3.seq, "b") else {
+            panic!("b5 follows b3")
+        };
+        a1 = schedule.retry(a1);
+        assert!(matches!(schedule.acknowledged(b5.seq, "b"), Next::Idle));
+        assert_eq!(schedule.position(), 0, "a1 is not acknowledged");
+        // a1 out: a2 and a4, in that order, and nothing of a before them.
+        let mut order = Vec::new();
+        let mut next = schedule.acknowledged(a1.seq, "a");
+        while let Next::ReadBack(parked) = next {
+            order.push(parked.seq);
+            next = schedule.acknowledged(parked.seq, "a");
+        }
+        assert!(matches!(next, Next::Idle));
+        assert_eq!(order, [2, 4]);
+        assert_eq!(schedule.position(), 5);
+        assert_eq!(schedule.parked_keys(), 0);
+    }
+
+    /// The forwarder's loop against a broker that fails attempts in a fixed pseudo-random
+    /// pattern, three keys, a small window: at most one record of a key is in flight, a key's
+    /// records start and are acknowledged in sequence order (a retry repeats the same record),
+    /// and every record goes out.
+    #[test]
+    fn per_key_order_holds_under_failures_in_any_order() {
+        const RECORDS: u64 = 600;
+        let keys = ["a", "b", "c"];
+        let (mut schedule, _) = schedule(5, 20);
+        let mut inflight: Vec<Item> = Vec::new();
+        let mut last_started: HashMap<String, u64> = HashMap::new();
+        let mut acknowledged: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut read_back = 0;
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut random = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut start = |item: Item, inflight: &mut Vec<Item>| {
+            let key = item.record.key.clone();
+            assert!(
+                inflight.iter().all(|other| other.record.key != key),
+                "two records of {key} in flight"
+            );
+            let last = last_started.insert(key.clone(), item.seq).unwrap_or(0);
+            assert!(item.seq >= last, "{key}: seq {} after {last}", item.seq);
+            inflight.push(item);
+        };
+        for _ in 0..100_000 {
+            while schedule.next_read() <= RECORDS && schedule.may_read() {
+                let key = keys[(random() % 3) as usize];
+                if let Some(item) = admit(&mut schedule, key) {
+                    start(item, &mut inflight);
+                }
+            }
+            if inflight.is_empty() {
+                break;
+            }
+            let item = inflight.swap_remove((random() % inflight.len() as u64) as usize);
+            // Key "a" fails two attempts in three, the others one in four.
+            let fails = if item.record.key == "a" {
+                random() % 3 != 0
+            } else {
+                random() % 4 == 0
+            };
+            if fails {
+                start(schedule.retry(item), &mut inflight);
+                continue;
+            }
+            let key = item.record.key.clone();
+            acknowledged.entry(key.clone()).or_default().push(item.seq);
+            match schedule.acknowledged(item.seq, &key) {
+                Next::Publish(next) => start(next, &mut inflight),
+                Next::ReadBack(parked) => {
+                    read_back += 1;
+                    let record = Arc::new(record(&key, parked.seq));
+                    start(Item::new(parked.seq, record, parked.at), &mut inflight);
+                }
+                Next::Idle => {}
+            }
+        }
+        assert!(
+            inflight.is_empty() && schedule.is_idle(),
+            "not every record went out"
+        );
+        assert!(read_back > 0, "no key was parked: the test shows nothing");
+        assert_eq!(schedule.position(), RECORDS);
+        let mut all: Vec<u64> = acknowledged.values().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=RECORDS).collect::<Vec<_>>());
+        for (key, seqs) in &acknowledged {
+            assert!(
+                seqs.is_sorted(),
+                "{key} acknowledged out of order: {seqs:?}"
+            );
+        }
+    }
+}
