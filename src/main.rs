@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use timbridge::app::cli::{
-    AuditArgs, Cli, Command, DeadLettersAction, DeadLettersArgs, DrainArgs, LogFormat, SpoolCommand,
+    AuditArgs, Cli, Command, DeadLettersAction, DeadLettersArgs, ForwardAllArgs, LogFormat,
+    SpoolCommand,
 };
 use timbridge::app::shutdown;
 use timbridge::{Bridge, StartError};
@@ -34,7 +35,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Spool(SpoolCommand::Inspect { dir }) => return inspect(&dir),
-        Command::Spool(SpoolCommand::Drain(args)) => return drain(*args),
+        Command::Spool(SpoolCommand::Forward(args)) => return forward_all(*args),
         Command::Spool(SpoolCommand::DeadLetters(args)) => return dead_letters(*args),
         Command::Audit(args) => return audit(*args),
     };
@@ -114,8 +115,9 @@ fn inspect(dir: &std::path::Path) -> ExitCode {
     }
 }
 
-/// `timbridge spool drain DIR`: forwards the spool's records and exits once it is empty.
-fn drain(args: DrainArgs) -> ExitCode {
+/// `timbridge spool forward DIR` (alias `drain`): forwards the spool's records and exits once
+/// it is empty.
+fn forward_all(args: ForwardAllArgs) -> ExitCode {
     init_logs(&args.broker.log_level);
     let (sink, spool) = match args.into_config() {
         Ok(config) => config,
@@ -125,9 +127,9 @@ fn drain(args: DrainArgs) -> ExitCode {
         }
     };
     block_on(async {
-        match timbridge::spool::drain(sink, spool).await {
+        match timbridge::spool::forward_all(sink, spool).await {
             Ok(forwarded) => {
-                eprintln!("timbridge: spool drained ({forwarded} records forwarded)");
+                eprintln!("timbridge: spool emptied ({forwarded} records forwarded)");
                 ExitCode::SUCCESS
             }
             Err(err) => {

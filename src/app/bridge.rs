@@ -16,7 +16,7 @@ use crate::delivery::Delivery;
 use crate::http::{self, admin, ConnectionLimits};
 use crate::ingest::Handler;
 use crate::sink::Sink;
-use crate::spool::lane::Lane;
+use crate::spool::forward_runtime::ForwardRuntime;
 use crate::spool::{OpenError, Spool};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,23 +54,24 @@ impl Bridge<Delivery> {
             ),
             Some(spool) => {
                 // The sink lives on the forwarder's runtime: only the forwarder publishes.
-                let lane = Lane::new(spool.forward_nice).map_err(|source| OpenError::Io {
-                    dir: spool.dir.clone(),
-                    source,
-                })?;
+                let runtime =
+                    ForwardRuntime::new(spool.forward_nice).map_err(|source| OpenError::Io {
+                        dir: spool.dir.clone(),
+                        source,
+                    })?;
                 let (sink_config, timeout, sink_metrics) = (
                     config.sink.clone(),
                     config.publish_timeout,
                     metrics.kafka.clone(),
                 );
-                let sink = lane
+                let sink = runtime
                     .run(async move { Sink::connect(&sink_config, timeout, &sink_metrics).await })
                     .await?;
                 Delivery::Spooled(Spool::open(
                     spool.clone(),
                     sink,
                     &metrics.spool,
-                    Some(lane),
+                    Some(runtime),
                 )?)
             }
         };

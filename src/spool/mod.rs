@@ -6,8 +6,10 @@
 //!  Handler ──deliver(&Record)──▶ Spool (this file): encode the record (frame.rs), bounds
 //!     └─ writer.rs: one thread, group commit: write a batch, fdatasync, answer the batch
 //!           └─ segment.rs: DIR/<first seq>.seg files, created durable with their directory
-//!     └─ forwarder.rs: memory tail or disk → Sink, one record in flight per key, retries,
-//!           a failing key parked (its records wait on disk, outside the window);
+//!     └─ forwarder/: the log → Sink, one record in flight per key, retries, a failing key
+//!           parked (its records wait on disk, outside the window), on its own runtime
+//!           (forward_runtime.rs); reader.rs: the memory tail or the segments, in order;
+//!           schedule.rs: what goes out next and when (no I/O);
 //!           dead_letters.rs: what the broker can never accept, durable;
 //!           position.rs: the acknowledged position, made durable every
 //!           --spool-position-interval; then forwarded segments are deleted
@@ -15,18 +17,18 @@
 //!           the sequence numbers set aside: sequence.rs is the rule; an unreadable segment
 //!           set aside as .seg.unreadable)
 //!  fs.rs: every file operation of the above, where tests inject disk faults
-//!  drain.rs, inspect.rs: the `spool drain` and `spool inspect` commands
+//!  forward_all.rs, inspect.rs: the `spool forward` and `spool inspect` commands
 //! ```
 //!
 //! The invariants and the tests that show them are in `docs/spool.md`.
 
 pub mod dead_letters;
-pub mod drain;
+pub mod forward_all;
+pub mod forward_runtime;
 pub mod forwarder;
 pub mod frame;
 pub mod fs;
 pub mod inspect;
-pub mod lane;
 pub mod metrics;
 pub mod position;
 pub mod recovery;
@@ -52,7 +54,7 @@ use metrics::SpoolMetrics;
 use segment::Segment;
 use writer::{Append, Msg, Writer};
 
-pub use drain::drain;
+pub use forward_all::forward_all;
 
 /// The spool's bounds and pace, from the `--spool-*` and `--forward-*` flags.
 #[derive(Debug, Clone)]
@@ -85,14 +87,14 @@ pub struct SpoolConfig {
     pub position_interval: Duration,
     /// The bound on one publish's acknowledgement (`--publish-timeout`).
     pub publish_timeout: Duration,
-    /// Callbacks are appended (`serve`); `false` for `spool drain`, which only forwards and
+    /// Callbacks are appended (`serve`); `false` for `spool forward`, which only forwards and
     /// prepares no segment.
     pub appends: bool,
 }
 
 impl SpoolConfig {
-    /// For `spool drain`: forwarding only, nothing appended.
-    pub fn for_drain(dir: PathBuf, publish_timeout: Duration) -> SpoolConfig {
+    /// For `spool forward`: forwarding only, nothing appended.
+    pub fn forward_only(dir: PathBuf, publish_timeout: Duration) -> SpoolConfig {
         SpoolConfig {
             dir,
             segment_bytes: 64 << 20,
@@ -117,7 +119,7 @@ impl SpoolConfig {
 pub const DEFAULT_MAX_PARKED: usize = 1_000_000;
 
 /// What the request path, the writer and the forwarder share.
-pub struct Shared {
+pub struct SpoolState {
     pub config: SpoolConfig,
     pub metrics: SpoolMetrics,
     /// Bytes of the live segments and the spare (preallocated: counted in full when created).
@@ -143,7 +145,7 @@ pub struct Shared {
     tail: Mutex<Tail>,
 }
 
-impl Shared {
+impl SpoolState {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -310,29 +312,30 @@ pub(crate) fn lock(dir: &std::path::Path) -> Result<File, OpenError> {
 /// The spooled delivery: `deliver` returns once the record is fsynced; the forwarder takes it
 /// from there to `S`.
 pub struct Spool<S> {
-    shared: Arc<Shared>,
+    state: Arc<SpoolState>,
     appends: mpsc::Sender<Msg>,
     sink: Arc<S>,
-    drain: CancellationToken,
+    /// Cancelled by `close`: the forwarder catches up (forwards what is durable) and stops.
+    finish: CancellationToken,
     stop: CancellationToken,
     /// Resolves when the forwarder has stopped.
     forwarder_done: Mutex<Option<oneshot::Receiver<()>>>,
     /// Held until `close`: a second process cannot take the directory.
     lock: File,
     /// The forwarder's runtime, when it has its own; dropped (shut down) with the spool.
-    _lane: Option<lane::Lane>,
+    _runtime: Option<forward_runtime::ForwardRuntime>,
 }
 
 impl<S: Deliver> Spool<S> {
     /// Locks `config.dir` (created when missing), then recovers it in the background: until
     /// recovery finished, deliveries are refused and the spool is not ready.
-    /// The forwarder runs on `lane` when given (the sink should have been connected there),
+    /// The forwarder runs on `runtime` when given (the sink should have been connected there),
     /// else on the caller's runtime.
     pub fn open(
         config: SpoolConfig,
         sink: S,
         metrics: &SpoolMetrics,
-        lane: Option<lane::Lane>,
+        runtime: Option<forward_runtime::ForwardRuntime>,
     ) -> Result<Spool<S>, OpenError> {
         let io = |source| OpenError::Io {
             dir: config.dir.clone(),
@@ -344,7 +347,7 @@ impl<S: Deliver> Spool<S> {
         metrics
             .max_bytes
             .set(i64::try_from(config.max_bytes).unwrap_or(i64::MAX));
-        let shared = Arc::new(Shared {
+        let state = Arc::new(SpoolState {
             metrics: metrics.clone(),
             bytes: AtomicU64::new(0),
             no_room: AtomicBool::new(false),
@@ -365,66 +368,66 @@ impl<S: Deliver> Spool<S> {
         });
         let sink = Arc::new(sink);
         let mut spool = Spool {
-            shared: shared.clone(),
+            state: state.clone(),
             appends,
             sink: sink.clone(),
-            drain: CancellationToken::new(),
+            finish: CancellationToken::new(),
             stop: CancellationToken::new(),
             forwarder_done: Mutex::new(None),
             lock,
-            _lane: None,
+            _runtime: None,
         };
         let (done_tx, done_rx) = oneshot::channel();
         *spool
             .forwarder_done
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(done_rx);
-        let (drain, stop) = (spool.drain.clone(), spool.stop.clone());
+        let (finish, stop) = (spool.finish.clone(), spool.stop.clone());
         let forward = async move {
             let started = Instant::now();
             let recovered = {
-                let shared = shared.clone();
-                tokio::task::spawn_blocking(move || start(shared, rx)).await
+                let state = state.clone();
+                tokio::task::spawn_blocking(move || start(state, rx)).await
             };
             let (position, last_seq, position_file) = match recovered {
                 Ok(Ok(resume)) => resume,
                 Ok(Err(err)) => {
                     tracing::error!(error = %err, "spool recovery failed: the spool cannot be used");
-                    shared.fatal.cancel();
+                    state.fatal.cancel();
                     return;
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "spool recovery panicked");
-                    shared.fatal.cancel();
+                    state.fatal.cancel();
                     return;
                 }
             };
             tracing::info!(took = ?started.elapsed(), backlog = last_seq - position, "spool recovered: accepting callbacks");
-            shared.recovered.store(true, Ordering::Release);
-            Forwarder::new(shared, sink, position, last_seq, position_file)
-                .run(drain, stop)
+            state.recovered.store(true, Ordering::Release);
+            Forwarder::new(state, sink, position, last_seq, position_file)
+                .run(finish, stop)
                 .await;
             let _ = done_tx.send(());
         };
-        match &lane {
-            Some(lane) => drop(lane.handle().spawn(forward)),
+        match &runtime {
+            Some(runtime) => drop(runtime.handle().spawn(forward)),
             None => drop(tokio::spawn(forward)),
         }
-        spool._lane = lane;
+        spool._runtime = runtime;
         Ok(spool)
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    pub fn state(&self) -> &Arc<SpoolState> {
+        &self.state
     }
 
     /// Cancelled when the spool failed for good (the process should exit non-zero).
     pub fn fatal(&self) -> CancellationToken {
-        self.shared.fatal.clone()
+        self.state.fatal.clone()
     }
 
     pub fn is_recovered(&self) -> bool {
-        self.shared.recovered.load(Ordering::Acquire)
+        self.state.recovered.load(Ordering::Acquire)
     }
 
     /// The sink the forwarder publishes to.
@@ -437,10 +440,10 @@ impl<S: Deliver> Spool<S> {
 /// sequence number on disk, where the forwarder starts, and the position file (created now,
 /// while there is room for it).
 fn start(
-    shared: Arc<Shared>,
+    state: Arc<SpoolState>,
     rx: mpsc::Receiver<Msg>,
 ) -> std::io::Result<(u64, u64, Option<position::PositionFile>)> {
-    let dir = shared.config.dir.clone();
+    let dir = state.config.dir.clone();
     let position = position::read(&dir)?;
     let position_file = position::PositionFile::open(&dir, position)
         .inspect_err(|err| tracing::error!(error = %err, "spool: cannot create the position file (tried again at each checkpoint)"))
@@ -452,15 +455,15 @@ fn start(
         .filter(|s| !s.corrupt)
         .map(Segment::bytes)
         .sum();
-    shared.add_bytes(bytes);
-    shared
+    state.add_bytes(bytes);
+    state
         .metrics
         .corrupt_segments
         .set(found.corrupt_segments.len() as i64);
     let unreadable = segment::list_unreadable(&dir)?.len();
-    shared.metrics.unreadable_segments.set(unreadable as i64);
-    shared.metrics.corrupt_records.inc_by(found.corrupt_records);
-    shared.metrics.sequence_breaks.inc_by(found.sequence_breaks);
+    state.metrics.unreadable_segments.set(unreadable as i64);
+    state.metrics.corrupt_records.inc_by(found.corrupt_records);
+    state.metrics.sequence_breaks.inc_by(found.sequence_breaks);
     let last_seq = found.last_seq.max(position);
     tracing::info!(
         dir = %dir.display(),
@@ -473,14 +476,14 @@ fn start(
         sequence_breaks = found.sequence_breaks,
         "spool recovery scanned the log"
     );
-    *shared.lock_segments() = found.segments;
-    shared.durable.send_replace(last_seq);
-    shared
+    *state.lock_segments() = found.segments;
+    state.durable.send_replace(last_seq);
+    state
         .metrics
         .unforwarded
         .set(last_seq.saturating_sub(position) as i64);
-    let mut writer = Writer::new(shared.clone(), last_seq + 1);
-    if shared.config.appends {
+    let mut writer = Writer::new(state.clone(), last_seq + 1);
+    if state.config.appends {
         // The first segment's file is zeroed before the spool is ready, so that the first
         // append does not wait for it (appending always starts a new segment).
         writer.prepare_spare_now();
@@ -501,13 +504,13 @@ impl<S: Deliver> Spool<S> {
                 "the spool is still recovering".into(),
             ));
         }
-        if self.shared.fatal.is_cancelled() {
+        if self.state.fatal.is_cancelled() {
             return Err(DeliveryError::Unavailable("the spool failed".into()));
         }
-        if self.shared.is_disk_full() {
+        if self.state.is_disk_full() {
             return Err(DeliveryError::Full("the disk is full".into()));
         }
-        if !self.shared.has_room() {
+        if !self.state.has_room() {
             return Err(DeliveryError::Full("--spool-max-bytes reached".into()));
         }
         // The memory tail keeps the record: a body of its own, not a view into the
@@ -561,13 +564,13 @@ impl<S: Deliver> Deliver for Spool<S> {
     fn unready_reason(&self) -> Option<&'static str> {
         if !self.is_recovered() {
             Some("spool recovering")
-        } else if self.shared.fatal.is_cancelled() {
+        } else if self.state.fatal.is_cancelled() {
             Some("spool failed")
-        } else if self.shared.forwarding_stopped() {
+        } else if self.state.forwarding_stopped() {
             Some("spool forwarding stopped: a record of a newer build's format (see the log)")
-        } else if self.shared.is_disk_full() {
+        } else if self.state.is_disk_full() {
             Some("spool disk full")
-        } else if !self.shared.has_room() {
+        } else if !self.state.has_room() {
             Some("spool full (--spool-max-bytes)")
         } else {
             None
@@ -575,18 +578,18 @@ impl<S: Deliver> Deliver for Spool<S> {
     }
 
     fn is_healthy(&self) -> bool {
-        !self.shared.fatal.is_cancelled()
+        !self.state.fatal.is_cancelled()
     }
 
-    /// Commits what is queued, lets the forwarder drain for at most `timeout`, and leaves the
-    /// rest in the log for the next start.
+    /// Commits what is queued, lets the forwarder catch up for at most `timeout`, and leaves
+    /// the rest in the log for the next start.
     async fn close(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         let (done, closed) = oneshot::channel();
         if self.appends.send(Msg::Close(done)).await.is_ok() {
             let _ = tokio::time::timeout_at(deadline, closed).await;
         }
-        self.drain.cancel();
+        self.finish.cancel();
         let forwarder = self
             .forwarder_done
             .lock()
@@ -605,7 +608,7 @@ impl<S: Deliver> Deliver for Spool<S> {
         self.sink
             .close(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
-        // Nothing is written any more: the next process (or `spool drain`) may take it.
+        // Nothing is written any more: the next process (or `spool forward`) may take it.
         if let Err(err) = self.lock.unlock() {
             tracing::warn!(error = %err, "spool: cannot release the lock file");
         }

@@ -149,10 +149,10 @@ async fn a_set_aside_segment_is_neither_counted_nor_subtracted() {
     let mut config = test_config(dir.path());
     config.appends = false;
     let (spool, _metrics) = open(config, Scripted::new(Outcome::Ok)).await;
-    assert_eq!(spool.shared().bytes(), good);
+    assert_eq!(spool.state().bytes(), good);
     until("forwarded", || spool.sink().delivered().len() == 19).await;
     spool.close(Duration::from_secs(5)).await;
-    assert_eq!(spool.shared().bytes(), good);
+    assert_eq!(spool.state().bytes(), good);
 }
 
 /// The byte count's subtraction is one atomic step and never goes below zero.
@@ -162,16 +162,16 @@ async fn the_byte_count_is_updated_atomically() {
     let mut config = test_config(dir.path());
     config.appends = false;
     let (spool, _metrics) = open(config, Scripted::new(Outcome::Ok)).await;
-    let shared = spool.shared().clone();
-    shared.sub_bytes(100);
-    assert_eq!(shared.bytes(), 0);
+    let state = spool.state().clone();
+    state.sub_bytes(100);
+    assert_eq!(state.bytes(), 0);
     let threads: Vec<_> = (0..4)
         .map(|_| {
-            let shared = shared.clone();
+            let state = state.clone();
             std::thread::spawn(move || {
                 for _ in 0..10_000 {
-                    shared.add_bytes(3);
-                    shared.sub_bytes(3);
+                    state.add_bytes(3);
+                    state.sub_bytes(3);
                 }
             })
         })
@@ -179,7 +179,7 @@ async fn the_byte_count_is_updated_atomically() {
     for thread in threads {
         thread.join().unwrap();
     }
-    assert_eq!(shared.bytes(), 0);
+    assert_eq!(state.bytes(), 0);
     spool.close(Duration::from_secs(5)).await;
 }
 
@@ -334,7 +334,7 @@ async fn parked_key_soak() {
             100.0 * others / offered,
             others / took,
             metrics.spool().parked_records.get(),
-            spool.shared().bytes()
+            spool.state().bytes()
         );
         rates.push(others / took);
         spool.close(Duration::from_secs(5)).await;

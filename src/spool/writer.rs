@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{put_filler, put_record_frame, FILLER_FRAME_BYTES};
 use super::segment;
-use super::Shared;
+use super::SpoolState;
 use crate::core::deliver::DeliveryError;
 use crate::core::Record;
 
@@ -46,7 +46,7 @@ pub struct Append {
 }
 
 pub struct Writer {
-    pub shared: Arc<Shared>,
+    pub state: Arc<SpoolState>,
     /// The segment being appended to, its first sequence number and its length.
     pub file: Option<File>,
     pub segment_first: u64,
@@ -90,9 +90,9 @@ impl Spare {
 }
 
 impl Writer {
-    pub fn new(shared: Arc<Shared>, next_seq: u64) -> Writer {
+    pub fn new(state: Arc<SpoolState>, next_seq: u64) -> Writer {
         Writer {
-            shared,
+            state,
             file: None,
             segment_first: 0,
             segment_len: 0,
@@ -110,7 +110,7 @@ impl Writer {
 impl Writer {
     /// Runs until `Close` (or every sender is gone).
     pub fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let limits = self.shared.config.clone();
+        let limits = self.state.config.clone();
         let mut closing = None;
         while closing.is_none() {
             let Some(first) = rx.blocking_recv() else {
@@ -146,7 +146,7 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<Append>) {
-        if self.shared.fatal.is_cancelled() {
+        if self.state.fatal.is_cancelled() {
             return refuse(batch, DeliveryError::Unavailable("the spool failed".into()));
         }
         let filler = self.burned_from.map(|first| (first, self.next_seq - 1));
@@ -155,7 +155,7 @@ impl Writer {
         match self.rotate_if_needed(bytes) {
             Ok(true) => {}
             Ok(false) => {
-                self.shared
+                self.state
                     .no_room
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 return refuse(
@@ -177,7 +177,7 @@ impl Writer {
         }
         self.write_batch(&buf, batch, first_seq);
         // Keep the buffer, unless one large batch made it large.
-        if buf.capacity() <= self.shared.config.batch_bytes * 2 {
+        if buf.capacity() <= self.state.config.batch_bytes * 2 {
             self.buf = buf;
         }
     }
@@ -186,7 +186,7 @@ impl Writer {
         let Some(file) = self.file.as_mut() else {
             return refuse(batch, DeliveryError::Unavailable("no segment".into()));
         };
-        if let Err(err) = write_at(file, buf, self.segment_len, &self.shared.config.dir) {
+        if let Err(err) = write_at(file, buf, self.segment_len, &self.state.config.dir) {
             // The batch's numbers are burned, never given out again (its frames may be on
             // disk): the next batch written starts with a filler standing for them.
             self.burned_from.get_or_insert(first_seq);
@@ -199,25 +199,25 @@ impl Writer {
             } else {
                 file.write_all_at(&vec![0; buf.len()], self.segment_len)
             }
-            .and_then(|()| sync_data(file, &self.shared.config.dir));
+            .and_then(|()| sync_data(file, &self.state.config.dir));
             if let Err(undo) = undone {
                 return self.fatal(batch, undo, "undoing a failed write");
             }
             return self.failed_write(batch, err, "writing");
         }
         let started = Instant::now();
-        if let Err(err) = sync_data(file, &self.shared.config.dir) {
+        if let Err(err) = sync_data(file, &self.state.config.dir) {
             return self.fatal(batch, err, "fdatasync");
         }
-        self.shared
+        self.state
             .metrics
             .committed(started.elapsed(), batch.len(), buf.len());
         self.segment_len += buf.len() as u64;
         if self.segment_len > self.file_len {
-            self.shared.add_bytes(self.segment_len - self.file_len);
+            self.state.add_bytes(self.segment_len - self.file_len);
             self.file_len = self.segment_len;
         }
-        self.shared.set_active(self.segment_first, self.segment_len);
+        self.state.set_active(self.segment_first, self.segment_len);
         self.burned_from = None;
         self.next_seq += batch.len() as u64;
         let last_seq = self.next_seq - 1;
@@ -225,7 +225,7 @@ impl Writer {
         {
             // Each frame's place, for the forwarder to read it back (a parked key's records).
             let mut offset = self.segment_len - buf.len() as u64;
-            let mut tail = self.shared.lock_tail();
+            let mut tail = self.state.lock_tail();
             for (i, append) in batch.into_iter().enumerate() {
                 let at = super::Location {
                     segment: self.segment_first,
@@ -236,7 +236,7 @@ impl Writer {
                 replies.push(append.reply);
             }
         }
-        self.shared.durable.send_replace(last_seq);
+        self.state.durable.send_replace(last_seq);
         tracing::trace!(
             first_seq,
             last_seq,
@@ -252,24 +252,24 @@ impl Writer {
     /// A new segment when the current one would pass its size (never for an empty one), from
     /// the spare when it is ready; `false` when a new segment would pass `--spool-max-bytes`.
     fn rotate_if_needed(&mut self, bytes: u64) -> io::Result<bool> {
-        let size = self.shared.config.segment_bytes;
+        let size = self.state.config.segment_bytes;
         let full = self.segment_len > 0 && self.segment_len + bytes > size;
         if self.file.is_some() && !full {
             return Ok(true);
         }
-        let dir = self.shared.config.dir.clone();
+        let dir = self.state.config.dir.clone();
         let spare = match self.spare.take().map(Spare::take) {
             Some(Ok(spare)) => spare,
             taken => {
                 if let Some(Err(err)) = taken {
                     tracing::warn!(error = %err, "spool: the spare segment could not be prepared; preparing it now");
-                    self.shared.sub_bytes(size);
+                    self.state.sub_bytes(size);
                 }
                 if !self.reserve() {
                     return Ok(false);
                 }
                 segment::prepare_spare(&dir, size, &segment::Pace::default())
-                    .inspect_err(|_| self.shared.sub_bytes(size))?
+                    .inspect_err(|_| self.state.sub_bytes(size))?
             }
         };
         // Zeroing the next spare may take half as long as this one took to fill (2 s when
@@ -284,8 +284,8 @@ impl Writer {
         let first_seq = self.burned_from.unwrap_or(self.next_seq);
         let (segment, file) = segment::install(&dir, &spare, first_seq)?;
         self.segment_started = std::time::Instant::now();
-        self.shared.set_active(first_seq, 0);
-        self.shared.lock_segments().push(segment);
+        self.state.set_active(first_seq, 0);
+        self.state.lock_segments().push(segment);
         self.file = Some(file);
         self.file_len = size;
         self.segment_first = first_seq;
@@ -312,11 +312,11 @@ impl Writer {
     /// Zeroes the spare on this thread (at start-up, before the spool is ready). A failure
     /// (a full disk) is not fatal here: the first append tries again and reports it.
     pub fn prepare_spare_now(&mut self) {
-        let size = self.shared.config.segment_bytes;
+        let size = self.state.config.segment_bytes;
         if !self.reserve() {
             return;
         }
-        let dir = self.shared.config.dir.clone();
+        let dir = self.state.config.dir.clone();
         let prepared = segment::prepare_spare(&dir, size, &segment::Pace::default());
         if let Err(err) = &prepared {
             tracing::warn!(error = %err, "spool: cannot prepare the first segment");
@@ -326,11 +326,11 @@ impl Writer {
 
     /// Counts a new segment's bytes when they fit in `--spool-max-bytes`.
     fn reserve(&self) -> bool {
-        let size = self.shared.config.segment_bytes;
-        if self.shared.bytes() + size > self.shared.config.max_bytes {
+        let size = self.state.config.segment_bytes;
+        if self.state.bytes() + size > self.state.config.max_bytes {
             return false;
         }
-        self.shared.add_bytes(size);
+        self.state.add_bytes(size);
         true
     }
 
@@ -339,7 +339,7 @@ impl Writer {
     fn failed_write(&mut self, batch: Vec<Append>, err: io::Error, what: &str) {
         if is_disk_full(&err) {
             tracing::warn!(error = %err, "spool: disk full while {what}; refusing callbacks (503) until there is room");
-            self.shared.disk_full();
+            self.state.disk_full();
             return refuse(batch, DeliveryError::Full(format!("disk full: {err}")));
         }
         self.fatal(batch, err, what)
@@ -347,7 +347,7 @@ impl Writer {
 
     fn fatal(&mut self, batch: Vec<Append>, err: io::Error, what: &str) {
         tracing::error!(error = %err, "spool: {what} failed; the spool cannot be trusted any more and the process exits (it never retries an fsync)");
-        self.shared.fatal.cancel();
+        self.state.fatal.cancel();
         refuse(
             batch,
             DeliveryError::Unavailable(format!("spool {what} failed: {err}")),

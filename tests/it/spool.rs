@@ -189,7 +189,7 @@ async fn a_nats_outage_is_answered_200_and_everything_arrives_in_order_afterward
     assert_eq!(refused, 0, "every callback answered 200 through the outage");
     let answered = answered.lock().unwrap().clone();
     let expected: usize = answered.values().map(Vec::len).sum();
-    // The backlog drains at a few thousand records/s: a long outage takes a while.
+    // The backlog is forwarded at a few thousand records/s: a long outage takes a while.
     let stored = stored_eventually(&nats, expected, Duration::from_secs(60) + outage).await;
     assert_eq!(stored.len(), expected);
     assert_answered_are_stored_in_order(&answered, &stored);
@@ -425,7 +425,7 @@ async fn a_torn_tail_and_a_flipped_byte_are_reported_and_the_rest_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_process_cannot_take_the_spool_and_drain_empties_it() {
+async fn a_second_process_cannot_take_the_spool_and_spool_forward_empties_it() {
     let _serial = serial().await;
     let mut nats = nats_down();
     let dir = tempfile::tempdir().unwrap();
@@ -435,7 +435,7 @@ async fn a_second_process_cannot_take_the_spool_and_drain_empties_it() {
     wait_readyz(first.admin, 200, Duration::from_secs(10)).await;
     let http = Http::default();
     for seq in 1..=50 {
-        assert_ok(&http.group_message(first.addr, "@TGS#drain", seq).await);
+        assert_ok(&http.group_message(first.addr, "@TGS#forward", seq).await);
     }
     let second = std::process::Command::new(env!("CARGO_BIN_EXE_timbridge"))
         .args([
@@ -453,13 +453,13 @@ async fn a_second_process_cannot_take_the_spool_and_drain_empties_it() {
         .unwrap();
     assert_eq!(second.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"));
-    // The pod never comes back; its volume is drained by a Job.
+    // The pod never comes back; its volume is emptied by a Job.
     first.signal("KILL");
     drop(first);
     nats.restart();
-    let drain_args = [
+    let forward_args = [
         "spool",
-        "drain",
+        "forward",
         spool,
         "--sink",
         "nats",
@@ -467,18 +467,18 @@ async fn a_second_process_cannot_take_the_spool_and_drain_empties_it() {
         &url,
     ]
     .map(String::from);
-    let drain = tokio::task::spawn_blocking(move || {
+    let forward = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_timbridge"))
-            .args(drain_args)
+            .args(forward_args)
             .output()
             .unwrap()
     })
     .await
     .unwrap();
     assert!(
-        drain.status.success(),
+        forward.status.success(),
         "{}",
-        String::from_utf8_lossy(&drain.stderr)
+        String::from_utf8_lossy(&forward.stderr)
     );
     let stored = nats.reader().await.all("TIM").await;
     let got: Vec<u64> = stored

@@ -127,22 +127,22 @@ async fn stored_become(nats: &NatsServer, expected: &[u64], what: &str) {
 
 /// A rollback during a backlog: the older build meets a record of the newer build's format.
 /// It forwards what comes before, stops there (never skips it, never counts it corrupt), and
-/// `spool drain` exits non-zero saying how many are left. An earlier build skipped the record
+/// `spool forward` exits non-zero saying how many are left. An earlier build skipped the record
 /// as corrupt, forwarded the rest, deleted the segment and reported success.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_newer_builds_record_stops_forwarding_and_drain_says_what_is_left() {
+async fn a_newer_builds_record_stops_forwarding_and_spool_forward_says_what_is_left() {
     let _serial = serial().await;
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     segment_with_a_future_frame(dir.path(), 6, 4);
     let spool = dir.path().to_str().unwrap();
     let url = nats.url();
-    let drain = tokio::task::spawn_blocking({
+    let forward = tokio::task::spawn_blocking({
         let (spool, url) = (spool.to_owned(), url.clone());
         move || {
             timbridge(&[
                 "spool",
-                "drain",
+                "forward",
                 &spool,
                 "--sink",
                 "nats",
@@ -153,8 +153,11 @@ async fn a_newer_builds_record_stops_forwarding_and_drain_says_what_is_left() {
     })
     .await
     .unwrap();
-    let stderr = String::from_utf8_lossy(&drain.stderr);
-    assert!(!drain.status.success(), "drain reported success: {stderr}");
+    let stderr = String::from_utf8_lossy(&forward.stderr);
+    assert!(
+        !forward.status.success(),
+        "spool forward reported success: {stderr}"
+    );
     assert!(
         stderr.contains("3 records are still in the spool"),
         "{stderr}"

@@ -65,14 +65,16 @@ pub enum SpoolCommand {
     /// Forwards everything a spool holds to the broker and exits when it is empty (for the
     /// volume of a pod that will not come back). Takes the spool's lock: stop its bridge first.
     /// Exits 1, saying how many, while any record is left unforwarded.
-    Drain(Box<DrainArgs>),
+    // `drain`: the command's former name, kept (hidden) for the scripts and Jobs that use it.
+    #[command(alias = "drain")]
+    Forward(Box<ForwardAllArgs>),
     /// Lists the records the broker refused for good (DIR/dead-letters.log); `replay` sends
     /// them again once the cause is fixed.
     DeadLetters(Box<DeadLettersArgs>),
 }
 
 #[derive(Debug, Args)]
-pub struct DrainArgs {
+pub struct ForwardAllArgs {
     /// The spool directory.
     pub dir: PathBuf,
 
@@ -115,11 +117,12 @@ impl BrokerArgs {
     }
 }
 
-impl DrainArgs {
+impl ForwardAllArgs {
     /// The sink and the spool configuration (its storage bounds do not matter: nothing is
     /// appended).
     pub fn into_config(self) -> Result<(SinkConfig, crate::spool::SpoolConfig), ConfigError> {
-        let mut spool = crate::spool::SpoolConfig::for_drain(self.dir, self.broker.publish_timeout);
+        let mut spool =
+            crate::spool::SpoolConfig::forward_only(self.dir, self.broker.publish_timeout);
         self.forward.apply(&mut spool)?;
         Ok((self.broker.into_sink()?, spool))
     }
@@ -766,6 +769,19 @@ mod tests {
                 token: Some(Token::new("xxxxyyyy".into()))
             }
         );
+    }
+
+    /// `spool forward` was `spool drain`: the old name still parses to the same command.
+    #[test]
+    fn spool_drain_is_an_alias_of_spool_forward() {
+        for name in ["forward", "drain"] {
+            let argv = ["timbridge", "spool", name, "/var/lib/timbridge/spool"];
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Spool(SpoolCommand::Forward(args)) = cli.command else {
+                panic!("spool {name} is not spool forward")
+            };
+            assert_eq!(args.dir, PathBuf::from("/var/lib/timbridge/spool"));
+        }
     }
 
     /// A body larger than a spool frame holds would be answered 200 and be unreadable: refused

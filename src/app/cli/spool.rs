@@ -50,7 +50,7 @@ pub struct SpoolArgs {
     pub forward: ForwardArgs,
 }
 
-/// The forwarder's flags (also those of `timbridge spool drain`).
+/// The forwarder's flags (also those of `timbridge spool forward`).
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Forwarder (spooled mode)")]
 pub struct ForwardArgs {

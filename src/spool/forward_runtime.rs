@@ -8,12 +8,12 @@ use std::future::Future;
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
-pub struct Lane {
+pub struct ForwardRuntime {
     runtime: Option<Runtime>,
 }
 
-impl Lane {
-    pub fn new(nice: i32) -> std::io::Result<Lane> {
+impl ForwardRuntime {
+    pub fn new(nice: i32) -> std::io::Result<ForwardRuntime> {
         let runtime = Builder::new_multi_thread()
             // Multi-thread with one worker: the forwarder's disk reads use block_in_place.
             .worker_threads(1)
@@ -21,7 +21,7 @@ impl Lane {
             .on_thread_start(move || renice_this_thread(nice))
             .enable_all()
             .build()?;
-        Ok(Lane {
+        Ok(ForwardRuntime {
             runtime: Some(runtime),
         })
     }
@@ -33,7 +33,7 @@ impl Lane {
             .handle()
     }
 
-    /// Runs `future` on the lane and waits for it from the caller's runtime.
+    /// Runs `future` on this runtime and waits for it from the caller's runtime.
     pub async fn run<F>(&self, future: F) -> F::Output
     where
         F: Future + Send + 'static,
@@ -46,7 +46,7 @@ impl Lane {
     }
 }
 
-impl Drop for Lane {
+impl Drop for ForwardRuntime {
     /// Dropped from async code (the bridge's shutdown): a runtime may not block there.
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {

@@ -1,6 +1,6 @@
-//! `timbridge spool drain DIR`: forwards what a spool holds and returns once it is empty: the
-//! volume of a pod that will not come back (a StatefulSet scaled down keeps it) is emptied by
-//! a Job running this.
+//! `timbridge spool forward DIR` (formerly `spool drain`, still accepted): forwards what a
+//! spool holds and returns once it is empty: the volume of a pod that will not come back (a
+//! StatefulSet scaled down keeps it) is emptied by a Job running this.
 
 use std::time::Duration;
 
@@ -13,14 +13,14 @@ use crate::sink::Sink;
 use crate::sink::SinkConfig;
 
 #[derive(Debug, thiserror::Error)]
-pub enum DrainError {
+pub enum ForwardAllError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
     Open(#[from] OpenError),
     #[error("the spool could not be recovered or read (see the log)")]
     Failed,
-    /// The forwarder stopped with records left: never reported as drained.
+    /// The forwarder stopped with records left: never reported as emptied.
     #[error("{left} records are still in the spool, unforwarded ({forwarded} forwarded){}", stopped.as_ref().map(|s| format!("; forwarding stopped at {s}")).unwrap_or_default())]
     Left {
         forwarded: u64,
@@ -31,7 +31,7 @@ pub enum DrainError {
 
 /// Forwards every record of the spool to `sink`; the number forwarded. An error when any
 /// record is left unforwarded (unreadable, or of a newer build's format), with how many.
-pub async fn drain(sink: SinkConfig, config: SpoolConfig) -> Result<u64, DrainError> {
+pub async fn forward_all(sink: SinkConfig, config: SpoolConfig) -> Result<u64, ForwardAllError> {
     // A registry of its own: nothing serves it, the counters say what was forwarded.
     let registry = prometheus::Registry::new();
     let metric_error = |e: prometheus::Error| ConfigError::new("metrics", e.to_string());
@@ -41,7 +41,7 @@ pub async fn drain(sink: SinkConfig, config: SpoolConfig) -> Result<u64, DrainEr
     let spool = Spool::open(config, sink, &metrics, None)?;
     while !spool.is_recovered() {
         if spool.fatal().is_cancelled() {
-            return Err(DrainError::Failed);
+            return Err(ForwardAllError::Failed);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -53,10 +53,10 @@ pub async fn drain(sink: SinkConfig, config: SpoolConfig) -> Result<u64, DrainEr
     let left = metrics.unforwarded.get().max(0) as u64;
     if left > 0 {
         let stopped = spool
-            .shared()
+            .state()
             .stopped_at()
             .map(|(seq, why)| format!("seq {seq}: {why}"));
-        return Err(DrainError::Left {
+        return Err(ForwardAllError::Left {
             forwarded,
             left,
             stopped,
