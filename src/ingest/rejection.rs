@@ -221,6 +221,31 @@ impl Rejection {
     }
 }
 
+/// Each protocol error is the rejection of the same name.
+impl From<CallbackError> for Rejection {
+    fn from(err: CallbackError) -> Rejection {
+        match err {
+            CallbackError::BadQuery(why) => Rejection::BadQuery(why),
+            CallbackError::BadContentType(found) => Rejection::BadContentType(found),
+            CallbackError::ForbiddenAppId(id) => Rejection::ForbiddenAppId(id),
+            CallbackError::MissingSignature => Rejection::MissingSignature,
+            CallbackError::BadSignature => Rejection::BadSignature,
+            CallbackError::StaleRequestTime {
+                skew_secs,
+                max_secs,
+            } => Rejection::StaleRequestTime {
+                skew_secs,
+                max_secs,
+            },
+            CallbackError::BadJson(why) => Rejection::BadJson(why),
+            CallbackError::CommandMismatch { url, body } => {
+                Rejection::CommandMismatch { url, body }
+            }
+            CallbackError::InvalidBody(why) => Rejection::InvalidBody(why),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,30 +296,5 @@ mod tests {
             .map(|r| (r.status().as_u16(), r.error_code(), r.reason().to_owned()))
             .collect();
         assert_eq!(rows, code, "README rows (left) vs Rejection::meta (right)");
-    }
-}
-
-/// Each protocol error is the rejection of the same name.
-impl From<CallbackError> for Rejection {
-    fn from(err: CallbackError) -> Rejection {
-        match err {
-            CallbackError::BadQuery(why) => Rejection::BadQuery(why),
-            CallbackError::BadContentType(found) => Rejection::BadContentType(found),
-            CallbackError::ForbiddenAppId(id) => Rejection::ForbiddenAppId(id),
-            CallbackError::MissingSignature => Rejection::MissingSignature,
-            CallbackError::BadSignature => Rejection::BadSignature,
-            CallbackError::StaleRequestTime {
-                skew_secs,
-                max_secs,
-            } => Rejection::StaleRequestTime {
-                skew_secs,
-                max_secs,
-            },
-            CallbackError::BadJson(why) => Rejection::BadJson(why),
-            CallbackError::CommandMismatch { url, body } => {
-                Rejection::CommandMismatch { url, body }
-            }
-            CallbackError::InvalidBody(why) => Rejection::InvalidBody(why),
-        }
     }
 }
