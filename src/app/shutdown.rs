@@ -48,8 +48,8 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// `spooled`: the flush is the forwarder's drain of the spool, which gets half of what is
-    /// left after the delay (the rest stays in the spool for the next start).
+    /// `spooled`: the flush is the forwarder catching up with the spool, which gets half of
+    /// what is left after the delay (the rest stays in the spool for the next start).
     pub fn new(delay: Duration, total: Duration, spooled: bool) -> Budget {
         let after_delay = total.saturating_sub(delay);
         // Direct mode: the flush gets a quarter, at most 2 s: by then every answered message

@@ -10,7 +10,7 @@ use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::Message;
 use futures_util::StreamExt;
 
-use crate::sink::{Sink, SinkConfig};
+use crate::sink::{KafkaConfig, NatsConfig, Sink, SinkConfig};
 
 use super::backfill;
 use super::checkpoint::{Checkpoint, Store};
@@ -228,122 +228,143 @@ pub async fn open(
     sink: &Sink,
     producer: Option<rdkafka::producer::FutureProducer>,
 ) -> Result<(Feed, Store), String> {
-    let raw = config.ordered.is_some();
     match (&config.sink, sink) {
         (SinkConfig::Nats(nats), Sink::Nats(connected)) => {
-            let js = connected.jetstream();
-            // One consumer for the whole stream; with shards, one per subject of the shard's
-            // partitions (a 2.9 server filters on one subject per consumer).
-            let filters: Vec<Option<String>> = if config.shard == Shard::ALL {
-                vec![None]
-            } else {
-                let mut subjects: Vec<String> = config
-                    .shard
-                    .partitions(config.partitions)
-                    .into_iter()
-                    .flat_map(|p| {
-                        config.apps.iter().map(move |app| {
-                            app.destination.as_ref().unwrap_or(&nats.subject).render(
-                                backfill::COMMAND,
-                                p,
-                                app.sdkappid,
-                            )
-                        })
-                    })
-                    .collect();
-                subjects.sort();
-                subjects.dedup();
-                subjects.into_iter().map(Some).collect()
-            };
-            let mut streams = Vec::with_capacity(filters.len());
-            let mut replay = Vec::new();
-            for filter in filters {
-                let name = match &filter {
-                    None => config.consumer.clone(),
-                    Some(subject) => format!("{}-{}", config.consumer, consume::name_part(subject)),
-                };
-                // The stream exists once the first bridge (or this sink's keeper) created it.
-                let consumer = loop {
-                    let made = consume::consumer(
-                        &js,
-                        &nats.stream,
-                        &name,
-                        filter.clone(),
-                        config.max_ack_pending,
-                    );
-                    match made.await {
-                        Ok(consumer) => break consumer,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "audit: waiting for the stream");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                };
-                let info = consumer.cached_info();
-                let (floor, delivered) = (
-                    info.ack_floor.stream_sequence,
-                    info.delivered.stream_sequence,
-                );
-                if raw && delivered > floor {
-                    replay.push((floor + 1, delivered, filter.clone()));
-                }
-                streams.push(
-                    consumer
-                        .stream()
-                        .max_messages_per_batch(512)
-                        .messages()
-                        .await
-                        .map_err(|e| format!("consumer: {e}"))?,
-                );
-            }
-            let store = Store::Kv(Checkpoint::open(&js, &config.state_bucket).await?);
-            let replay = if replay.is_empty() {
-                None
-            } else {
-                let stream = js
-                    .get_stream(&nats.stream)
-                    .await
-                    .map_err(|e| format!("stream {}: {e}", nats.stream))?;
-                tracing::info!(ranges = ?replay, "audit: reading again what the last run had not acknowledged");
-                Some(Replay {
-                    stream,
-                    ranges: replay,
-                })
-            };
-            let feed = Feed::Nats {
-                messages: futures_util::stream::select_all(streams),
-                unacked: BTreeMap::new(),
-                raw,
-                replay,
-                acking: None,
-            };
-            Ok((feed, store))
+            open_nats(config, nats, connected.jetstream()).await
         }
-        (SinkConfig::Kafka(kafka), Sink::Kafka(_)) => {
-            // The topics group messages go to: the sink's template, and the apps' own.
-            let mut topics: Vec<String> = config
-                .apps
-                .iter()
-                .map(|app| {
-                    app.destination.as_ref().unwrap_or(&kafka.topic).render(
+        (SinkConfig::Kafka(kafka), Sink::Kafka(_)) => open_kafka(config, kafka, producer),
+        _ => Err("--sink: the auditor reads NATS or Kafka".into()),
+    }
+}
+
+/// One durable pull consumer per filter (the whole stream, or each subject of the shard's
+/// partitions), what the last run left unacknowledged to read again, and the KV checkpoint.
+async fn open_nats(
+    config: &AuditConfig,
+    nats: &NatsConfig,
+    js: async_nats::jetstream::Context,
+) -> Result<(Feed, Store), String> {
+    let raw = config.ordered.is_some();
+    let filters = filters(config, nats);
+    let mut streams = Vec::with_capacity(filters.len());
+    let mut replay = Vec::new();
+    for filter in filters {
+        let name = match &filter {
+            None => config.consumer.clone(),
+            Some(subject) => format!("{}-{}", config.consumer, consume::name_part(subject)),
+        };
+        // The stream exists once the first bridge (or this sink's keeper) created it.
+        let consumer = loop {
+            let made = consume::consumer(
+                &js,
+                &nats.stream,
+                &name,
+                filter.clone(),
+                config.max_ack_pending,
+            );
+            match made.await {
+                Ok(consumer) => break consumer,
+                Err(err) => {
+                    tracing::warn!(error = %err, "audit: waiting for the stream");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let info = consumer.cached_info();
+        let (floor, delivered) = (
+            info.ack_floor.stream_sequence,
+            info.delivered.stream_sequence,
+        );
+        if raw && delivered > floor {
+            replay.push((floor + 1, delivered, filter.clone()));
+        }
+        streams.push(
+            consumer
+                .stream()
+                .max_messages_per_batch(512)
+                .messages()
+                .await
+                .map_err(|e| format!("consumer: {e}"))?,
+        );
+    }
+    let store = Store::Kv(Checkpoint::open(&js, &config.state_bucket).await?);
+    let replay = if replay.is_empty() {
+        None
+    } else {
+        let stream = js
+            .get_stream(&nats.stream)
+            .await
+            .map_err(|e| format!("stream {}: {e}", nats.stream))?;
+        tracing::info!(ranges = ?replay, "audit: reading again what the last run had not acknowledged");
+        Some(Replay {
+            stream,
+            ranges: replay,
+        })
+    };
+    let feed = Feed::Nats {
+        messages: futures_util::stream::select_all(streams),
+        unacked: BTreeMap::new(),
+        raw,
+        replay,
+        acking: None,
+    };
+    Ok((feed, store))
+}
+
+/// One consumer for the whole stream (`None`); with shards, one per subject of the shard's
+/// partitions (a 2.9 server filters on one subject per consumer).
+fn filters(config: &AuditConfig, nats: &NatsConfig) -> Vec<Option<String>> {
+    if config.shard == Shard::ALL {
+        vec![None]
+    } else {
+        let mut subjects: Vec<String> = config
+            .shard
+            .partitions(config.partitions)
+            .into_iter()
+            .flat_map(|p| {
+                config.apps.iter().map(move |app| {
+                    app.destination.as_ref().unwrap_or(&nats.subject).render(
                         backfill::COMMAND,
-                        0,
+                        p,
                         app.sdkappid,
                     )
                 })
-                .collect();
-            topics.sort();
-            topics.dedup();
-            let shard =
-                (config.shard != Shard::ALL).then(|| config.shard.partitions(config.partitions));
-            let feed = Feed::Kafka {
-                feed: KafkaFeed::new(kafka, &config.consumer, &topics, shard.as_deref())?,
-                consumed: 0,
-                raw,
-            };
-            let store = Store::Topic(TopicCheckpoint::open(kafka, &config.state_topic, producer)?);
-            Ok((feed, store))
-        }
-        _ => Err("--sink: the auditor reads NATS or Kafka".into()),
+            })
+            .collect();
+        subjects.sort();
+        subjects.dedup();
+        subjects.into_iter().map(Some).collect()
     }
+}
+
+/// The consumer group on the group messages' topics (the shard's partitions only) and the
+/// compacted checkpoint topic.
+fn open_kafka(
+    config: &AuditConfig,
+    kafka: &KafkaConfig,
+    producer: Option<rdkafka::producer::FutureProducer>,
+) -> Result<(Feed, Store), String> {
+    let raw = config.ordered.is_some();
+    // The topics group messages go to: the sink's template, and the apps' own.
+    let mut topics: Vec<String> = config
+        .apps
+        .iter()
+        .map(|app| {
+            app.destination.as_ref().unwrap_or(&kafka.topic).render(
+                backfill::COMMAND,
+                0,
+                app.sdkappid,
+            )
+        })
+        .collect();
+    topics.sort();
+    topics.dedup();
+    let shard = (config.shard != Shard::ALL).then(|| config.shard.partitions(config.partitions));
+    let feed = Feed::Kafka {
+        feed: KafkaFeed::new(kafka, &config.consumer, &topics, shard.as_deref())?,
+        consumed: 0,
+        raw,
+    };
+    let store = Store::Topic(TopicCheckpoint::open(kafka, &config.state_topic, producer)?);
+    Ok((feed, store))
 }

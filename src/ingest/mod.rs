@@ -139,7 +139,11 @@ impl Attempt {
     ) -> Attempt {
         let read_whole = matches!(
             rejection,
-            Rejection::BadJson(_) | Rejection::CommandMismatch { .. } | Rejection::InvalidBody(_)
+            Rejection::Protocol(
+                CallbackError::BadJson(_)
+                    | CallbackError::CommandMismatch { .. }
+                    | CallbackError::InvalidBody(_)
+            )
         );
         Attempt::refused(command, sdkappid, rejection, has_body && !read_whole)
     }

@@ -19,20 +19,10 @@ pub enum Rejection {
     NotFound,
     #[error("method not allowed: callbacks are POSTed")]
     MethodNotAllowed,
-    #[error("bad query string: {0}")]
-    BadQuery(String),
-    #[error("unsupported contenttype {0:?}: only json is accepted")]
-    BadContentType(String),
-    #[error("SdkAppid {0} is not served by this bridge")]
-    ForbiddenAppId(u64),
-    #[error("Sign and RequestTime are required")]
-    MissingSignature,
-    #[error("Sign does not match")]
-    BadSignature,
-    #[error(
-        "RequestTime is {skew_secs}s away from this server's clock (at most {max_secs}s allowed)"
-    )]
-    StaleRequestTime { skew_secs: u64, max_secs: u64 },
+    /// Not what Tencent sends: the query, the signature or the body (the protocol's own error,
+    /// with its own message).
+    #[error(transparent)]
+    Protocol(#[from] CallbackError),
     #[error("body larger than {0} bytes")]
     BodyTooLarge(usize),
     #[error("request head larger than {0} bytes")]
@@ -43,12 +33,6 @@ pub enum Rejection {
     UnsupportedEncoding(String),
     #[error("could not read the body: {0}")]
     BodyRead(String),
-    #[error("body is not a JSON object: {0}")]
-    BadJson(String),
-    #[error("CallbackCommand {body:?} in the body differs from {url:?} in the URL")]
-    CommandMismatch { url: String, body: String },
-    #[error("invalid body: {0}")]
-    InvalidBody(String),
     #[error("the broker refused the message: {0}")]
     SinkRejected(String),
     #[error("the broker is unavailable: {0}")]
@@ -110,19 +94,30 @@ const fn meta(status: StatusCode, code: u32, reason: &'static str) -> Meta {
 impl Rejection {
     /// The status, ErrorCode and reason label of this rejection.
     pub fn meta(&self) -> Meta {
+        use CallbackError as C;
         use StatusCode as S;
         match self {
-            Rejection::BadQuery(_) => meta(S::BAD_REQUEST, 4000, "bad_query"),
-            Rejection::BadContentType(_) => meta(S::BAD_REQUEST, 4001, "bad_content_type"),
-            Rejection::BadJson(_) => meta(S::BAD_REQUEST, 4002, "bad_json"),
-            Rejection::CommandMismatch { .. } => meta(S::BAD_REQUEST, 4003, "command_mismatch"),
-            Rejection::InvalidBody(_) => meta(S::BAD_REQUEST, 4004, "invalid_body"),
+            Rejection::Protocol(C::BadQuery(_)) => meta(S::BAD_REQUEST, 4000, "bad_query"),
+            Rejection::Protocol(C::BadContentType(_)) => {
+                meta(S::BAD_REQUEST, 4001, "bad_content_type")
+            }
+            Rejection::Protocol(C::BadJson(_)) => meta(S::BAD_REQUEST, 4002, "bad_json"),
+            Rejection::Protocol(C::CommandMismatch { .. }) => {
+                meta(S::BAD_REQUEST, 4003, "command_mismatch")
+            }
+            Rejection::Protocol(C::InvalidBody(_)) => meta(S::BAD_REQUEST, 4004, "invalid_body"),
             Rejection::BodyRead(_) => meta(S::BAD_REQUEST, 4005, "body_read"),
             Rejection::BadHttp(_) => meta(S::BAD_REQUEST, 4006, "bad_http"),
-            Rejection::MissingSignature => meta(S::UNAUTHORIZED, 4010, "missing_signature"),
-            Rejection::BadSignature => meta(S::UNAUTHORIZED, 4011, "bad_signature"),
-            Rejection::StaleRequestTime { .. } => meta(S::UNAUTHORIZED, 4012, "stale_request_time"),
-            Rejection::ForbiddenAppId(_) => meta(S::FORBIDDEN, 4030, "forbidden_sdkappid"),
+            Rejection::Protocol(C::MissingSignature) => {
+                meta(S::UNAUTHORIZED, 4010, "missing_signature")
+            }
+            Rejection::Protocol(C::BadSignature) => meta(S::UNAUTHORIZED, 4011, "bad_signature"),
+            Rejection::Protocol(C::StaleRequestTime { .. }) => {
+                meta(S::UNAUTHORIZED, 4012, "stale_request_time")
+            }
+            Rejection::Protocol(C::ForbiddenAppId(_)) => {
+                meta(S::FORBIDDEN, 4030, "forbidden_sdkappid")
+            }
             Rejection::NotFound => meta(S::NOT_FOUND, 4040, "not_found"),
             Rejection::MethodNotAllowed => meta(S::METHOD_NOT_ALLOWED, 4050, "method_not_allowed"),
             Rejection::BodyTimeout(_) => meta(S::REQUEST_TIMEOUT, 4080, "body_timeout"),
@@ -187,24 +182,25 @@ impl Rejection {
     /// One of each variant, in ErrorCode order: the metric series exist (at zero) from the
     /// first scrape, and tests hold the README's table to it. Add a new variant here too.
     pub fn examples() -> Vec<Rejection> {
+        use CallbackError as C;
         vec![
-            Rejection::BadQuery(String::new()),
-            Rejection::BadContentType(String::new()),
-            Rejection::BadJson(String::new()),
-            Rejection::CommandMismatch {
+            Rejection::Protocol(C::BadQuery(String::new())),
+            Rejection::Protocol(C::BadContentType(String::new())),
+            Rejection::Protocol(C::BadJson(String::new())),
+            Rejection::Protocol(C::CommandMismatch {
                 url: String::new(),
                 body: String::new(),
-            },
-            Rejection::InvalidBody(String::new()),
+            }),
+            Rejection::Protocol(C::InvalidBody(String::new())),
             Rejection::BodyRead(String::new()),
             Rejection::BadHttp(""),
-            Rejection::MissingSignature,
-            Rejection::BadSignature,
-            Rejection::StaleRequestTime {
+            Rejection::Protocol(C::MissingSignature),
+            Rejection::Protocol(C::BadSignature),
+            Rejection::Protocol(C::StaleRequestTime {
                 skew_secs: 0,
                 max_secs: 0,
-            },
-            Rejection::ForbiddenAppId(0),
+            }),
+            Rejection::Protocol(C::ForbiddenAppId(0)),
             Rejection::NotFound,
             Rejection::MethodNotAllowed,
             Rejection::BodyTimeout(Duration::ZERO),
@@ -221,36 +217,11 @@ impl Rejection {
     }
 }
 
-/// Each protocol error is the rejection of the same name.
-impl From<CallbackError> for Rejection {
-    fn from(err: CallbackError) -> Rejection {
-        match err {
-            CallbackError::BadQuery(why) => Rejection::BadQuery(why),
-            CallbackError::BadContentType(found) => Rejection::BadContentType(found),
-            CallbackError::ForbiddenAppId(id) => Rejection::ForbiddenAppId(id),
-            CallbackError::MissingSignature => Rejection::MissingSignature,
-            CallbackError::BadSignature => Rejection::BadSignature,
-            CallbackError::StaleRequestTime {
-                skew_secs,
-                max_secs,
-            } => Rejection::StaleRequestTime {
-                skew_secs,
-                max_secs,
-            },
-            CallbackError::BadJson(why) => Rejection::BadJson(why),
-            CallbackError::CommandMismatch { url, body } => {
-                Rejection::CommandMismatch { url, body }
-            }
-            CallbackError::InvalidBody(why) => Rejection::InvalidBody(why),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Each protocol error becomes the rejection of its own reason, message and all.
+    /// Each protocol error keeps its reason label (tencent's tests use it) and its message.
     #[test]
     fn protocol_errors_keep_their_reason() {
         for err in CallbackError::examples() {

@@ -1,5 +1,5 @@
 //! Why a callback's URL or body is not one Tencent would send. The handler turns each into the
-//! rejection of the same name (its status, ErrorCode and reason label live there).
+//! rejection that wraps it (its status, ErrorCode and reason label live there).
 
 /// A callback that fails Tencent's protocol: its query, signature or body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -40,28 +40,34 @@ impl BridgeProcess {
             .stderr(log.reopen().expect("log file"))
             .spawn()
             .expect("timbridge starts");
-        let process = BridgeProcess {
+        let mut process = BridgeProcess {
             child,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
             log,
         };
         let http = super::Http::default();
-        let admin = process.admin;
-        super::eventually(
-            Duration::from_secs(15),
-            "the bridge process to serve /healthz",
-            || {
-                let http = http.clone();
-                async move {
-                    match tokio::net::TcpStream::connect(admin).await {
-                        Ok(_) => (http.admin(admin, "/healthz").await.0 == 200).then_some(()),
-                        Err(_) => None,
-                    }
-                }
-            },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            // A process that exited (a bind error, a spool it cannot open) says why in its log.
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!(
+                    "the bridge process exited ({status}) before serving /healthz:\n{}",
+                    process.logs()
+                );
+            }
+            let up = tokio::net::TcpStream::connect(process.admin).await.is_ok()
+                && http.admin(process.admin, "/healthz").await.0 == 200;
+            if up {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after 15s waiting for the bridge process to serve /healthz:\n{}",
+                process.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         process
     }
 
