@@ -78,10 +78,21 @@ async fn start(dir: &std::path::Path, ready: bool) -> Option<(Spool<Scripted>, T
     let metrics = TestMetrics::new();
     let sink = Scripted::new(Outcome::Ok);
     sink.set_ready(ready);
-    let spool = Spool::open(config(dir), sink, metrics.spool(), None).ok()?;
+    let spool = match Spool::open(config(dir), sink, metrics.spool(), None) {
+        Ok(spool) => spool,
+        Err(err) => {
+            eprintln!("the spool does not open: {err}");
+            return None;
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
     while !spool.is_recovered() {
         if spool.fatal().is_cancelled() || Instant::now() > deadline {
+            eprintln!(
+                "the spool does not recover: fatal {}, after {:?}",
+                spool.fatal().is_cancelled(),
+                deadline.elapsed()
+            );
             spool.close(Duration::from_secs(1)).await;
             return None;
         }

@@ -65,6 +65,9 @@ pub struct Forwarder<S> {
     /// Nothing more could be read although the durable sequence is ahead (records skipped as
     /// corrupt at the end): caught up all the same.
     dry: bool,
+    /// Deletions of forwarded segments still running: the forwarder ends only after them, so
+    /// that a closed spool touches its directory no more (the next one may open it at once).
+    deleting: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl<S: Deliver> Forwarder<S> {
@@ -85,6 +88,7 @@ impl<S: Deliver> Forwarder<S> {
             durable_position: position,
             position_file,
             dry: false,
+            deleting: Vec::new(),
             sink,
             state,
         }
@@ -114,6 +118,9 @@ impl<S: Deliver> Forwarder<S> {
             }
         }
         self.checkpoint();
+        for deletion in self.deleting.drain(..) {
+            let _ = deletion.await;
+        }
         let left = self
             .state
             .durable_seq()
@@ -292,7 +299,8 @@ impl<S: Deliver> Forwarder<S> {
         // Off the runtime's threads: an unlink of a large file (with online discard, a trim of
         // its blocks) would hold up the callbacks queued on this worker.
         let state = self.state.clone();
-        tokio::task::spawn_blocking(move || {
+        self.deleting.retain(|deletion| !deletion.is_finished());
+        self.deleting.push(tokio::task::spawn_blocking(move || {
             for segment in removable {
                 // A set-aside segment is not counted in --spool-max-bytes (it is kept until an
                 // operator deletes it), so nothing is taken off for it either.
@@ -307,7 +315,7 @@ impl<S: Deliver> Forwarder<S> {
                 }
                 state.sub_bytes(bytes);
             }
-        });
+        }));
     }
 
     fn report(&self) {
