@@ -12,7 +12,7 @@ use http::Request;
 use hyper::body::Body;
 
 use super::admission::{self, Admission};
-use super::{Answered, Attempt, Handler, Rejection};
+use super::{Answered, Attempt, Handler, Rejection, Seen};
 use crate::before::forward::Relay;
 use crate::before::metrics::BeforeMetrics;
 use crate::before::{Background, BeforeConfig, BeforeOutcome, BeforePolicy};
@@ -84,7 +84,7 @@ impl<D: Deliver> BeforePath<D> {
             Err(Rejection::Overloaded(_)) => return dropped,
             Err(rejection) => return Attempt::unreadable(command, sdkappid, rejection, has_body),
         };
-        let attempt = Attempt::validated(command, &callback);
+        let seen = Seen::of(&callback);
         let answered = match (&self.relay, relayed_query) {
             (Some(relay), Some(query)) => {
                 let mut record = handler.records.build(callback);
@@ -98,6 +98,6 @@ impl<D: Deliver> BeforePath<D> {
             _ => Answered::Before(self.background.offer(handler.records.build(callback))),
         };
         drop(admitted);
-        attempt.with(Ok(answered))
+        seen.answered(command, Ok(answered))
     }
 }

@@ -147,23 +147,36 @@ impl Attempt {
         );
         Attempt::refused(command, sdkappid, rejection, has_body && !read_whole)
     }
+}
 
-    /// An attempt on a validated callback, before its answer is known.
-    fn validated(command: &'static str, callback: &Callback) -> Attempt {
+/// What the log line keeps of a validated callback, taken before its record is built (which
+/// consumes it).
+struct Seen {
+    sdkappid: u64,
+    group_id: Option<String>,
+    msg_seq: Option<u64>,
+}
+
+impl Seen {
+    fn of(callback: &Callback) -> Seen {
         let fields = callback.fields();
-        Attempt {
-            command,
-            sdkappid: Some(callback.sdkappid()),
-            body_unread: false,
+        Seen {
+            sdkappid: callback.sdkappid(),
             group_id: fields.group_id.clone(),
             msg_seq: fields.msg_seq,
-            result: Err(Rejection::NotFound),
         }
     }
 
-    fn with(mut self, result: Result<Answered, Rejection>) -> Attempt {
-        self.result = result;
-        self
+    /// The attempt, answered with `result`.
+    fn answered(self, command: &'static str, result: Result<Answered, Rejection>) -> Attempt {
+        Attempt {
+            command,
+            sdkappid: Some(self.sdkappid),
+            body_unread: false,
+            group_id: self.group_id,
+            msg_seq: self.msg_seq,
+            result,
+        }
     }
 }
 
@@ -337,10 +350,10 @@ impl<D: Deliver> Handler<D> {
             Ok(callback) => callback,
             Err(rejection) => return Attempt::unreadable(command, sdkappid, rejection, has_body),
         };
-        let attempt = Attempt::validated(command, &callback);
+        let seen = Seen::of(&callback);
         let result = self.deliver(self.records.build(callback)).await;
         drop(admitted);
-        attempt.with(result.map(Answered::Delivered))
+        seen.answered(command, result.map(Answered::Delivered))
     }
 
     /// Path, method, HTTP framing and the query (app id and signature): cheap and pure, done
