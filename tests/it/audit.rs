@@ -16,7 +16,7 @@ use crate::common::nats::{start_bridge, NatsServer, Stored};
 
 mod ordered;
 use crate::common::tencent::{SimGroup, SimMessage, Tencent};
-use crate::common::{eventually, free_port, group_message, metric, Http, APP};
+use crate::common::{counted, eventually, free_port, group_message, metric, Http, APP};
 
 const KEY: &str = "the-apps-secret-key";
 const ADMIN: &str = "administrator";
@@ -1112,7 +1112,7 @@ async fn a_queued_gap_filled_live_before_its_lookup_costs_no_call() {
         let http = &http;
         async move {
             let text = admin_metrics(http, admin).await;
-            (metric(&text, "timbridge_audit_gap_seqs_total{outcome=\"found\"}") >= want)
+            (counted(&text, "timbridge_audit_gap_seqs_total{outcome=\"found\"}") >= want)
                 .then_some(())
         }
     };

@@ -663,10 +663,10 @@ async fn a_killed_auditor_never_skips_or_reorders_a_seq_on_kafka() {
                 let http = &http;
                 async move {
                     let text = admin_metrics(http, admin).await;
-                    let n = metric(
+                    let n = counted(
                         &text,
                         "timbridge_audit_ordered_released_total{kind=\"message\"}",
-                    ) + metric(
+                    ) + counted(
                         &text,
                         "timbridge_audit_ordered_released_total{kind=\"marker\"}",
                     );

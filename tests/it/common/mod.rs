@@ -445,7 +445,9 @@ pub fn assert_unavailable_in_time(answer: &Answer, took: Duration, bound: Durati
 }
 
 /// The value of one sample in a Prometheus text exposition, e.g.
-/// `metric(&text, "timbridge_rejections_total{reason=\"bad_json\"}")`.
+/// `metric(&text, "timbridge_rejections_total{reason=\"bad_json\"}")`. A series that is not
+/// there fails the test: read as 0 it would pass any `== 0` check (a renamed metric, a label
+/// added).
 pub fn metric(exposition: &str, series: &str) -> f64 {
     exposition
         .lines()
@@ -454,5 +456,19 @@ pub fn metric(exposition: &str, series: &str) -> f64 {
                 .and_then(|rest| rest.strip_prefix(' '))
                 .and_then(|v| v.trim().parse().ok())
         })
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no series {series} in the exposition:\n{exposition}"))
+}
+
+/// As [`metric`], for a labelled counter whose series appears with its first increment: 0
+/// until then.
+pub fn counted(exposition: &str, series: &str) -> f64 {
+    let present = exposition.lines().any(|line| {
+        line.strip_prefix(series)
+            .is_some_and(|rest| rest.starts_with(' '))
+    });
+    if present {
+        metric(exposition, series)
+    } else {
+        0.0
+    }
 }
