@@ -41,7 +41,7 @@
 //! ```
 //!
 //! Each component owns its settings, errors and metrics: [`ingest::Settings`],
-//! [`tencent::callback::CallbackError`], [`ingest::metrics::Metrics`] and so on;
+//! [`tencent::callback::CallbackError`], [`ingest::report::Metrics`] and so on;
 //! [`app::config::Config`] only gathers them, and [`app::bridge`] builds each component from its
 //! share. `main.rs` parses the flags, sets up logging and runs a [`Bridge`] until a signal.
 

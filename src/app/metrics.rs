@@ -3,7 +3,7 @@
 
 use prometheus::Registry;
 
-use crate::ingest::metrics::Metrics;
+use crate::ingest::report::Metrics;
 use crate::sink::KafkaGauges;
 use crate::spool::metrics::SpoolMetrics;
 
@@ -68,7 +68,7 @@ mod tests {
             .delivered("other", "stdout", Duration::ZERO, Duration::ZERO, true);
         metrics.ingest.set_state(
             "stdout",
-            crate::ingest::metrics::State {
+            crate::ingest::report::State {
                 ready: true,
                 inflight_bytes: 0,
                 ack_latency: Duration::ZERO,

@@ -1,9 +1,9 @@
-//! What every component's metrics share: the latency buckets, the guard that keeps a gauge
-//! right, the process's own series and the text exposition of a registry. Each component
-//! registers its own metrics (labels from fixed sets: command names Tencent documents or
-//! `other`, rejection reasons, sink names; never raw error text, user or group ids).
+//! What every component's metrics share: the latency buckets, the process's own series and the
+//! text exposition of a registry. Each component registers its own metrics (labels from fixed
+//! sets: command names Tencent documents or `other`, rejection reasons, sink names; never raw
+//! error text, user or group ids).
 
-use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Seconds; dense below 10 ms (the normal case) and around Tencent's 2 s deadline.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -37,20 +37,4 @@ pub fn encode(registry: &Registry) -> Vec<u8> {
         tracing::error!(error = %err, "encoding metrics failed");
     }
     out
-}
-
-/// Decrements its gauge when dropped, so early returns and cancelled futures keep it right.
-pub struct GaugeGuard(IntGauge);
-
-impl GaugeGuard {
-    pub fn new(gauge: &IntGauge) -> GaugeGuard {
-        gauge.inc();
-        GaugeGuard(gauge.clone())
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::core::deliver::Deliver;
-use crate::ingest::metrics::State;
+use crate::ingest::report::State;
 use crate::ingest::Handler;
 
 /// What the admin endpoints answer.

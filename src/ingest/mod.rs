@@ -11,9 +11,8 @@
 
 pub mod admission;
 mod before;
-pub mod metrics;
 pub mod rejection;
-mod report;
+pub mod report;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,9 +32,9 @@ use crate::tencent::callback::{reply, Callback, CallbackError, Policy, Query, Ve
 use crate::wire::RecordBuilder;
 use admission::{Admission, Admitted};
 use before::BeforePath;
-use metrics::Metrics;
-pub use rejection::{Outcome, Rejection};
-use report::Report;
+pub use rejection::Rejection;
+use report::{Metrics, Report};
+pub use report::Outcome;
 
 /// Seconds Tencent (or a load balancer) is told to wait after a 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -276,17 +275,17 @@ impl<D: Deliver> Handler<D> {
         let mut response = match &attempt.result {
             Ok(Answered::Before(outcome)) => {
                 self.report.before(&attempt, *outcome, took, peer);
-                respond(StatusCode::OK, reply::ok())
+                respond(StatusCode::OK, reply::OK)
             }
             Ok(Answered::Forwarded(answer, verdict, outcome)) => {
                 self.report.before(&attempt, *outcome, took, peer);
                 self.metrics().before.verdict(*verdict);
-                respond(StatusCode::OK, answer.clone().unwrap_or_else(reply::ok))
+                respond(StatusCode::OK, answer.clone().unwrap_or(reply::OK))
             }
             Ok(Answered::Delivered(delivered)) => {
                 self.report
                     .delivered(&attempt, self.delivery.name(), delivered, took, peer);
-                respond(StatusCode::OK, reply::ok())
+                respond(StatusCode::OK, reply::OK)
             }
             Err(rejection) => {
                 self.report.refused(&attempt, rejection, took, peer);

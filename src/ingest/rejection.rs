@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use super::Outcome;
 use crate::core::deliver::DeliveryError;
 use crate::tencent::callback::CallbackError;
 
@@ -47,30 +48,6 @@ pub enum Rejection {
     Backpressure(String),
     #[error("the spool is full: {0}")]
     SpoolFull(String),
-}
-
-/// The outcome label of `timbridge_callbacks_total` and `timbridge_app_callbacks_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Answered 200: stored (direct mode: acknowledged by the broker; spooled mode: fsynced in
-    /// the spool). See [`crate::core::OK_MEANS`].
-    Ok,
-    /// The request itself was wrong (4xx): sending it again will not help.
-    Rejected,
-    /// The bridge or its broker could not take it (5xx): the message was not stored.
-    Failed,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Rejected, Outcome::Failed];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Rejected => "rejected",
-            Outcome::Failed => "failed",
-        }
-    }
 }
 
 /// What a rejection answers with: one row per variant.

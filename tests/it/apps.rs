@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::kafka::{self, consume_topics, Tansu};
 use crate::common::nats::{start_bridge, NatsServer};
 use crate::common::*;
-use timbridge::tencent::callback::signature::sign;
+use timbridge::tencent::callback::sign;
 use timbridge::tencent::callback::Token;
 use timbridge::wire::partition::partition;
 

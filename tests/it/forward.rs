@@ -12,7 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use timbridge::core::deliver::scripted::{Outcome, Scripted};
-use timbridge::ingest::metrics::Metrics;
+use timbridge::ingest::report::Metrics;
 use timbridge::ingest::Handler;
 
 use crate::common::*;

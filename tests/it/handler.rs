@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use timbridge::core::deliver::scripted::{Outcome, Scripted};
 use timbridge::core::deliver::DeliveryError;
-use timbridge::ingest::metrics::Metrics;
+use timbridge::ingest::report::Metrics;
 use timbridge::ingest::{Handler, Rejection};
 
 use crate::common::cases::{now, request_cases, signed, CASE_FLAGS};

@@ -1,4 +1,5 @@
-//! Parsing and validating callback bodies.
+//! Parsing and validating callback bodies; a [`Callback`] is a verified URL with its validated
+//! body.
 //!
 //! `Group.CallbackAfterSendMsg`, the message the bridge exists for, is checked field by field
 //! (types, required fields). Every other command only has to be a JSON object whose
@@ -10,10 +11,14 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use bytes::Bytes;
+
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::commands;
 use super::error::CallbackError;
+use super::query::Query;
 
 pub const GROUP_AFTER_SEND_MSG: &str = "Group.CallbackAfterSendMsg";
 pub const C2C_AFTER_SEND_MSG: &str = "C2C.CallbackAfterSendMsg";
@@ -432,6 +437,54 @@ impl<'de, T: LooseValue<'de>> Visitor<'de> for Loose<T> {
         Ok(T::default())
     }
 }
+
+/// A verified, validated callback: ready to publish.
+#[derive(Debug)]
+pub struct Callback {
+    pub(super) query: Query,
+    pub(super) spec: Option<&'static commands::Spec>,
+    pub(super) fields: Fields,
+    pub(super) body: Bytes,
+    pub(super) received_at_ms: u64,
+}
+
+impl Callback {
+    /// The request body, exactly as received.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    pub fn sdkappid(&self) -> u64 {
+        self.query.sdkappid
+    }
+
+    pub fn command(&self) -> &str {
+        &self.query.command
+    }
+
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+
+    /// The command's entry in Tencent's table, `None` when unlisted.
+    pub fn spec(&self) -> Option<&'static commands::Spec> {
+        self.spec
+    }
+
+    pub fn query(&self) -> &Query {
+        &self.query
+    }
+
+    /// When the request arrived, unix milliseconds.
+    pub fn received_at_ms(&self) -> u64 {
+        self.received_at_ms
+    }
+
+    pub fn into_body(self) -> Bytes {
+        self.body
+    }
+}
+
 
 #[cfg(test)]
 mod tests {

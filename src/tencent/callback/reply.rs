@@ -14,9 +14,8 @@ struct Reply<'a> {
     error_code: u32,
 }
 
-pub fn ok() -> Bytes {
-    Bytes::from_static(OK_BODY)
-}
+/// The OK answer, ready to send (a constant: answering costs no call and no allocation).
+pub const OK: Bytes = Bytes::from_static(OK_BODY);
 
 pub fn fail(error_code: u32, error_info: &str) -> Bytes {
     let reply = Reply {
@@ -40,7 +39,7 @@ mod tests {
 
     #[test]
     fn ok_is_tencents_literal() {
-        let v: serde_json::Value = serde_json::from_slice(&ok()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&OK).unwrap();
         assert_eq!(v["ActionStatus"], "OK");
         assert_eq!(v["ErrorCode"], 0);
         assert_eq!(v["ErrorInfo"], "");

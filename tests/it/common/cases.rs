@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use timbridge::tencent::callback::signature::sign;
+use timbridge::tencent::callback::sign;
 use timbridge::tencent::callback::Token;
 
 use super::{group_message, query};

@@ -24,7 +24,7 @@ use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use timbridge::app::cli::parse::parse_duration;
-use timbridge::tencent::callback::signature::sign;
+use timbridge::tencent::callback::sign;
 use timbridge::tencent::callback::Token;
 use tokio::sync::mpsc;
 
