@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -69,15 +70,19 @@ def wait_port(port, deadline=120):
 
 
 def ran(dump, prefix):
-    """Functions that ran in a callgrind dump, by file under `prefix`. A function is listed
-    under `fn=` only when it has a cost in the dump; its file is the `fl=` before it (names are
-    compressed: `(id) name` the first time, `(id)` after, in `fn=`, `cfn=`, `fl=` and the rest)."""
+    """Functions that ran in a callgrind dump, by file under `prefix`: those with a cost line
+    (their own instructions or a call's) after their `fn=`. Its file is the `fl=` before it
+    (names are compressed: `(id) name` the first time, `(id)` after, in `fn=`, `cfn=`, `fl=`
+    and the rest). A function named with no cost under it (a frame on a sleeping thread's
+    stack) did not run."""
     names = {"fl": {}, "fn": {}}
     functions = defaultdict(set)
-    current_file = None
+    current_file = current_fn = None
     for line in Path(dump).read_text(errors="replace").splitlines():
         m = re.match(r"(c?)(fl|fi|fe|fn)=\((\d+)\)(?: (.*))?$", line)
         if not m:
+            if current_fn and line[:1] in "0123456789+-*" and line.strip():
+                functions[current_file[len(prefix):]].add(current_fn)
             continue
         kind = "fn" if m.group(2) == "fn" else "fl"
         table = names[kind]
@@ -88,9 +93,22 @@ def ran(dump, prefix):
             continue
         if m.group(2) == "fl":
             current_file = name
-        elif m.group(2) == "fn" and current_file and current_file.startswith(prefix):
-            functions[current_file[len(prefix):]].add(name)
+            current_fn = None
+        elif m.group(2) == "fn":
+            mine = current_file is not None and current_file.startswith(prefix)
+            current_fn = name if mine else None
     return functions
+
+
+def wait_ready(admin, deadline=120):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5):
+                return
+        except OSError:
+            time.sleep(0.5)
+    sys.exit("the bridge did not become ready")
 
 
 def main():
@@ -110,6 +128,7 @@ def main():
         stdout=subprocess.DEVNULL, stderr=open(work / "stderr", "w"))
     try:
         wait_port(port)
+        wait_ready(admin)
         warm = socket.create_connection(("127.0.0.1", port), timeout=120)
         for seq in range(1, 6):
             assert post(port, seq, warm).endswith("200 OK"), "warm-up not answered 200"

@@ -1,5 +1,8 @@
 //! Where the handler delivers: the sink itself (direct mode) or the spool in front of it
 //! (spooled mode). One [`Deliver`] for both, so the handler and the listeners do not know which.
+//!
+//! A callback is matched here straight to the broker's client (or the spool): one dispatch per
+//! callback, not one here and another in [`Sink`].
 
 use crate::core::deliver::{Ack, Deliver, DeliveryError};
 use crate::core::Record;
@@ -25,14 +28,14 @@ impl Deliver for Delivery {
 
     async fn deliver(&self, record: &Record) -> Result<Ack, DeliveryError> {
         match self {
-            Delivery::Direct(sink) => sink.deliver(record).await,
+            Delivery::Direct(sink) => publish(sink, record).await,
             Delivery::Spooled(spool) => spool.deliver(record).await,
         }
     }
 
     async fn deliver_owned(&self, record: Record) -> Result<Ack, DeliveryError> {
         match self {
-            Delivery::Direct(sink) => sink.deliver(&record).await,
+            Delivery::Direct(sink) => publish(sink, &record).await,
             Delivery::Spooled(spool) => spool.deliver_owned(record).await,
         }
     }
@@ -63,5 +66,14 @@ impl Deliver for Delivery {
             Delivery::Direct(sink) => sink.close(timeout).await,
             Delivery::Spooled(spool) => spool.close(timeout).await,
         }
+    }
+}
+
+/// Direct mode: the broker's acknowledgement (stdout: the line written).
+async fn publish(sink: &Sink, record: &Record) -> Result<Ack, DeliveryError> {
+    match sink {
+        Sink::Nats(nats) => nats.publish(record).await,
+        Sink::Kafka(kafka) => kafka.publish(record).await,
+        Sink::Stdout(stdout) => stdout.publish(record),
     }
 }

@@ -2,22 +2,24 @@
 //! the callback is stored: in direct mode the broker acknowledged it; in spooled mode it is
 //! fsynced in the spool, which forwards it to the broker afterwards.
 //!
-//! One `Group.CallbackAfterSendMsg` in direct mode, in the order the data flows:
+//! One `Group.CallbackAfterSendMsg` in direct mode, in the order the data flows (twelve files
+//! of `src/`, all that runs for it: `bench/walk.py` counts them):
 //!
 //! ```text
 //!  Tencent IM ──POST /callback?SdkAppid=..&CallbackCommand=..──▶ http::serve (one task per
 //!                                          connection; http::guarded: the head's deadline)
 //!  ingest::Handler::handle → process
 //!    1. path, method, HTTP framing                                       → 404 / 405 / 400
-//!    2. tencent::callback::VerifiedQuery::verify: SdkAppid, Sign, the command looked up once
-//!                                                                        → 403 / 401 / 400
+//!    2. tencent::callback::query: VerifiedQuery::verify: SdkAppid, Sign, the command looked up
+//!       once (tencent::callback::commands)                               → 403 / 401 / 400
 //!       a before-callback branches here, once, to ingest::before (answered by its policy)
 //!    3. ingest::admission: a request slot, acks not too slow             → 503
 //!    4. the body: memory budget, size, time                              → 503 / 413 / 408
 //!    5. VerifiedQuery::accept (tencent::callback::body): validation → Callback   → 400
-//!    6. wire::RecordBuilder::build: Callback → Record (destination, key, partition, headers)
+//!    6. wire::RecordBuilder::build: Callback → Record (key, headers; wire::destination: the
+//!       subject or topic and the partition)
 //!    7. Delivery::deliver_owned, one publish deadline                     → 503 / 500
-//!         Direct: sink::Sink → sink::{stdout, nats, kafka}: the broker's ack
+//!         Direct: the broker's client, sink::{stdout, nats, kafka}: the broker's ack
 //!         Spooled: spool::Spool: the batch's fdatasync (the forwarder publishes later)
 //!    8. ingest::report: the log line and the counters; 200 {"ActionStatus":"OK",...}
 //! ```

@@ -102,7 +102,7 @@ impl Shard {
     }
 
     pub fn owns(self, group: &str, partitions: u32) -> bool {
-        crate::wire::partition::partition(group.as_bytes(), partitions) % self.count == self.index
+        crate::wire::partition(group.as_bytes(), partitions) % self.count == self.index
     }
 }
 

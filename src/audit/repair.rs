@@ -19,7 +19,7 @@ use crate::core::record::header;
 use crate::core::Record;
 use crate::sink::Sink;
 use crate::tencent::rest::RestClient;
-use crate::wire::partition::partition;
+use crate::wire::partition;
 use crate::wire::RecordBuilder;
 
 /// What became of a gap.

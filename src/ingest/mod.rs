@@ -33,8 +33,8 @@ use crate::wire::RecordBuilder;
 use admission::{Admission, Admitted};
 use before::BeforePath;
 pub use rejection::Rejection;
-use report::{Metrics, Report};
 pub use report::Outcome;
+use report::{Metrics, Report};
 
 /// Seconds Tencent (or a load balancer) is told to wait after a 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -68,6 +68,8 @@ pub struct Handler<D> {
     admission: Admission,
     records: RecordBuilder,
     delivery: Arc<D>,
+    /// The delivery's metric label (asked once, not per callback).
+    delivery_name: &'static str,
     /// The `sdkappid` label of each configured app (metrics of other apps say `other`).
     app_labels: Vec<(u64, String)>,
     /// Before-callbacks' own path; `None` when they are published like every other callback.
@@ -213,6 +215,7 @@ impl<D: Deliver> Handler<D> {
             publish_timeout: settings.publish_timeout,
             admission: Admission::new(settings.admission),
             records: settings.records,
+            delivery_name: delivery.name(),
             delivery,
             app_labels,
             before,
@@ -284,7 +287,7 @@ impl<D: Deliver> Handler<D> {
             }
             Ok(Answered::Delivered(delivered)) => {
                 self.report
-                    .delivered(&attempt, self.delivery.name(), delivered, took, peer);
+                    .delivered(&attempt, self.delivery_name, delivered, took, peer);
                 respond(StatusCode::OK, reply::OK)
             }
             Err(rejection) => {

@@ -1,6 +1,6 @@
 //! Where records go: one file per broker behind the [`Sink`] enum, which implements the
-//! [`Deliver`] seam. [`record`] builds what a consumer receives (once, purely); each sink only
-//! translates a [`Record`] into its client's types and resolves when the broker acknowledged
+//! [`Deliver`] seam. [`crate::wire`] builds what a consumer receives (once, purely); each sink
+//! only translates a [`Record`] into its client's types and resolves when the broker acknowledged
 //! (the JetStream PubAck, the Kafka delivery report) or the line was written (stdout).
 
 pub mod kafka;

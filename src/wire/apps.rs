@@ -2,7 +2,7 @@
 //! destination, and the REST credentials the auditor uses. Built from the flags (one token for
 //! every listed app) or from a configuration file (`app::config::file`); both end here.
 
-use super::template::Template;
+use super::destination::Template;
 use crate::tencent::callback::{Signers, Token};
 use crate::tencent::rest::RestCredentials;
 

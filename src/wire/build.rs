@@ -2,8 +2,8 @@
 //! callback. Every sink publishes exactly this (subject or topic, key, headers, body), so NATS,
 //! Kafka and stdout agree, and the spool can store it as it is.
 
-use super::partition::partition;
-use super::template::Template;
+use super::destination::partition;
+use super::destination::Template;
 use crate::core::record::{header, Record};
 use crate::tencent::callback::commands::{self, Identity, Key};
 use crate::tencent::callback::Callback;

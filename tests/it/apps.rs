@@ -11,7 +11,7 @@ use crate::common::nats::{start_bridge, NatsServer};
 use crate::common::*;
 use timbridge::tencent::callback::sign;
 use timbridge::tencent::callback::Token;
-use timbridge::wire::partition::partition;
+use timbridge::wire::partition;
 
 const PROD: u64 = APP;
 const STAGING: u64 = 1400000002;

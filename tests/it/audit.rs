@@ -891,7 +891,7 @@ async fn the_auditor_repairs_a_kafka_topic_too() {
         *seen.entry((group.clone(), seq)).or_default() += 1;
         if record.header("tim-source") == Some("backfill") {
             assert!(lost(seq), "{group} {seq} backfilled but was not lost");
-            let expected_partition = timbridge::wire::partition::partition(group.as_bytes(), 16);
+            let expected_partition = timbridge::wire::partition(group.as_bytes(), 16);
             assert_eq!(
                 record.partition as u32, expected_partition,
                 "the live record's partition"
@@ -945,7 +945,7 @@ async fn two_shards_split_the_groups_between_them() {
         dir: _dir,
         config,
     } = World::start(KEY).await;
-    let shard_of = |g: &str| timbridge::wire::partition::partition(g.as_bytes(), 16) % 2;
+    let shard_of = |g: &str| timbridge::wire::partition(g.as_bytes(), 16) % 2;
     let groups: Vec<String> = (0..40).map(|g| format!("@TGS#shard{g}")).collect();
     let mut mine: [Vec<String>; 2] = [Vec::new(), Vec::new()];
     for g in groups {

@@ -153,7 +153,7 @@ async fn stdout_sink_writes_one_json_line_per_callback_and_sigterm_exits_0() {
         let key = v["key"].as_str().unwrap();
         assert_eq!(
             p,
-            u64::from(timbridge::wire::partition::partition(key.as_bytes(), 16)),
+            u64::from(timbridge::wire::partition(key.as_bytes(), 16)),
             "{name}"
         );
         assert_eq!(

@@ -124,7 +124,7 @@ async fn a_delivered_callback_is_answered_ok_with_its_record_and_metrics() {
     let record = &delivered[0];
     assert_eq!(record.body, body);
     assert_eq!(record.key, "@TGS#ok");
-    let p = timbridge::wire::partition::partition(b"@TGS#ok", 16);
+    let p = timbridge::wire::partition(b"@TGS#ok", 16);
     assert_eq!(record.partition, p);
     assert_eq!(record.destination, format!("tim.{CMD}.{p}"));
     assert_eq!(

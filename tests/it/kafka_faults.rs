@@ -8,7 +8,7 @@ use crate::common::kafka::{consume, start_bridge};
 use crate::common::*;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use timbridge::wire::partition::partition;
+use timbridge::wire::partition;
 
 const TOPIC: &str = "tim.Group.CallbackAfterSendMsg";
 const PARTITIONS: i32 = 8;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::common::kafka::{consume, consume_topics, start_bridge, Tansu};
 use crate::common::*;
-use timbridge::wire::partition::partition;
+use timbridge::wire::partition;
 
 const PARTITIONS: u32 = 16;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::common::nats::{start_bridge, start_bridge_unready, NatsServer};
 use crate::common::*;
 use bytes::Bytes;
-use timbridge::wire::partition::partition;
+use timbridge::wire::partition;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixtures_arrive_byte_identical_with_subject_and_headers() {

@@ -758,7 +758,7 @@ async fn spooled_fixtures_arrive_as_direct_mode_publishes_them() {
             .iter()
             .find(|m| m.payload == *body)
             .unwrap_or_else(|| panic!("{name}: payload byte for byte in the stream"));
-        let p = timbridge::wire::partition::partition(fixture_key(body).as_bytes(), 16);
+        let p = timbridge::wire::partition(fixture_key(body).as_bytes(), 16);
         assert_eq!(msg.subject, format!("tim.{command}.{p}"), "{name}");
         assert_fixture_headers(name, command, body, |h| msg.header(h));
         assert_eq!(

@@ -14,7 +14,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 
 use super::entry::{Entry, Headers, Raw};
-use crate::wire::partition::partition;
+use crate::wire::partition;
 use crate::wire::Template;
 
 pub struct NatsOutput {

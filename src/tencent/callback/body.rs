@@ -485,7 +485,6 @@ impl Callback {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

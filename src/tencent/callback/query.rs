@@ -309,7 +309,6 @@ pub fn verify_sign(
 mod tests {
     use super::*;
 
-
     #[test]
     fn parses_parameters_in_any_order() {
         let q = Query::parse(
@@ -372,7 +371,6 @@ mod tests {
         assert_eq!(q.opt_platform.as_deref(), Some("Mac OS"));
     }
 
-
     fn policy(apps: Vec<(u64, Option<Token>)>) -> Policy {
         Policy {
             signers: Signers::Listed(apps),
@@ -420,7 +418,6 @@ mod tests {
         // An unsigned app needs none (and ignores one).
         VerifiedQuery::verify("SdkAppid=1400000002&CallbackCommand=A.B", &two, 0).unwrap();
     }
-
 
     const EXAMPLE_SIGN: &str = "17773bc39a671d7b9aa835458704d2a6db81360a5940292b587d6d760d484061";
 

@@ -267,7 +267,7 @@ async fn replica_scenario(kill: bool) {
         let original = main_records[&key];
         assert_eq!(record.payload, original.payload, "{key:?}: the body");
         assert_eq!(own_headers(record), own_headers(original), "{key:?}");
-        let partition = timbridge::wire::partition::partition(key.0.as_bytes(), 16);
+        let partition = timbridge::wire::partition(key.0.as_bytes(), 16);
         assert_eq!(record.subject, format!("tim-ordered.{partition}"));
     }
     assert_eq!(ordered.len(), 1200, "nothing twice");
@@ -389,7 +389,7 @@ async fn holes_of_every_kind_resolve_in_place() {
         .iter()
         .find(|r| r.header("tim-ordered-reason") == Some("system"))
         .unwrap();
-    let partition = timbridge::wire::partition::partition(notices.as_bytes(), 16);
+    let partition = timbridge::wire::partition(notices.as_bytes(), 16);
     assert_eq!(marker.subject, format!("tim-ordered.{partition}"));
     let body: Value = serde_json::from_slice(&marker.payload).unwrap();
     assert_eq!(
@@ -615,7 +615,7 @@ async fn ordered_topic(
         let seq: u64 = record.header("tim-msg-seq").unwrap().parse().unwrap();
         assert_eq!(
             record.partition as u32,
-            timbridge::wire::partition::partition(group.as_bytes(), 16),
+            timbridge::wire::partition(group.as_bytes(), 16),
             "the live record's partition"
         );
         by.entry(group)
