@@ -503,6 +503,36 @@ def test_template_refuses_inconsistent_apps(values, message):
         helmrender.render(values)
 
 
+@pytest.mark.parametrize("values,message", [
+    ({"bridge": {"sdkappids": ["1400000000"]}}, "bridge.sdkappids needs the callback token"),
+    ({"bridge": {"sdkappids": ["1400000000"], "allowUnsigned": True}, "secret": {"token": "t"}},
+     "remove it or secret.token"),
+    ({"apps": [APP], "bridge": {"allowUnsigned": True}}, "apps replaces"),
+], ids=["no-token", "unsigned-with-token", "unsigned-with-apps"])
+def test_template_refuses_apps_without_a_token(values, message):
+    with pytest.raises(helm.HelmError, match=message):
+        helmrender.render(values)
+
+
+def test_the_token_is_required_unless_the_apps_are_served_unsigned():
+    def token_env(values):
+        env = {e["name"]: e for e in
+               workload(render_objects(values))["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return env.get("TIMBRIDGE_TOKEN"), bridge_config(render_objects(values))
+
+    ref, config = token_env({"bridge": {"sdkappids": ["1400000000"]}, "secret": {"token": "t"}})
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": "timbridge", "key": "token"}
+    assert "TIMBRIDGE_ALLOW_UNSIGNED" not in config
+    ref, _ = token_env({"bridge": {"sdkappids": ["1400000000"]},
+                        "secret": {"existingSecret": "mine"}})
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "token"}
+    ref, config = token_env({"bridge": {"sdkappids": ["1400000000"], "allowUnsigned": True}})
+    assert ref is None and config["TIMBRIDGE_ALLOW_UNSIGNED"] == "true"
+    # Development: any SdkAppid, a token if there is one.
+    ref, _ = token_env({"bridge": {"allowAnySdkappid": True}})
+    assert ref["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
 def test_template_refuses_inconsistent_shutdown():
     with pytest.raises(helm.HelmError, match="delaySeconds"):
         helmrender.render({"shutdown": {"delaySeconds": 30, "timeoutSeconds": 20}})

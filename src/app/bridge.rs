@@ -18,6 +18,7 @@ use crate::ingest::Handler;
 use crate::sink::Sink;
 use crate::spool::forward_runtime::ForwardRuntime;
 use crate::spool::{OpenError, Spool};
+use crate::wire::Apps;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -105,6 +106,7 @@ impl<D: Deliver> Bridge<D> {
         let addr = local_addr(&listener, config.listen);
         let admin_addr = local_addr(&admin_listener, config.admin_listen);
 
+        warn_unsigned(&config.apps);
         let handler = Arc::new(Handler::new(config.ingest(), delivery, metrics.ingest));
         let budget = Budget::new(
             config.shutdown_delay,
@@ -193,4 +195,28 @@ fn new_metrics() -> Result<BridgeMetrics, StartError> {
 
 fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {
     listener.local_addr().unwrap_or(configured)
+}
+
+/// Says at start-up which callbacks are served without Tencent's signature: anyone who can
+/// reach the endpoint can publish those.
+fn warn_unsigned(apps: &Apps) {
+    match apps {
+        Apps::Any { token: None } => tracing::warn!(
+            "callbacks of any SdkAppid are accepted unsigned (--allow-any-sdkappid without a \
+             token): anyone who can reach the endpoint can publish; for development only"
+        ),
+        Apps::Any { token: Some(_) } => tracing::warn!(
+            "callbacks of any SdkAppid are accepted (--allow-any-sdkappid); for development only"
+        ),
+        Apps::Listed(listed) => {
+            for app in listed.iter().filter(|app| app.token.is_none()) {
+                tracing::warn!(
+                    sdkappid = app.sdkappid,
+                    "this app's callbacks are served unsigned: anyone who can reach the endpoint \
+                     can publish as it; turn on callback authentication in Tencent's console \
+                     and give its token"
+                );
+            }
+        }
+    }
 }

@@ -66,6 +66,7 @@ mod tests {
         metrics
             .ingest
             .delivered("other", "stdout", Duration::ZERO, Duration::ZERO, true);
+        metrics.ingest.app_signed("1400000000", true);
         metrics.ingest.set_state(
             "stdout",
             crate::ingest::report::State {

@@ -28,7 +28,9 @@ use crate::before::forward::Verdict;
 use crate::before::{BeforeConfig, BeforeOutcome};
 use crate::core::deliver::{Ack, Deliver, DeliveryError};
 use crate::core::Record;
-use crate::tencent::callback::{reply, Callback, CallbackError, Policy, Query, VerifiedQuery};
+use crate::tencent::callback::{
+    reply, Callback, CallbackError, Policy, Query, Signers, VerifiedQuery,
+};
 use crate::wire::RecordBuilder;
 use admission::{Admission, Admitted};
 use before::BeforePath;
@@ -200,6 +202,14 @@ impl<D: Deliver> Handler<D> {
                 .map(|(_, l)| l.clone())
                 .collect::<Vec<_>>(),
         );
+        match &settings.policy.signers {
+            Signers::Any { token } => metrics.app_signed("other", token.is_some()),
+            Signers::Listed(apps) => {
+                for (id, token) in apps {
+                    metrics.app_signed(&id.to_string(), token.is_some());
+                }
+            }
+        }
         let before = BeforePath::new(
             &settings.before,
             settings.admission,

@@ -39,6 +39,7 @@ pub struct Metrics {
     rejections: IntCounterVec,
     app_callbacks: IntCounterVec,
     signature_failures: IntCounterVec,
+    app_signed: IntGaugeVec,
     request_duration: Histogram,
     request_time_skew: Histogram,
     publish_duration: HistogramVec,
@@ -84,6 +85,13 @@ impl Metrics {
             Opts::new(
                 "timbridge_signature_failures_total",
                 "Callbacks refused for their signature (missing, wrong or stale), by the app they claimed: a configured SdkAppid, or other.",
+            ),
+            &["sdkappid"],
+        )?;
+        let app_signed = IntGaugeVec::new(
+            Opts::new(
+                "timbridge_app_signed",
+                "1 when the app's callbacks must carry Tencent's Sign (it has a token), 0 when they are served unsigned (anyone who reaches the endpoint can publish); other: any SdkAppid (--allow-any-sdkappid).",
             ),
             &["sdkappid"],
         )?;
@@ -164,6 +172,7 @@ impl Metrics {
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(app_callbacks.clone()))?;
         registry.register(Box::new(signature_failures.clone()))?;
+        registry.register(Box::new(app_signed.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(request_time_skew.clone()))?;
         registry.register(Box::new(publish_duration.clone()))?;
@@ -194,6 +203,7 @@ impl Metrics {
             rejections,
             app_callbacks,
             signature_failures,
+            app_signed,
             request_duration,
             request_time_skew,
             publish_duration,
@@ -239,6 +249,13 @@ impl Metrics {
                     .with_label_values(&[label, outcome.label()]);
             }
         }
+    }
+
+    /// Whether the app `label`'s callbacks are signed (set once, from the configuration).
+    pub fn app_signed(&self, label: &str, signed: bool) {
+        self.app_signed
+            .with_label_values(&[label])
+            .set(i64::from(signed));
     }
 
     /// A request claiming the app `label` was answered.

@@ -188,3 +188,50 @@ async fn two_apps_on_kafka_each_verified_routed_and_counted_as_itself() {
     );
     bridge.shutdown().await;
 }
+
+/// Each app says whether its callbacks are signed: a gauge per configured app, and `other`
+/// for any SdkAppid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_app_says_whether_its_callbacks_are_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apps.yaml");
+    std::fs::write(
+        &path,
+        format!("apps:\n  - sdkappid: {PROD}\n    token: prod-token\n  - sdkappid: {STAGING}\n    unsigned: true\n"),
+    )
+    .unwrap();
+    let signed = |app: &str| format!("timbridge_app_signed{{sdkappid=\"{app}\"}}");
+    let http = Http::default();
+    for (flags, expected) in [
+        (
+            vec!["--config", path.to_str().unwrap()],
+            vec![(PROD.to_string(), 1.0), (STAGING.to_string(), 0.0)],
+        ),
+        (
+            vec!["--sdkappid", "1400000000", "--allow-unsigned"],
+            vec![(PROD.to_string(), 0.0)],
+        ),
+        (
+            vec!["--sdkappid", "1400000000", "--token", "t"],
+            vec![(PROD.to_string(), 1.0)],
+        ),
+        (
+            vec!["--allow-any-sdkappid"],
+            vec![("other".to_owned(), 0.0)],
+        ),
+    ] {
+        let bridge = start(&flags).await;
+        let (_, text) = http.admin(bridge.admin_addr(), "/metrics").await;
+        for (app, value) in expected {
+            assert_eq!(metric(&text, &signed(&app)), value, "{flags:?}: {app}");
+        }
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("timbridge_app_signed{"))
+                .count(),
+            if flags[0] == "--config" { 2 } else { 1 },
+            "{flags:?}: one series per app"
+        );
+        bridge.shutdown().await;
+    }
+}

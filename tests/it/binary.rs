@@ -33,6 +33,12 @@ fn version_and_help_work() {
 fn configuration_errors_exit_64_with_one_line_naming_the_flag() {
     let cases: &[(&[&str], &str)] = &[
         (&["serve"], "--sdkappid"),
+        // An app without a token is served only when the operator says so.
+        (&["serve", "--sdkappid", "1400000000"], "--sdkappid"),
+        (
+            &["serve", "--allow-any-sdkappid", "--max-clock-skew", "301s"],
+            "--max-clock-skew",
+        ),
         (
             &["serve", "--allow-any-sdkappid", "--publish-timeout", "soon"],
             "--publish-timeout",
@@ -168,11 +174,19 @@ async fn stdout_sink_writes_one_json_line_per_callback_and_sigterm_exits_0() {
     }
 
     // SIGTERM: readiness goes false, the process exits 0.
+    let mut child_stderr = child.stderr.take().unwrap();
     crate::common::process::signal_pid(child.id(), "TERM");
     let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
     assert_eq!(exit.code(), Some(0));
+    // Unsigned callbacks are said out loud at start-up.
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child_stderr, &mut stderr).unwrap();
+    assert!(
+        stderr.contains("WARN") && stderr.contains("accepted unsigned"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,6 +219,7 @@ fn spooled_process_flags<'a>(url: &'a str, spool: &'a str, extra: &[&'a str]) ->
     let mut flags = vec![
         "--sdkappid",
         "1400000000",
+        "--allow-unsigned",
         "--sink",
         "nats",
         "--nats-url",
@@ -442,6 +443,7 @@ async fn a_second_process_cannot_take_the_spool_and_spool_forward_empties_it() {
             "serve",
             "--sdkappid",
             "1",
+            "--allow-unsigned",
             "--listen",
             "127.0.0.1:0",
             "--admin-listen",

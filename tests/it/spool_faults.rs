@@ -106,6 +106,7 @@ async fn spooled_bridge(
     let mut flags = vec![
         "--sdkappid",
         "1400000000",
+        "--allow-unsigned",
         "--sink",
         "nats",
         "--nats-url",
@@ -225,6 +226,7 @@ async fn a_position_file_that_cannot_be_read_stops_the_start_and_nothing_is_repl
                 "serve",
                 "--sdkappid",
                 "1400000000",
+                "--allow-unsigned",
                 "--sink",
                 "nats",
                 "--nats-url",
@@ -257,6 +259,7 @@ async fn a_body_limit_the_spool_frame_cannot_hold_is_refused_at_start() {
             "serve",
             "--sdkappid",
             "1400000000",
+            "--allow-unsigned",
             "--spool-dir",
             &spool,
             "--max-body-bytes",
@@ -504,6 +507,7 @@ async fn a_nats_permission_refusal_makes_spooled_records_wait_and_they_arrive_on
     let bridge = start(&[
         "--sdkappid",
         "1400000000",
+        "--allow-unsigned",
         "--sink",
         "nats",
         "--nats-url",

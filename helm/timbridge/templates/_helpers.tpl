@@ -103,8 +103,8 @@ apps replaces bridge.sdkappids, bridge.allowAnySdkappid and secret.token (the br
 --config together with them); each app once, with the destination key of the sink in use.
 */}}
 {{- define "timbridge.checkApps" -}}
-{{- if and .Values.apps (or .Values.bridge.sdkappids .Values.bridge.allowAnySdkappid .Values.secret.token) }}
-{{- fail "apps replaces bridge.sdkappids, bridge.allowAnySdkappid and secret.token: set one or the other" }}
+{{- if and .Values.apps (or .Values.bridge.sdkappids .Values.bridge.allowAnySdkappid .Values.bridge.allowUnsigned .Values.secret.token) }}
+{{- fail "apps replaces bridge.sdkappids, bridge.allowAnySdkappid, bridge.allowUnsigned and secret.token: set one or the other" }}
 {{- end }}
 {{- $seen := dict }}
 {{- range .Values.apps }}
@@ -157,10 +157,13 @@ missing Secret keeps the pod from starting rather than the app unverified. */}}
     secretKeyRef: {name: {{ .secretKeySecret.name }}, key: {{ .secretKeySecret.key }}}
 {{- end }}
 {{- end }}
-{{- if not $apps }}
+{{- /* The single-app token: required (a missing key keeps the pod from starting rather
+than the apps unverified), unless the apps are served unsigned on purpose; optional only for
+allowAnySdkappid, which is for development. */}}
+{{- if not (or $apps .Values.bridge.allowUnsigned) }}
 - name: TIMBRIDGE_TOKEN
   valueFrom:
-    secretKeyRef: {name: {{ $secretName }}, key: token, optional: true}
+    secretKeyRef: {name: {{ $secretName }}, key: token{{ if .Values.bridge.allowAnySdkappid }}, optional: true{{ end }}}
 {{- end }}
 {{- if eq $sink "nats" }}
 - name: TIMBRIDGE_NATS_TOKEN
@@ -180,5 +183,20 @@ missing Secret keeps the pod from starting rather than the app unverified. */}}
 - name: TIMBRIDGE_KAFKA_SASL_PASSWORD
   valueFrom:
     secretKeyRef: {name: {{ $secretName }}, key: kafka-sasl-password, optional: true}
+{{- end }}
+{{- end }}
+
+{{/*
+bridge.sdkappids come with a callback token unless bridge.allowUnsigned says they are served
+unsigned (the bridge refuses an --sdkappid without a token otherwise).
+*/}}
+{{- define "timbridge.checkToken" -}}
+{{- if and .Values.bridge.sdkappids (not (or .Values.apps .Values.bridge.allowAnySdkappid)) }}
+{{- if and .Values.bridge.allowUnsigned .Values.secret.token }}
+{{- fail "bridge.allowUnsigned serves the apps without a token: remove it or secret.token" }}
+{{- end }}
+{{- if not (or .Values.bridge.allowUnsigned .Values.secret.token .Values.secret.existingSecret) }}
+{{- fail "bridge.sdkappids needs the callback token: set secret.token (or the key \"token\" of secret.existingSecret), or bridge.allowUnsigned while the console's callback authentication is off" }}
+{{- end }}
 {{- end }}
 {{- end }}

@@ -180,7 +180,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TIMBRIDGE_CONFIG",
-        conflicts_with_all = ["sdkappids", "allow_any_sdkappid", "token", "token_file"]
+        conflicts_with_all = ["sdkappids", "allow_any_sdkappid", "token", "token_file", "allow_unsigned"]
     )]
     pub config: Option<PathBuf>,
 
@@ -204,7 +204,14 @@ pub struct ServeArgs {
     #[arg(long, env = "TIMBRIDGE_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
 
-    /// How far RequestTime may be from this server's clock.
+    /// Serve the --sdkappid apps without a token: their callbacks are not signed, so anyone who
+    /// can reach the endpoint can publish. Only while the console's callback authentication is
+    /// off.
+    #[arg(long, env = "TIMBRIDGE_ALLOW_UNSIGNED", conflicts_with_all = ["token", "token_file"])]
+    pub allow_unsigned: bool,
+
+    /// How far RequestTime may be from this server's clock (at most 5m: the window in which a
+    /// seen signed URL can be replayed).
     #[arg(long, env = "TIMBRIDGE_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_duration)]
     pub max_clock_skew: Duration,
 
@@ -348,8 +355,18 @@ impl ServeArgs {
                 self.sdkappids,
                 self.token,
                 self.token_file,
+                self.allow_unsigned,
             )?,
         };
+        if self.max_clock_skew > MAX_CLOCK_SKEW_CEILING {
+            return Err(ConfigError::new(
+                "--max-clock-skew",
+                format!(
+                    "must be at most {}s: a signed URL seen once can be replayed within it",
+                    MAX_CLOCK_SKEW_CEILING.as_secs()
+                ),
+            ));
+        }
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
@@ -480,12 +497,18 @@ impl ServeArgs {
     }
 }
 
-/// The one-app (or one-token) case: every `--sdkappid` with the same token.
+/// The ceiling of `--max-clock-skew`.
+pub const MAX_CLOCK_SKEW_CEILING: Duration = Duration::from_secs(300);
+
+/// The one-app (or one-token) case: every `--sdkappid` with the same token. Without one, the
+/// apps are served only with `--allow-unsigned` (`--allow-any-sdkappid` is for development and
+/// says so).
 fn apps_from_flags(
     allow_any: bool,
     sdkappids: Vec<u64>,
     token: Option<Secret>,
     token_file: Option<PathBuf>,
+    allow_unsigned: bool,
 ) -> Result<Apps, ConfigError> {
     let token = match (token, token_file) {
         (Some(token), _) => Some(token.expose().to_owned()),
@@ -501,6 +524,13 @@ fn apps_from_flags(
         return Err(ConfigError::new("--token", "is empty"));
     }
     let token = token.map(Token::new);
+    if token.is_none() && !allow_any && !sdkappids.is_empty() && !allow_unsigned {
+        return Err(ConfigError::new(
+            "--sdkappid",
+            "has no token: give --token or --token-file (or --allow-unsigned while the \
+             console's callback authentication is off)",
+        ));
+    }
     match (allow_any, sdkappids.is_empty()) {
         (true, _) => Ok(Apps::Any { token }),
         (false, false) => Ok(Apps::Listed(
@@ -532,7 +562,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = serve(&["--sdkappid", "1400000000"]).unwrap();
+        let c = serve(&["--sdkappid", "1400000000", "--allow-unsigned"]).unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9090");
         assert_eq!(c.path, "/callback");
@@ -548,6 +578,9 @@ mod tests {
         let any = "--allow-any-sdkappid";
         let cases: &[(&[&str], &str)] = &[
             (&[], "--sdkappid"),
+            // An app without a token is served only when the operator says so.
+            (&["--sdkappid", "1"], "--sdkappid: has no token"),
+            (&[any, "--max-clock-skew", "6m"], "--max-clock-skew"),
             (&[any, "--publish-timeout", "soon"], "--publish-timeout"),
             (
                 &[any, "--sink", "nats", "--nats-subject", "tim.{x}"],
@@ -744,6 +777,7 @@ mod tests {
             &["--sdkappid", "1"][..],
             &["--token", "t"],
             &["--allow-any-sdkappid"],
+            &["--allow-unsigned"],
         ] {
             let mut args = vec!["--config", path.to_str().unwrap()];
             args.extend_from_slice(clash);

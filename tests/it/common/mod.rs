@@ -25,7 +25,8 @@ pub const APP: u64 = 1400000000;
 pub const ORDER_GROUPS: usize = 100;
 pub const ORDER_PER_GROUP: u64 = 100;
 
-/// The bridge's configuration from command-line flags, listening on ephemeral ports.
+/// The bridge's configuration from command-line flags, listening on ephemeral ports (an
+/// `--sdkappid` without a token is served with `--allow-unsigned`).
 pub fn config(extra: &[&str]) -> Config {
     let mut argv = vec![
         "timbridge",
@@ -40,6 +41,15 @@ pub fn config(extra: &[&str]) -> Config {
         argv.extend_from_slice(&["--shutdown-delay", "0s"]);
     }
     argv.extend_from_slice(extra);
+    // The tests' apps are unsigned unless a test gives a token (the bridge refuses an
+    // `--sdkappid` without one unless told).
+    if extra.contains(&"--sdkappid")
+        && !extra
+            .iter()
+            .any(|f| ["--token", "--token-file", "--allow-unsigned"].contains(f))
+    {
+        argv.push("--allow-unsigned");
+    }
     let Command::Serve(args) = Cli::try_parse_from(argv).expect("flags parse").command else {
         panic!("serve")
     };
