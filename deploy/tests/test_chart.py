@@ -528,6 +528,11 @@ def test_the_token_is_required_unless_the_apps_are_served_unsigned():
     assert ref["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "token"}
     ref, config = token_env({"bridge": {"sdkappids": ["1400000000"], "allowUnsigned": True}})
     assert ref is None and config["TIMBRIDGE_ALLOW_UNSIGNED"] == "true"
+    # --allow-source from bridge.allowSources.
+    _, config = token_env({"bridge": {"sdkappids": ["1400000000"],
+                                      "allowSources": ["10.0.0.0/8", "203.0.113.7"]},
+                           "secret": {"token": "t"}})
+    assert config["TIMBRIDGE_ALLOW_SOURCE"] == "10.0.0.0/8,203.0.113.7"
     # Development: any SdkAppid, a token if there is one.
     ref, _ = token_env({"bridge": {"allowAnySdkappid": True}})
     assert ref["valueFrom"]["secretKeyRef"]["optional"] is True

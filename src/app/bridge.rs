@@ -114,6 +114,7 @@ impl<D: Deliver> Bridge<D> {
             config.spool.is_some(),
         );
         let limits = ConnectionLimits {
+            sources: config.allow_sources.clone(),
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,

@@ -34,12 +34,16 @@ use crate::ingest::{Handler, Rejection};
 
 pub mod admin;
 pub mod guarded;
+pub mod source;
 
 use guarded::{ConnState, GuardedIo};
+use source::AllowList;
 
-/// Limits of the callback listener's connections.
-#[derive(Debug, Clone, Copy)]
+/// Limits of the callback listener's connections, and who may open them.
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
+    /// The peers served (`--allow-source`); empty: every peer.
+    pub sources: AllowList,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -100,6 +104,8 @@ pub async fn serve<D: Deliver>(
             }
         };
         let _ = stream.set_nodelay(true);
+        // A peer outside --allow-source gets its refusal as soon as its head is parsed.
+        let allowed = limits.sources.allows(peer.ip());
         let (id, state) = open.add();
         let io = GuardedIo::new(stream, state.clone(), limits.header_read_timeout);
         let service = {
@@ -113,7 +119,11 @@ pub async fn serve<D: Deliver>(
                 let state = state.clone();
                 let open = open.clone();
                 async move {
-                    let response = handler.handle(request, peer).await;
+                    let response = if allowed {
+                        handler.handle(request, peer).await
+                    } else {
+                        handler.refuse(&Rejection::SourceNotAllowed(peer.ip()), peer)
+                    };
                     state.set_idle(open.now_ms());
                     Ok::<_, Infallible>(response)
                 }

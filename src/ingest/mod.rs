@@ -41,6 +41,11 @@ use report::{Metrics, Report};
 /// Seconds Tencent (or a load balancer) is told to wait after a 503.
 const RETRY_AFTER_SECS: &str = "1";
 
+/// The largest declared body an early refusal reads and discards, so that the keep-alive
+/// connection goes on serving (the request pipelined behind it included); a larger one, or one
+/// of unknown length, closes the connection instead.
+const DISCARD_MAX_BYTES: u64 = 64 * 1024;
+
 /// What the request path needs of the configuration, and nothing more.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -315,6 +320,17 @@ impl<D: Deliver> Handler<D> {
         response
     }
 
+    /// Answers a request the listener refused before the handler looked at it (its source):
+    /// counted and logged like any refusal, its body never read, the connection closed after.
+    pub fn refuse(&self, rejection: &Rejection, peer: SocketAddr) -> Response<Full<Bytes>> {
+        self.refused_before_the_handler(rejection, peer);
+        let mut response = fail(rejection);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+
     /// Counts and logs a request refused before it reached the handler (a head over the
     /// bound, answered by the connection's guard).
     pub fn refused_before_the_handler(&self, rejection: &Rejection, peer: SocketAddr) {
@@ -337,7 +353,8 @@ impl<D: Deliver> Handler<D> {
             Ok(query) => query,
             Err(rejection) => {
                 let claimed = Query::claimed_sdkappid(request.uri().query().unwrap_or(""));
-                return Attempt::refused("other", claimed, rejection, has_body);
+                let unread = has_body && !self.discard_small_body(request, &rejection).await;
+                return Attempt::refused("other", claimed, rejection, unread);
             }
         };
         if let Some(before) = self.before.as_ref().filter(|_| query.is_before()) {
@@ -401,6 +418,31 @@ impl<D: Deliver> Handler<D> {
             self.metrics().signature_failure(self.app_label(claimed));
         }
         Ok(verified?)
+    }
+
+    /// Reads and drops the body of a request refused before its body mattered, when it is
+    /// small and its framing sound; true when the connection can serve the next request.
+    async fn discard_small_body<B>(&self, request: Request<B>, rejection: &Rejection) -> bool
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if matches!(rejection, Rejection::BadHttp(_)) {
+            return false;
+        }
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let Some(len) = declared.filter(|len| *len <= DISCARD_MAX_BYTES) else {
+            return false;
+        };
+        let read = Limited::new(request.into_body(), len as usize).collect();
+        matches!(
+            tokio::time::timeout(self.body_read_timeout, read).await,
+            Ok(Ok(_))
+        )
     }
 
     /// The `sdkappid` label: the app's id when it is configured, `other` otherwise.

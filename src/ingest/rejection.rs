@@ -18,6 +18,8 @@ use crate::tencent::callback::CallbackError;
 pub enum Rejection {
     #[error("no callback endpoint at this path")]
     NotFound,
+    #[error("source {0} is not allowed to call (--allow-source)")]
+    SourceNotAllowed(std::net::IpAddr),
     #[error("method not allowed: callbacks are POSTed")]
     MethodNotAllowed,
     /// Not what Tencent sends: the query, the signature or the body (the protocol's own error,
@@ -95,6 +97,7 @@ impl Rejection {
             Rejection::Protocol(C::ForbiddenAppId(_)) => {
                 meta(S::FORBIDDEN, 4030, "forbidden_sdkappid")
             }
+            Rejection::SourceNotAllowed(_) => meta(S::FORBIDDEN, 4031, "source_not_allowed"),
             Rejection::NotFound => meta(S::NOT_FOUND, 4040, "not_found"),
             Rejection::MethodNotAllowed => meta(S::METHOD_NOT_ALLOWED, 4050, "method_not_allowed"),
             Rejection::BodyTimeout(_) => meta(S::REQUEST_TIMEOUT, 4080, "body_timeout"),
@@ -178,6 +181,7 @@ impl Rejection {
                 max_secs: 0,
             }),
             Rejection::Protocol(C::ForbiddenAppId(0)),
+            Rejection::SourceNotAllowed(std::net::Ipv4Addr::UNSPECIFIED.into()),
             Rejection::NotFound,
             Rejection::MethodNotAllowed,
             Rejection::BodyTimeout(Duration::ZERO),

@@ -18,3 +18,4 @@ mod rejections;
 mod slow_clients;
 mod spool;
 mod spool_faults;
+mod trust;

@@ -28,7 +28,7 @@ pub use audit::AuditArgs;
 pub use kafka::{Compression, KafkaArgs};
 pub use nats::NatsArgs;
 pub use ordered::OrderedArgs;
-use parse::{parse_duration, parse_secret, parse_size};
+use parse::{parse_cidr, parse_duration, parse_secret, parse_size};
 pub use spool::{ForwardArgs, SpoolArgs};
 
 #[derive(Debug, Parser)]
@@ -204,6 +204,18 @@ pub struct ServeArgs {
     #[arg(long, env = "TIMBRIDGE_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
 
+    /// Serve only peers in these ranges (CIDR, or an address for one host; repeat the flag or
+    /// comma-separate in the env variable), e.g. Tencent's callback egress ranges. Others get
+    /// 403 before their request is read. Not given: every peer.
+    #[arg(
+        long = "allow-source",
+        env = "TIMBRIDGE_ALLOW_SOURCE",
+        value_delimiter = ',',
+        value_name = "CIDR",
+        value_parser = parse_cidr
+    )]
+    pub allow_sources: Vec<ipnet::IpNet>,
+
     /// Serve the --sdkappid apps without a token: their callbacks are not signed, so anyone who
     /// can reach the endpoint can publish. Only while the console's callback authentication is
     /// off.
@@ -373,6 +385,7 @@ impl ServeArgs {
             path: self.path,
             apps,
             max_clock_skew: self.max_clock_skew,
+            allow_sources: crate::http::source::AllowList::new(self.allow_sources),
             sink,
             publish_timeout: self.publish_timeout,
             max_body_bytes: self.max_body_bytes,

@@ -1,4 +1,4 @@
-//! Parsers of flag values: sizes, durations, `key=value` pairs, secrets.
+//! Parsers of flag values: sizes, durations, `key=value` pairs, secrets, address ranges.
 
 use std::time::Duration;
 
@@ -53,6 +53,14 @@ pub fn parse_secret(text: &str) -> Result<Secret, String> {
     Ok(Secret::new(text))
 }
 
+/// Parses a CIDR range (`10.0.0.0/8`, `2001:db8::/32`) or one address (`127.0.0.2`: that host).
+pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address range like 10.0.0.0/8 or an address"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +81,17 @@ mod tests {
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("2").is_err());
+    }
+
+    #[test]
+    fn cidrs_and_single_addresses() {
+        assert_eq!(parse_cidr("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_cidr("127.0.0.2").unwrap().to_string(), "127.0.0.2/32");
+        assert_eq!(
+            parse_cidr("2001:db8::1").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("tencent").is_err());
     }
 }

@@ -1,0 +1,178 @@
+//! Who may call, and how a refusal leaves the connection: the source allow-list (client
+//! sockets bound to loopback aliases, 127.0.0.2 allowed and 127.0.0.3 not), and early refusals
+//! that read a small body so that a keep-alive connection goes on serving. Against a real
+//! nats-server: what is refused is never published.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::common::nats::{start_bridge, NatsServer};
+use crate::common::*;
+use timbridge::tencent::callback::{sign, Token};
+
+const TOKEN: &str = "trust-token";
+
+fn signed(token: &str) -> String {
+    let time = cases::now().to_string();
+    let sig = sign(&Token::new(token.into()), &time);
+    format!(
+        "{}&RequestTime={time}&Sign={sig}",
+        query("Group.CallbackAfterSendMsg")
+    )
+}
+
+/// One request, head and body, on a keep-alive connection.
+fn request(query: &str, body: &Bytes) -> Vec<u8> {
+    let mut r = format!(
+        "POST /callback?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// A connection from `source` (a loopback alias) to `addr`.
+async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse::<IpAddr>().unwrap(), 0))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Reads answers until `count` have arrived or the connection ends (2 s at most); returns
+/// each one's status and body, and whether the connection was closed.
+async fn answers(stream: &mut TcpStream, count: usize) -> (Vec<(u16, String)>, bool) {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut closed = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while out.len() < count {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break,
+        }
+        // Split off every complete answer (head, then Content-Length bytes).
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() < end + 4 + len {
+                break;
+            }
+            let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+            buf.drain(..end + 4 + len);
+            out.push((status, body));
+        }
+    }
+    (out, closed)
+}
+
+/// `--allow-source`: a listed source is served; another gets 403 before its body is read,
+/// nothing of it is published, and the refusal is counted under its own reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_sources_are_served() {
+    let nats = NatsServer::start();
+    let bridge = start_bridge(
+        &nats,
+        &["--sdkappid", "1400000000", "--allow-source", "127.0.0.2/32"],
+    )
+    .await;
+    let body = group_message("@TGS#allowed", 1);
+    let mut allowed = connect_from("127.0.0.2", bridge.addr()).await;
+    allowed
+        .write_all(&request(&query("Group.CallbackAfterSendMsg"), &body))
+        .await
+        .unwrap();
+    let (got, _) = answers(&mut allowed, 1).await;
+    assert_eq!(got[0].0, 200, "{got:?}");
+
+    // The refused source sends only the head: the answer must not wait for a body.
+    let mut refused = connect_from("127.0.0.3", bridge.addr()).await;
+    let other = group_message("@TGS#refused", 1);
+    let whole = request(&query("Group.CallbackAfterSendMsg"), &other);
+    let head_len = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    refused.write_all(&whole[..head_len]).await.unwrap();
+    let (got, closed) = answers(&mut refused, 1).await;
+    assert_eq!(got.len(), 1, "answered without the body");
+    assert_eq!(got[0].0, 403);
+    let v: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!(v["ActionStatus"], "FAIL");
+    assert_eq!(v["ErrorCode"], 4031);
+    assert!(
+        closed || answers(&mut refused, 1).await.1,
+        "the connection is closed"
+    );
+
+    let stored = nats.reader().await.all("TIM").await;
+    let groups: Vec<&str> = stored
+        .iter()
+        .map(|m| m.header("tim-group-id").unwrap())
+        .collect();
+    assert_eq!(groups, ["@TGS#allowed"]);
+    let (_, text) = Http::default().admin(bridge.admin_addr(), "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "timbridge_rejections_total{reason=\"source_not_allowed\"}"
+        ),
+        1.0
+    );
+    bridge.shutdown().await;
+}
+
+/// An early refusal (a bad signature, 401) of a request with a small declared body reads and
+/// discards that body: the keep-alive connection goes on, and the request pipelined behind it
+/// is answered and published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_refusal_keeps_the_connection_for_the_next_request() {
+    let nats = NatsServer::start();
+    let bridge = start_bridge(&nats, &["--sdkappid", "1400000000", "--token", TOKEN]).await;
+    let forged = group_message("@TGS#keep", 1);
+    let genuine = group_message("@TGS#keep", 2);
+    let mut pipelined = request(&signed("not-the-token"), &forged);
+    pipelined.extend_from_slice(&request(&signed(TOKEN), &genuine));
+    let mut stream = TcpStream::connect(bridge.addr()).await.unwrap();
+    stream.write_all(&pipelined).await.unwrap();
+    let (got, _) = answers(&mut stream, 2).await;
+    let statuses: Vec<u16> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [401, 200], "{got:?}");
+
+    // A body over 64 KiB is not read for a refusal: that connection closes.
+    let big = Bytes::from(vec![b' '; 70 * 1024]);
+    let mut stream = TcpStream::connect(bridge.addr()).await.unwrap();
+    stream
+        .write_all(&request(&signed("not-the-token"), &big))
+        .await
+        .unwrap();
+    let (got, closed) = answers(&mut stream, 2).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, 401);
+    assert!(closed, "a large unread body closes the connection");
+
+    let stored = nats.reader().await.all("TIM").await;
+    let seqs: Vec<&str> = stored
+        .iter()
+        .map(|m| m.header("tim-msg-seq").unwrap())
+        .collect();
+    assert_eq!(seqs, ["2"], "only the genuine one is published");
+    bridge.shutdown().await;
+}
