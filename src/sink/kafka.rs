@@ -234,6 +234,9 @@ fn client_config(
             config.queue_max_messages.to_string(),
         )
         .set("statistics.interval.ms", "5000")
+        // Topics are created by the operator, never by a publish (the bridge's destinations
+        // are a fixed set: unknown commands share one topic).
+        .set("allow.auto.create.topics", "false")
         .set_log_level(RDKafkaLogLevel::Warning);
     for (key, value) in GUARANTEES {
         c.set(*key, *value);

@@ -9,6 +9,12 @@ use crate::tencent::callback::commands::{self, Identity, Key};
 use crate::tencent::callback::Callback;
 use crate::wire::apps::App;
 
+/// What `{command}` renders as for a command not in Tencent's table: one fixed destination
+/// (`tim.unknown.{partition}`, topic `tim.unknown` by default), so that a caller cannot name
+/// subjects or topics by inventing commands. The record's `tim-callback-command` header keeps
+/// the command itself.
+pub const UNKNOWN_COMMAND: &str = "unknown";
+
 /// Turns callbacks into records for a destination template (and the apps' own ones) and a
 /// partition count.
 #[derive(Debug, Clone)]
@@ -46,7 +52,8 @@ impl RecordBuilder {
             .iter()
             .find(|(id, _)| *id == sdkappid)
             .map_or(&self.destination, |(_, template)| template);
-        let destination = template.render(callback.command(), partition, sdkappid);
+        let command = callback.spec().map_or(UNKNOWN_COMMAND, |spec| spec.name);
+        let destination = template.render(command, partition, sdkappid);
         let headers = headers(&callback);
         Record {
             destination,
@@ -407,6 +414,13 @@ mod tests {
         );
         assert_eq!(unknown.key, "1400000000");
         assert_eq!(unknown.dedup_id(), None);
+        // Its destination is the fixed one, not one named after the command; its header keeps
+        // the command.
+        let p = crate::wire::partition(b"1400000000", 16);
+        assert_eq!(unknown.destination, format!("tim.unknown.{p}"));
+        assert!(unknown
+            .headers
+            .contains(&(header::COMMAND, "Live.CallbackAfterCreateRoom".to_owned())));
         // A login state change is keyed by whose state changed.
         assert_eq!(state.key, "x");
         assert_eq!(state.dedup_id(), None);

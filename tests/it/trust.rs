@@ -1,6 +1,7 @@
 //! Who may call, and how a refusal leaves the connection: the source allow-list (client
 //! sockets bound to loopback aliases, 127.0.0.2 allowed and 127.0.0.3 not), and early refusals
-//! that read a small body so that a keep-alive connection goes on serving. Against a real
+//! that read a small body so that a keep-alive connection goes on serving, and destinations a
+//! caller cannot name (unknown commands share one). Against a real
 //! nats-server: what is refused is never published.
 
 use std::net::{IpAddr, SocketAddr};
@@ -174,5 +175,29 @@ async fn an_early_refusal_keeps_the_connection_for_the_next_request() {
         .map(|m| m.header("tim-msg-seq").unwrap())
         .collect();
     assert_eq!(seqs, ["2"], "only the genuine one is published");
+    bridge.shutdown().await;
+}
+
+/// A command Tencent does not document cannot name a subject: it goes to the one fixed
+/// destination, `tim.unknown.{partition}`, and its header keeps the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_command_goes_to_the_fixed_destination() {
+    let nats = NatsServer::start();
+    let bridge = start_bridge(&nats, &["--sdkappid", "1400000000"]).await;
+    let command = "Made.UpCommand";
+    let body = Bytes::from(format!(
+        r#"{{"CallbackCommand":"{command}","GroupId":"g"}}"#
+    ));
+    assert_ok(
+        &Http::default()
+            .callback(bridge.addr(), &query(command), body.clone())
+            .await,
+    );
+    let stored = nats.reader().await.all("TIM").await;
+    assert_eq!(stored.len(), 1);
+    let p = timbridge::wire::partition(b"1400000000", 16);
+    assert_eq!(stored[0].subject, format!("tim.unknown.{p}"));
+    assert_eq!(stored[0].header("tim-callback-command"), Some(command));
+    assert_eq!(stored[0].payload, body);
     bridge.shutdown().await;
 }
