@@ -45,6 +45,14 @@ def is_auditor(obj: dict[str, Any]) -> bool:
     return obj["metadata"]["labels"].get("app.kubernetes.io/component") == "auditor"
 
 
+def bridge_services(objs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The bridge's two Services: the callback port's, and the admin port's ("-admin")."""
+    services = [o for o in by_kind(objs, "Service") if not is_auditor(o)]
+    (admin,) = [s for s in services if s["metadata"]["name"].endswith("-admin")]
+    (callback,) = [s for s in services if s is not admin]
+    return callback, admin
+
+
 def workload(objs: list[dict[str, Any]]) -> dict[str, Any]:
     """The bridge's pods' owner: a Deployment, or a StatefulSet in spooled mode on PVCs."""
     found = [o for o in by_kind(objs, "Deployment") + by_kind(objs, "StatefulSet") if not is_auditor(o)]
@@ -168,10 +176,19 @@ def test_config_names_only_real_flags(case):
 
 def test_service_exposes_callback_and_metrics(case):
     _, objs = case
-    (service,) = [o for o in by_kind(objs, "Service") if not is_auditor(o)]
-    ports = {p["name"]: p for p in service["spec"]["ports"]}
-    assert ports["http"]["targetPort"] == "http"
-    assert ports["metrics"]["targetPort"] == "admin"
+    callback, admin = bridge_services(objs)
+    assert [(p["name"], p["targetPort"]) for p in callback["spec"]["ports"]] == [("http", "http")]
+    assert [(p["name"], p["targetPort"]) for p in admin["spec"]["ports"]] == [("metrics", "admin")]
+    assert admin["spec"]["type"] == "ClusterIP"
+    assert admin["spec"]["selector"] == callback["spec"]["selector"]
+
+
+def test_the_admin_port_is_never_exposed_by_a_load_balancer():
+    objs = render_objects({"service": {"type": "LoadBalancer"}})
+    callback, admin = bridge_services(objs)
+    assert callback["spec"]["type"] == "LoadBalancer"
+    assert [p["name"] for p in callback["spec"]["ports"]] == ["http"]
+    assert admin["spec"]["type"] == "ClusterIP"
 
 
 def test_secret_or_existing_secret(case):
@@ -269,7 +286,7 @@ def test_spool_scenario_is_a_statefulset_with_a_volume_per_pod():
     objs = render_objects(values)
     assert by_kind(objs, "Deployment") == []
     sts = one(objs, "StatefulSet")
-    assert sts["spec"]["serviceName"] == one(objs, "Service")["metadata"]["name"]
+    assert sts["spec"]["serviceName"] == bridge_services(objs)[0]["metadata"]["name"]
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "spool"
     assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
@@ -305,7 +322,10 @@ def test_pdb_on_by_default_with_two_replicas():
     assert workload(objs)["spec"]["replicas"] == 2
     assert one(objs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     assert by_kind(objs, "HorizontalPodAutoscaler") == []
-    assert by_kind(objs, "Ingress") == [] and by_kind(objs, "NetworkPolicy") == []
+    assert by_kind(objs, "Ingress") == []
+    # The NetworkPolicy is on by default: the bridge's pods, callback and admin ports only.
+    (policy,) = by_kind(objs, "NetworkPolicy")
+    assert sorted(r["ports"][0]["port"] for r in policy["spec"]["ingress"]) == ["admin", "http"]
 
 
 def test_autoscaling_scenario():
@@ -553,7 +573,8 @@ def auditor(objs: list[dict[str, Any]]) -> dict[str, Any]:
 def test_only_the_audit_scenario_runs_an_auditor(case):
     values, objs = case
     enabled = ((values or {}).get("audit") or {}).get("enabled", False)
-    assert len([o for o in objs if is_auditor(o)]) == (2 if enabled else 0)
+    # Its workload, its Service and its NetworkPolicy.
+    assert len([o for o in objs if is_auditor(o)]) == (3 if enabled else 0)
 
 
 def test_audit_scenario_runs_one_hardened_auditor_apart_from_the_bridge():
@@ -577,15 +598,15 @@ def test_audit_scenario_runs_one_hardened_auditor_apart_from_the_bridge():
     # Neither the bridge's Deployment nor its Service selects the auditor's pods.
     labels = audit["spec"]["template"]["metadata"]["labels"]
     bridge_selector = workload(objs)["spec"]["selector"]["matchLabels"]
-    (service,) = [o for o in by_kind(objs, "Service") if not is_auditor(o)]
-    for selector in (bridge_selector, service["spec"]["selector"]):
+    service, admin_service = bridge_services(objs)
+    for selector in (bridge_selector, service["spec"]["selector"], admin_service["spec"]["selector"]):
         assert not all(labels.get(k) == v for k, v in selector.items()), selector
     (audit_service,) = [o for o in by_kind(objs, "Service") if is_auditor(o)]
     assert audit_service["spec"]["selector"] == audit["spec"]["selector"]["matchLabels"]
     # The ServiceMonitor scrapes both Services.
     monitor = one(objs, "ServiceMonitor")["spec"]["selector"]
     (names,) = [e["values"] for e in monitor["matchExpressions"] if e["key"] == "app.kubernetes.io/name"]
-    for svc in (service, audit_service):
+    for svc in (admin_service, audit_service):
         assert svc["metadata"]["labels"]["app.kubernetes.io/name"] in names
         assert svc["metadata"]["labels"]["app.kubernetes.io/instance"] == monitor["matchLabels"]["app.kubernetes.io/instance"]
         assert "metrics" in [p["name"] for p in svc["spec"]["ports"]]
@@ -639,6 +660,20 @@ def test_the_auditor_follows_a_kafka_bridge():
     env = {e["name"] for e in container["env"]}
     assert "TIMBRIDGE_KAFKA_SASL_PASSWORD" in env and "TIMBRIDGE_NATS_TOKEN" not in env
     for obj in by_kind(objs, "Deployment") + by_kind(objs, "Service"):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_the_auditors_pods_have_their_own_network_policy():
+    objs = render_objects(helmrender.load_values(CHART / "ci" / "audit-values.yaml"))
+    audit = auditor(objs)
+    (policy,) = [p for p in by_kind(objs, "NetworkPolicy") if is_auditor(p)]
+    assert policy["spec"]["podSelector"]["matchLabels"] == audit["spec"]["selector"]["matchLabels"]
+    assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == ["admin"]
+    (bridge_policy,) = [p for p in by_kind(objs, "NetworkPolicy") if not is_auditor(p)]
+    labels = audit["spec"]["template"]["metadata"]["labels"]
+    selector = bridge_policy["spec"]["podSelector"]["matchLabels"]
+    assert not all(labels.get(k) == v for k, v in selector.items())
+    for obj in by_kind(objs, "NetworkPolicy"):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
