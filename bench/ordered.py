@@ -64,7 +64,7 @@ def run(mode, work, groups=None, extra=(), skip=0.0):
     # No holes, so no lookups; the tail check is put off past the run (nothing answers REST).
     cmd = [str(bench.RELEASE / "timbridge"), "audit", "--config", str(config),
            "--nats-url", Brokers.nats_url, "--admin-listen", f"127.0.0.1:{admin}",
-           "--rest-endpoint", "http://127.0.0.1:9", "--tail-interval", "1h", "--log-level", "warn"]
+           "--rest-endpoint", "http://127.0.0.1:9", "--rest-allow-http", "--tail-interval", "1h", "--log-level", "warn"]
     if mode != "off":
         cmd += ["--ordered-subject", "tim-ordered.{partition}"]
     cmd += list(extra)

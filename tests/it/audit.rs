@@ -66,6 +66,7 @@ fn audit_flags(config: &str, nats_url: &str, sim: &Tencent, admin: SocketAddr) -
         nats_url,
         "--rest-endpoint",
         &sim.endpoint(),
+        "--rest-allow-http",
         "--rest-max-rate",
         "40",
         "--gap-grace",

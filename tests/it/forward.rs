@@ -70,7 +70,10 @@ async fn moderation_service() -> (SocketAddr, Seen) {
 fn handler(service: SocketAddr) -> Arc<Handler<Scripted>> {
     let url = format!("http://{service}/moderate");
     let config = config(&[
-        "--allow-any-sdkappid",
+        "--sdkappid",
+        "1400000000",
+        "--token",
+        cases::TOKEN,
         "--before-callbacks",
         "forward",
         "--before-callback-url",
@@ -95,7 +98,7 @@ fn before_body(text: &str) -> Bytes {
 }
 
 async fn send(h: &Handler<Scripted>, text: &str) -> (u16, serde_json::Value, Duration) {
-    let request = http::Request::post(format!("/callback?{}", query(BEFORE)))
+    let request = http::Request::post(format!("/callback?{}", cases::signed(BEFORE, cases::now())))
         .header("host", "bridge")
         .body(Full::new(before_body(text)))
         .unwrap();
@@ -154,10 +157,12 @@ async fn the_services_verdict_is_tencents_answer_and_is_published_with_the_callb
         assert_eq!(verdicts(&h, verdict), n, "{verdict}");
     }
 
-    // The service saw Tencent's query and body as they came.
+    // The service saw Tencent's query and body as they came, without the signature: a signed
+    // URL it could replay at the bridge.
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 5);
     assert_eq!(seen[0].0, query(BEFORE));
+    assert!(!seen[0].0.contains("Sign=") && !seen[0].0.contains("RequestTime="));
     assert_eq!(seen[0].1, before_body("hello"));
 
     // Each callback is published in the background with the verdict.

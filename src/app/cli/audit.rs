@@ -206,6 +206,15 @@ pub struct AuditArgs {
     )]
     pub rest_endpoint: Option<String>,
 
+    /// Let --rest-endpoint be plain http:// (a local simulator in tests). Every call carries the
+    /// admin's UserSig in its query: anywhere else it must travel over https://.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_REST_ALLOW_HTTP",
+        help_heading = "Tencent REST API"
+    )]
+    pub rest_allow_http: bool,
+
     #[command(flatten)]
     pub nats: NatsArgs,
 
@@ -285,6 +294,9 @@ impl AuditArgs {
                 "no app has `rest:` credentials (region, identifier, secret_key): nothing to audit",
             ));
         }
+        if let Some(endpoint) = &self.rest_endpoint {
+            check_rest_endpoint(endpoint, self.rest_allow_http)?;
+        }
         Ok(AuditConfig {
             admin_listen: self.admin_listen,
             sink,
@@ -357,6 +369,25 @@ fn shard(
     Ok(Shard { index, count })
 }
 
+/// The REST endpoint is https:// (the UserSig is in every call's query), or http:// when
+/// allowed for a local test endpoint.
+fn check_rest_endpoint(endpoint: &str, allow_http: bool) -> Result<(), ConfigError> {
+    let flag = "--rest-endpoint";
+    match endpoint.split_once("://") {
+        Some(("https", rest)) if !rest.is_empty() => Ok(()),
+        Some(("http", rest)) if !rest.is_empty() && allow_http => Ok(()),
+        Some(("http", _)) => Err(ConfigError::new(
+            flag,
+            "must be https:// (every call carries the admin's UserSig); --rest-allow-http allows \
+             http:// for a local test endpoint",
+        )),
+        _ => Err(ConfigError::new(
+            flag,
+            format!("{endpoint:?} is not an https://host[:port] URL"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -404,6 +435,16 @@ mod tests {
             panic!("audit")
         };
         args.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_rest_endpoint_is_https_unless_http_is_allowed() {
+        audit_config(&["--rest-endpoint", "https://egress.example:8443"]).unwrap();
+        let err = audit_config(&["--rest-endpoint", "http://127.0.0.1:9"]).unwrap_err();
+        assert!(err.contains("--rest-endpoint: must be https://"), "{err}");
+        audit_config(&["--rest-endpoint", "http://127.0.0.1:9", "--rest-allow-http"]).unwrap();
+        let err = audit_config(&["--rest-endpoint", "127.0.0.1:9"]).unwrap_err();
+        assert!(err.contains("--rest-endpoint"), "{err}");
     }
 
     #[test]
