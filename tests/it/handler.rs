@@ -567,6 +567,8 @@ fn every_rejection_reason_is_covered_here() {
     ]);
     // Answered by the connection's guard before the handler: tested in slow_clients.
     covered.insert("head_too_large");
+    // Answered by the listener for a peer outside --allow-source: tested in trust.
+    covered.insert("source_not_allowed");
     let all: std::collections::BTreeSet<&str> =
         Rejection::examples().iter().map(|r| r.reason()).collect();
     assert_eq!(covered, all);
