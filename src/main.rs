@@ -1,5 +1,7 @@
 //! The `timbridge` binary: parse flags, set up logging, run the bridge until SIGTERM/SIGINT.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

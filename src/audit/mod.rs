@@ -212,6 +212,7 @@ mod tests {
     /// server spin: over half a second, the thread running it stays nearly idle.
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "current_thread")]
+    #[allow(unsafe_code)]
     async fn the_admin_listener_backs_off_on_accept_errors() {
         use std::os::fd::AsRawFd;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -233,6 +234,7 @@ mod tests {
 
     /// CPU time (user and system) of the calling thread.
     #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
     fn thread_cpu() -> Duration {
         let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
         // SAFETY: getrusage fills the struct it is given.

@@ -247,6 +247,7 @@ mod tests {
     /// callback loops built on it cannot spin.
     #[cfg(target_os = "linux")]
     #[tokio::test]
+    #[allow(unsafe_code)]
     async fn a_failing_accept_backs_off() {
         use std::os::fd::AsRawFd;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -57,6 +57,7 @@ impl Drop for ForwardRuntime {
 
 /// On Linux the nice value is per thread: `setpriority(PRIO_PROCESS, 0, ..)` sets the calling
 /// thread's. Raising it needs no privilege; a failure only costs the priority (logged).
+#[allow(unsafe_code)] // the crate's one production use of `unsafe`
 fn renice_this_thread(nice: i32) {
     if nice == 0 {
         return;

@@ -4,6 +4,8 @@
 //!
 //! Usage: `timbridge-baseline [ADDR]` (default 127.0.0.1:8080).
 
+#![forbid(unsafe_code)]
+
 use std::convert::Infallible;
 
 use bytes::Bytes;

@@ -10,6 +10,8 @@
 //!   out-of-order messages per group against the summaries of earlier runs. `--ordered` checks the
 //!   auditor's ordered stream: every seq once, a message or a marker, strictly in order.
 
+#![forbid(unsafe_code)]
+
 mod body;
 mod client;
 mod verify;
