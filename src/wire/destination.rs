@@ -210,4 +210,34 @@ mod tests {
             ((-790332482i32 & 0x7fffffff) % 16) as u32
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            /// Every key lands in range, the same way twice, and on partition 0 of one.
+            #[test]
+            fn partitions_are_in_range_and_stable(key in proptest::collection::vec(any::<u8>(), 0..512), n in 1u32..4096) {
+                let p = partition(&key, n);
+                prop_assert!(p < n);
+                prop_assert_eq!(p, partition(&key, n));
+                prop_assert_eq!(partition(&key, 1), 0);
+            }
+
+            /// Any text is parsed or refused, never a panic; a text without braces renders as
+            /// itself, and placeholders render as their values.
+            #[test]
+            fn templates_render_what_they_say(text in ".{0,64}", literal in "[a-z0-9._-]{1,16}", command in "[A-Za-z0-9_.]{1,32}", n in any::<u32>(), app in any::<u64>()) {
+                if let Ok(t) = Template::parse("--nats-subject", &text) {
+                    if !text.contains('{') {
+                        prop_assert_eq!(t.render(&command, n, app), text);
+                    }
+                }
+                let t = Template::parse("--nats-subject", &format!("{literal}{{command}}.{{partition}}.{{sdkappid}}")).unwrap();
+                prop_assert_eq!(t.render(&command, n, app), format!("{literal}{command}.{n}.{app}"));
+            }
+        }
+    }
 }

@@ -503,4 +503,57 @@ mod tests {
     fn debug_hides_the_token() {
         assert!(!format!("{:?}", token()).contains("xxxx"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            /// The query parser on any bytes (decoded lossily, as a URL's query can hold any
+            /// percent-encoded byte): parsed or refused, never a panic, and what it accepts is
+            /// what the bridge relies on: a well-formed command and no control character.
+            #[test]
+            fn the_query_parser_takes_any_input(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let raw = String::from_utf8_lossy(&bytes);
+                if let Ok(q) = Query::parse(&raw) {
+                    prop_assert!(is_valid_command(&q.command));
+                    for value in [&q.client_ip, &q.opt_platform, &q.sign, &q.request_time].into_iter().flatten() {
+                        prop_assert!(!value.chars().any(char::is_control));
+                    }
+                }
+            }
+
+            /// The same, on inputs shaped like Tencent's queries (a numeric app id, a
+            /// well-formed command, then other parameters with any value: percent-encoded
+            /// control characters, repeated names), so that most of them get past the first
+            /// checks.
+            #[test]
+            fn query_shaped_input(
+                app in "[0-9]{1,10}",
+                command in "[A-Z][a-z]{1,5}\\.[A-Za-z]{1,10}",
+                extra in proptest::collection::vec((
+                    "(SdkAppid|CallbackCommand|contenttype|ClientIP|OptPlatform|Sign|RequestTime|x)",
+                    prop_oneof!["[^&=]{0,12}", "[a-z]{0,4}%0[0-9A-Fa-f][a-z]{0,4}", "%[0-9A-F]{2}"],
+                ), 0..4),
+            ) {
+                let mut raw = format!("SdkAppid={app}&CallbackCommand={command}");
+                for (k, v) in &extra {
+                    raw.push_str(&format!("&{k}={v}"));
+                }
+                if let Ok(q) = Query::parse(&raw) {
+                    prop_assert!(is_valid_command(&q.command));
+                    for value in [&q.client_ip, &q.opt_platform, &q.sign, &q.request_time].into_iter().flatten() {
+                        prop_assert!(!value.chars().any(char::is_control), "{raw}");
+                    }
+                    let policy = Policy {
+                        signers: Signers::Any { token: Some(Token::new("t".into())) },
+                        max_clock_skew: Duration::from_secs(60),
+                    };
+                    // Never a panic on the signature path either.
+                    let _ = VerifiedQuery::verify(&raw, &policy, 1_700_000_000);
+                }
+            }
+        }
+    }
 }
