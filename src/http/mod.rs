@@ -42,8 +42,8 @@ use source::AllowList;
 /// Limits of the callback listener's connections, and who may open them.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
-    /// The peers served (`--allow-source`); empty: every peer.
-    pub sources: AllowList,
+    /// The peers served (`--allow-source`); `None`: every peer, and nothing checked.
+    pub sources: Option<AllowList>,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -105,7 +105,10 @@ pub async fn serve<D: Deliver>(
         };
         let _ = stream.set_nodelay(true);
         // A peer outside --allow-source gets its refusal as soon as its head is parsed.
-        let allowed = limits.sources.allows(peer.ip());
+        let allowed = limits
+            .sources
+            .as_ref()
+            .is_none_or(|sources| sources.allows(peer.ip()));
         let (id, state) = open.add();
         let io = GuardedIo::new(stream, state.clone(), limits.header_read_timeout);
         let service = {

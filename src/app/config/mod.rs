@@ -25,8 +25,8 @@ pub struct Config {
     pub apps: Apps,
     /// How far a signed callback's `RequestTime` may be from this server's clock.
     pub max_clock_skew: Duration,
-    /// The peers the callback listener serves (`--allow-source`); empty: every peer.
-    pub allow_sources: crate::http::source::AllowList,
+    /// The peers the callback listener serves (`--allow-source`); `None`: every peer.
+    pub allow_sources: Option<crate::http::source::AllowList>,
     pub sink: SinkConfig,
     /// The bound on waiting for the broker's acknowledgement.
     pub publish_timeout: Duration,
