@@ -430,11 +430,7 @@ impl<D: Deliver> Handler<D> {
         if matches!(rejection, Rejection::BadHttp(_)) {
             return false;
         }
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(&request);
         let Some(len) = declared.filter(|len| *len <= DISCARD_MAX_BYTES) else {
             return false;
         };
@@ -468,11 +464,7 @@ impl<D: Deliver> Handler<D> {
     {
         // A declared length over the limit is refused before reading anything; a body without
         // one (chunked) is cut off by `Limited` as soon as it passes the limit.
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(&request);
         if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
             return Err(Rejection::BodyTooLarge(self.max_body_bytes));
         }
@@ -520,6 +512,15 @@ impl<D: Deliver> Handler<D> {
             })?
             .to_bytes())
     }
+}
+
+/// The body length the request declares (`Content-Length`), when it declares one.
+fn declared_length<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Whether the request comes with a body to read (hyper knows from the framing: a length
