@@ -2,8 +2,7 @@
 //! callback. Every sink publishes exactly this (subject or topic, key, headers, body), so NATS,
 //! Kafka and stdout agree, and the spool can store it as it is.
 
-use super::destination::partition;
-use super::destination::Template;
+use super::destination::{partition, Template};
 use crate::core::record::{header, Record};
 use crate::tencent::callback::commands::{self, Identity, Key};
 use crate::tencent::callback::Callback;
