@@ -1,10 +1,10 @@
 //! `--before-callbacks forward`: an app has one callback URL, so an app that moderates in its
 //! own service puts the bridge in front of it. The bridge relays the before-callback (the same
 //! query without `Sign` and `RequestTime`, the same body) to `--before-callback-url` over a
-//! pooled keep-alive client and answers
-//! Tencent with the service's answer; when the service does not answer within
-//! `--before-callback-timeout`, or fails, the bridge answers allow (what Tencent itself does on
-//! a timeout). The callback is published in the background with the verdict in a header.
+//! pooled keep-alive client and answers Tencent with the service's answer; when the service
+//! does not answer within `--before-callback-timeout`, or fails, the bridge answers allow (what
+//! Tencent itself does on a timeout). The callback is published in the background with the
+//! verdict in a header.
 
 use std::time::Duration;
 
