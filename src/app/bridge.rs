@@ -13,6 +13,7 @@ use crate::app::shutdown::{self, Budget, Task};
 use crate::core::deliver::Deliver;
 use crate::core::ConfigError;
 use crate::delivery::Delivery;
+use crate::http::tls::Tls;
 use crate::http::{self, admin, ConnectionLimits};
 use crate::ingest::Handler;
 use crate::sink::Sink;
@@ -107,6 +108,14 @@ impl<D: Deliver> Bridge<D> {
         let admin_addr = local_addr(&admin_listener, config.admin_listen);
 
         warn_unsigned(&config.apps);
+        let tls = match &config.tls {
+            Some(files) => {
+                Some(Arc::new(Tls::load(files.clone()).map_err(|err| {
+                    ConfigError::new("--tls-cert", err.to_string())
+                })?))
+            }
+            None => None,
+        };
         let handler = Arc::new(Handler::new(config.ingest(), delivery, metrics.ingest));
         let budget = Budget::new(
             config.shutdown_delay,
@@ -115,6 +124,8 @@ impl<D: Deliver> Bridge<D> {
         );
         let limits = ConnectionLimits {
             sources: config.allow_sources.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
+            tls,
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
@@ -126,6 +137,7 @@ impl<D: Deliver> Bridge<D> {
                 listener,
                 handler.clone(),
                 limits,
+                metrics.listener,
                 server_stop.clone().cancelled_owned(),
             )),
             stop: server_stop,
@@ -139,7 +151,12 @@ impl<D: Deliver> Bridge<D> {
             )),
             stop: admin_stop,
         };
-        tracing::info!(%addr, %admin_addr, path = %config.path, sink = handler.delivery().name(), "timbridge serving");
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(%addr, %admin_addr, scheme, path = %config.path, sink = handler.delivery().name(), "timbridge serving");
         Ok(Bridge {
             handler,
             addr,

@@ -3,6 +3,7 @@
 
 use prometheus::Registry;
 
+use crate::http::metrics::ListenerMetrics;
 use crate::ingest::report::Metrics;
 use crate::sink::KafkaGauges;
 use crate::spool::metrics::SpoolMetrics;
@@ -10,6 +11,8 @@ use crate::spool::metrics::SpoolMetrics;
 /// Every component's metrics on one registry, which `/metrics` serves.
 pub struct BridgeMetrics {
     pub registry: Registry,
+    /// The callback listener's, before a request exists (TLS, PROXY headers).
+    pub listener: ListenerMetrics,
     /// The request path's (and the before-callbacks').
     pub ingest: Metrics,
     /// Spooled mode's (registered in direct mode too: `timbridge_spool_max_bytes` says 0).
@@ -23,6 +26,7 @@ impl BridgeMetrics {
     pub fn new() -> prometheus::Result<BridgeMetrics> {
         let registry = crate::core::metrics::registry()?;
         Ok(BridgeMetrics {
+            listener: ListenerMetrics::new(&registry)?,
             ingest: Metrics::new(&registry)?,
             spool: SpoolMetrics::new(&registry)?,
             kafka: KafkaGauges::new(&registry)?,

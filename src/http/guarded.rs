@@ -88,9 +88,10 @@ impl ConnState {
     }
 }
 
-/// A TCP stream that enforces the head deadline and size of its connection.
-pub(super) struct GuardedIo {
-    inner: TcpStream,
+/// A connection's stream (TCP, or TLS and PROXY-protocol layers over it) that enforces the head
+/// deadline and size of its connection.
+pub(super) struct GuardedIo<S = TcpStream> {
+    inner: S,
     state: Arc<ConnState>,
     head_timeout: Duration,
     deadline: Pin<Box<Sleep>>,
@@ -105,13 +106,9 @@ pub(super) struct GuardedIo {
     refusal: Option<Bytes>,
 }
 
-impl GuardedIo {
-    /// Starts the first head's deadline now: at accept.
-    pub(super) fn new(
-        inner: TcpStream,
-        state: Arc<ConnState>,
-        head_timeout: Duration,
-    ) -> GuardedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> GuardedIo<S> {
+    /// Starts the first head's deadline now: at accept (after the TLS handshake, with TLS).
+    pub(super) fn new(inner: S, state: Arc<ConnState>, head_timeout: Duration) -> GuardedIo<S> {
         GuardedIo {
             inner,
             state,
@@ -177,7 +174,7 @@ fn head_too_large_answer() -> Bytes {
     Bytes::from(answer)
 }
 
-impl AsyncRead for GuardedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -259,7 +256,7 @@ impl AsyncRead for GuardedIo {
     }
 }
 
-impl AsyncWrite for GuardedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,25 +26,37 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::core::deliver::Deliver;
 use crate::ingest::{Handler, Rejection};
 
 pub mod admin;
 pub mod guarded;
+pub mod metrics;
+pub mod proxy;
 pub mod source;
+pub mod tls;
 
 use guarded::{ConnState, GuardedIo};
-use source::AllowList;
+use metrics::{ListenerMetrics, Refusal};
+use source::{AllowList, TrustedProxies};
+use tls::Tls;
 
 /// Limits of the callback listener's connections, and who may open them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectionLimits {
-    /// The peers served (`--allow-source`); `None`: every peer, and nothing checked.
+    /// The clients served (`--allow-source`); `None`: every client, and nothing checked.
     pub sources: Option<AllowList>,
+    /// Whose PROXY header and `X-Forwarded-For` name the client (`--trusted-proxy`); `None`:
+    /// the client is always the TCP peer.
+    pub trusted_proxies: Option<TrustedProxies>,
+    /// TLS in the process (`--tls-cert`); `None`: plain HTTP (behind an ingress that
+    /// terminates TLS).
+    pub tls: Option<Arc<Tls>>,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -56,17 +69,31 @@ pub struct ConnectionLimits {
 /// [`guarded::MAX_HEAD_BYTES`].
 const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 
+/// A connection's stream once opened through TLS or a PROXY header (a plain TCP connection
+/// keeps its own type: the common path pays for no indirection).
+trait Opened: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Opened for T {}
+
+/// What every connection task of the listener shares.
+struct Listener<D> {
+    handler: Arc<Handler<D>>,
+    limits: ConnectionLimits,
+    metrics: ListenerMetrics,
+    open: Arc<OpenConnections>,
+    builder: http1::Builder,
+}
+
 /// Serves callbacks on `listener` until `shutdown` resolves, then stops accepting and waits (at
 /// most `limits.drain_timeout`) for the requests in flight to be answered.
 pub async fn serve<D: Deliver>(
     listener: TcpListener,
     handler: Arc<Handler<D>>,
     limits: ConnectionLimits,
+    metrics: ListenerMetrics,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let open = Arc::new(OpenConnections::default());
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -75,6 +102,19 @@ pub async fn serve<D: Deliver>(
         .header_read_timeout(limits.idle_timeout + limits.header_read_timeout)
         .max_buf_size(MAX_CONNECTION_BUFFER)
         .keep_alive(true);
+    let reloads = limits
+        .tls
+        .clone()
+        .map(|tls| tokio::spawn(tls.watch(metrics.clone())));
+    let drain_timeout = limits.drain_timeout;
+    let plain = limits.tls.is_none() && limits.trusted_proxies.is_none();
+    let shared = Arc::new(Listener {
+        handler: handler.clone(),
+        limits,
+        metrics,
+        open: Arc::new(OpenConnections::default()),
+        builder,
+    });
     tokio::pin!(shutdown);
 
     loop {
@@ -91,7 +131,7 @@ pub async fn serve<D: Deliver>(
         let permit = match slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                if open.evict_oldest_idle() {
+                if shared.open.evict_oldest_idle() {
                     handler.metrics().connection_evicted();
                 }
                 tokio::select! {
@@ -104,70 +144,155 @@ pub async fn serve<D: Deliver>(
             }
         };
         let _ = stream.set_nodelay(true);
-        // A peer outside --allow-source gets its refusal as soon as its head is parsed.
-        let allowed = limits
-            .sources
-            .as_ref()
-            .is_none_or(|sources| sources.allows(peer.ip()));
-        let (id, state) = open.add();
-        let io = GuardedIo::new(stream, state.clone(), limits.header_read_timeout);
-        let service = {
-            let handler = handler.clone();
-            let state = state.clone();
-            let open = open.clone();
-            service_fn(move |request| {
-                // Called as soon as the head is parsed: the head deadline no longer applies.
-                state.set_busy();
-                let handler = handler.clone();
-                let state = state.clone();
-                let open = open.clone();
-                async move {
-                    let response = if allowed {
-                        handler.handle(request, peer).await
-                    } else {
-                        handler.refuse(&Rejection::SourceNotAllowed(peer.ip()), peer)
-                    };
-                    state.set_idle(open.now_ms());
-                    Ok::<_, Infallible>(response)
+        let watcher = graceful.watcher();
+        if plain {
+            tokio::spawn(
+                shared
+                    .clone()
+                    .serve_connection(stream, peer, permit, watcher),
+            );
+        } else {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                match shared.open_connection(stream, peer).await {
+                    Ok((io, client)) => shared.serve_connection(io, client, permit, watcher).await,
+                    Err(Some(refusal)) => {
+                        tracing::debug!(%peer, reason = refusal.label(), "connection refused");
+                        shared.metrics.refused(refusal);
+                    }
+                    Err(None) => {}
                 }
-            })
-        };
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
-        let gauge = handler.metrics().connection();
-        let handler = handler.clone();
-        let open = open.clone();
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
-            if state.head_too_large() {
-                handler.refused_before_the_handler(
-                    &Rejection::HeadTooLarge(guarded::MAX_HEAD_BYTES),
-                    peer,
-                );
-            }
-            open.remove(id);
-            drop(gauge);
-            drop(permit);
-        });
+            });
+        }
     }
 
     drop(listener);
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     let inflight = handler.metrics().inflight_now();
     tracing::info!(
         inflight,
-        timeout = ?limits.drain_timeout,
+        timeout = ?drain_timeout,
         "callback listener closed; draining requests in flight"
     );
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!(drained = inflight, "all callback connections closed"),
-        _ = tokio::time::sleep(limits.drain_timeout) => {
+        _ = tokio::time::sleep(drain_timeout) => {
             tracing::warn!(
                 still_inflight = handler.metrics().inflight_now(),
                 "drain timeout reached; cutting the remaining connections"
             );
         }
     }
+}
+
+impl<D: Deliver> Listener<D> {
+    /// A trusted proxy's PROXY header, then the TLS handshake, within the header read timeout:
+    /// the stream to serve and its client. `Err(None)`: the peer closed before sending
+    /// anything (a TCP health check), not counted.
+    async fn open_connection(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(Box<dyn Opened>, SocketAddr), Option<Refusal>> {
+        let opening = async {
+            let (client, stream) = match &self.limits.trusted_proxies {
+                Some(proxies) if proxies.trusts(peer.ip()) => {
+                    let (header, rest) = proxy::read_header(&mut stream)
+                        .await
+                        .map_err(proxy_refusal)?;
+                    let client = match header {
+                        proxy::Header::Client(client) => client,
+                        proxy::Header::Absent | proxy::Header::Local => peer,
+                    };
+                    (client, proxy::Rewind::new(rest, stream))
+                }
+                _ => (peer, proxy::Rewind::new(bytes::Bytes::new(), stream)),
+            };
+            let io: Box<dyn Opened> = match &self.limits.tls {
+                Some(tls) => Box::new(tls.acceptor().accept(stream).await.map_err(|err| {
+                    (err.kind() != std::io::ErrorKind::UnexpectedEof)
+                        .then(|| tls::handshake_refusal(&err))
+                })?),
+                None => Box::new(stream),
+            };
+            Ok((io, client))
+        };
+        tokio::time::timeout(self.limits.header_read_timeout, opening)
+            .await
+            .unwrap_or(Err(Some(Refusal::Timeout)))
+    }
+
+    /// Serves one connection's requests until it ends. `client` is the TCP peer or whom a
+    /// trusted proxy's PROXY header named.
+    async fn serve_connection<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+        self: Arc<Self>,
+        stream: S,
+        client: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        watcher: Watcher,
+    ) {
+        let (id, state) = self.open.add();
+        let io = GuardedIo::new(stream, state.clone(), self.limits.header_read_timeout);
+        // A client outside --allow-source gets its refusal as soon as its head is parsed;
+        // behind a trusted proxy, each request says who its client is.
+        let allowed = self.allows(client);
+        let service = {
+            let listener = self.clone();
+            let state = state.clone();
+            service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                // Called as soon as the head is parsed: the head deadline no longer applies.
+                state.set_busy();
+                let (client, allowed) = match &listener.limits.trusted_proxies {
+                    None => (client, allowed),
+                    Some(proxies) => {
+                        let client = proxies.client(client, request.headers());
+                        (client, listener.allows(client))
+                    }
+                };
+                let listener = listener.clone();
+                let state = state.clone();
+                async move {
+                    let handler = &listener.handler;
+                    let response = if allowed {
+                        handler.handle(request, client).await
+                    } else {
+                        handler.refuse(&Rejection::SourceNotAllowed(client.ip()), client)
+                    };
+                    state.set_idle(listener.open.now_ms());
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let connection = watcher.watch(self.builder.serve_connection(TokioIo::new(io), service));
+        let gauge = self.handler.metrics().connection();
+        if let Err(err) = connection.await {
+            tracing::debug!(%client, error = %err, "connection ended with an error");
+        }
+        if state.head_too_large() {
+            self.handler.refused_before_the_handler(
+                &Rejection::HeadTooLarge(guarded::MAX_HEAD_BYTES),
+                client,
+            );
+        }
+        self.open.remove(id);
+        drop(gauge);
+        drop(permit);
+    }
+
+    fn allows(&self, client: SocketAddr) -> bool {
+        self.limits
+            .sources
+            .as_ref()
+            .is_none_or(|sources| sources.allows(client.ip()))
+    }
+}
+
+/// A PROXY header that cannot be read is refused; a connection closed before its first byte
+/// is not counted.
+fn proxy_refusal(err: std::io::Error) -> Option<Refusal> {
+    (err.kind() != std::io::ErrorKind::UnexpectedEof).then_some(Refusal::ProxyHeader)
 }
 
 /// The open connections, for finding an idle one to close when a newcomer needs a slot.

@@ -1,7 +1,9 @@
 //! Admission control: what keeps the bridge bounded when Tencent sends more than the broker
 //! takes. A callback is admitted only while
 //! - fewer than `--max-inflight` requests are being processed,
-//! - the bodies held in memory stay under `--max-inflight-bytes`, and
+//! - the bodies held in memory stay under `--max-inflight-bytes`, and those of one client
+//!   address under `--max-peer-inflight-bytes` (so that one peer's slow requests cannot take
+//!   the whole budget from the others), and
 //! - the broker is answering: no publish has waited longer than `--max-ack-latency` for its
 //!   acknowledgement, and, after a publish timed out, until the broker answers one again, only
 //!   one publish at a time probes it.
@@ -14,7 +16,9 @@
 //! clears with them, so the bridge answers 200 again within moments; a broker that stays slow is
 //! shed as soon as its oldest pending publish passes the bound.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,8 @@ use super::Rejection;
 pub struct Limits {
     pub max_inflight: usize,
     pub max_inflight_bytes: usize,
+    /// Body bytes one client address may hold at once.
+    pub max_peer_inflight_bytes: usize,
     /// `None`: never shed on the broker's slowness.
     pub max_ack_latency: Option<Duration>,
     /// The longest a publish can be pending (the publish deadline).
@@ -36,13 +42,54 @@ pub struct Admission {
     limits: Limits,
     requests: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
+    peers: Arc<PeerBytes>,
     pending: Pending,
 }
 
 /// Held while a request is processed; releases its share of the bounds when dropped.
 pub struct Admitted {
     _request: OwnedSemaphorePermit,
-    _bytes: Option<OwnedSemaphorePermit>,
+    bytes: Option<OwnedSemaphorePermit>,
+    /// This request's share of its client's bytes: the client's bucket and how much.
+    peer: Option<(Arc<PeerBytes>, usize, usize)>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some((peers, bucket, held)) = self.peer.take() {
+            peers.give(bucket, held);
+        }
+    }
+}
+
+/// The body bytes each client address holds, in buckets picked by a keyed hash of the address
+/// (fixed memory whatever the number of clients; two addresses sharing a bucket share its
+/// bound, and the per-process key keeps anyone from choosing to share Tencent's).
+struct PeerBytes {
+    max: usize,
+    buckets: Box<[AtomicUsize]>,
+    keys: std::collections::hash_map::RandomState,
+}
+
+const PEER_BUCKETS: usize = 4096;
+
+impl PeerBytes {
+    fn bucket(&self, ip: IpAddr) -> usize {
+        (self.keys.hash_one(ip.to_canonical()) as usize) % self.buckets.len()
+    }
+
+    /// Takes `n` bytes of the bucket's bound, or nothing when they do not fit.
+    fn take(&self, bucket: usize, n: usize) -> bool {
+        self.buckets[bucket]
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(n).filter(|total| *total <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, bucket: usize, n: usize) {
+        self.buckets[bucket].fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 impl Admission {
@@ -51,6 +98,11 @@ impl Admission {
             limits,
             requests: Arc::new(Semaphore::new(limits.max_inflight)),
             bytes: Arc::new(Semaphore::new(limits.max_inflight_bytes)),
+            peers: Arc::new(PeerBytes {
+                max: limits.max_peer_inflight_bytes,
+                buckets: (0..PEER_BUCKETS).map(|_| AtomicUsize::new(0)).collect(),
+                keys: Default::default(),
+            }),
             pending: Pending::new(limits.publish_timeout),
         }
     }
@@ -64,19 +116,43 @@ impl Admission {
             .map_err(|_| Rejection::Overloaded("too many requests in flight"))?;
         Ok(Admitted {
             _request: request,
-            _bytes: None,
+            bytes: None,
+            peer: None,
         })
     }
 
-    /// Reserves memory for a body of at most `len` bytes, or refuses at once.
-    pub fn reserve_body(&self, admitted: &mut Admitted, len: usize) -> Result<(), Rejection> {
-        let len = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
+    /// Reserves memory for `len` more body bytes from `client` (the whole declared length at
+    /// once, or a chunked body's bytes as they arrive), or refuses at once.
+    pub fn reserve_body(
+        &self,
+        admitted: &mut Admitted,
+        client: IpAddr,
+        len: usize,
+    ) -> Result<(), Rejection> {
+        let len = len.max(1);
+        let bucket = match &admitted.peer {
+            Some((_, bucket, _)) => *bucket,
+            None => self.peers.bucket(client),
+        };
+        if !self.peers.take(bucket, len) {
+            return Err(Rejection::Overloaded(
+                "this client holds --max-peer-inflight-bytes of bodies in flight",
+            ));
+        }
+        let share = admitted
+            .peer
+            .get_or_insert_with(|| (self.peers.clone(), bucket, 0));
+        share.2 += len;
+        let permits = u32::try_from(len).unwrap_or(u32::MAX);
         let permit = self
             .bytes
             .clone()
-            .try_acquire_many_owned(len)
+            .try_acquire_many_owned(permits)
             .map_err(|_| Rejection::Overloaded("too many body bytes in flight"))?;
-        admitted._bytes = Some(permit);
+        match &mut admitted.bytes {
+            Some(held) => held.merge(permit),
+            None => admitted.bytes = Some(permit),
+        }
         Ok(())
     }
 
@@ -221,6 +297,7 @@ mod tests {
         Limits {
             max_inflight: 2,
             max_inflight_bytes: 1000,
+            max_peer_inflight_bytes: 1000,
             max_ack_latency: Some(Duration::from_millis(100)),
             publish_timeout: Duration::from_millis(1500),
         }
@@ -241,16 +318,48 @@ mod tests {
     fn body_bytes_are_bounded_and_released() {
         let a = Admission::new(limits());
         let mut first = a.admit().unwrap();
-        a.reserve_body(&mut first, 800).unwrap();
+        a.reserve_body(&mut first, peer(1), 500).unwrap();
+        a.reserve_body(&mut first, peer(1), 300).unwrap();
         assert_eq!(a.inflight_bytes(), 800);
         let mut second = a.admit().unwrap();
         assert_eq!(
-            a.reserve_body(&mut second, 300).unwrap_err().reason(),
+            a.reserve_body(&mut second, peer(2), 300)
+                .unwrap_err()
+                .reason(),
             "overloaded"
         );
         drop(first);
         assert_eq!(a.inflight_bytes(), 0);
-        a.reserve_body(&mut second, 300).unwrap();
+        a.reserve_body(&mut second, peer(2), 300).unwrap();
+    }
+
+    #[test]
+    fn one_client_holds_at_most_its_share() {
+        let a = Admission::new(Limits {
+            max_inflight: 4,
+            max_peer_inflight_bytes: 400,
+            ..limits()
+        });
+        let mut slow = a.admit().unwrap();
+        a.reserve_body(&mut slow, peer(1), 400).unwrap();
+        let mut more = a.admit().unwrap();
+        assert_eq!(
+            a.reserve_body(&mut more, peer(1), 1).unwrap_err().reason(),
+            "overloaded"
+        );
+        // Another client (one whose bucket is another) still gets its bytes.
+        let other_peer = (2..=255)
+            .map(peer)
+            .find(|p| a.peers.bucket(*p) != a.peers.bucket(peer(1)))
+            .unwrap();
+        let mut other = a.admit().unwrap();
+        a.reserve_body(&mut other, other_peer, 400).unwrap();
+        drop(slow);
+        a.reserve_body(&mut more, peer(1), 400).unwrap();
+    }
+
+    fn peer(n: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, n])
     }
 
     #[test]

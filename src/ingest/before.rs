@@ -4,6 +4,7 @@
 //! the user's action, so every way out is OK: past this path's own bounds the event is dropped
 //! and counted, never the action (see [`crate::before`] for the policies).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,7 @@ impl<D: Deliver> BeforePath<D> {
         request: Request<B>,
         query: VerifiedQuery,
         has_body: bool,
+        client: IpAddr,
         now: Duration,
     ) -> Attempt
     where
@@ -77,7 +79,12 @@ impl<D: Deliver> BeforePath<D> {
             .as_ref()
             .map(|_| request.uri().query().unwrap_or("").to_owned());
         let callback = match handler
-            .read_callback(request, query, &self.admission, &mut admitted, now)
+            .read_callback(
+                request,
+                query,
+                (&self.admission, &mut admitted, client),
+                now,
+            )
             .await
         {
             Ok(callback) => callback,

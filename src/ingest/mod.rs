@@ -12,9 +12,10 @@
 pub mod admission;
 mod before;
 pub mod rejection;
+pub mod replay;
 pub mod report;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,6 +36,7 @@ use crate::wire::RecordBuilder;
 use admission::{Admission, Admitted};
 use before::BeforePath;
 pub use rejection::Rejection;
+use replay::{Remembered, Replays};
 pub use report::Outcome;
 use report::{Metrics, Report};
 
@@ -63,6 +65,9 @@ pub struct Settings {
     pub publish_timeout: Duration,
     pub admission: admission::Limits,
     pub before: BeforeConfig,
+    /// Delivered signed requests remembered to answer a replay without delivering it again
+    /// (`--replay-cache-entries`); 0: not looked for.
+    pub replay_cache_entries: usize,
 }
 
 /// Answers callbacks: checks them, builds their record and waits for `D` to take it.
@@ -81,6 +86,8 @@ pub struct Handler<D> {
     app_labels: Vec<(u64, String)>,
     /// Before-callbacks' own path; `None` when they are published like every other callback.
     before: Option<BeforePath<D>>,
+    /// `None`: replays are not looked for.
+    replays: Option<Replays>,
     report: Report,
     draining: AtomicBool,
 }
@@ -104,6 +111,8 @@ struct Attempt {
 enum Answered {
     /// The delivery acknowledged it.
     Delivered(Delivered),
+    /// The same signed request was delivered already: answered without delivering it again.
+    Replayed,
     /// A before-callback answered without waiting on the broker.
     Before(BeforeOutcome),
     /// A before-callback answered with the moderation service's answer (`None`: allow).
@@ -222,6 +231,10 @@ impl<D: Deliver> Handler<D> {
             settings.publish_timeout,
             metrics.before.clone(),
         );
+        let replays = Replays::new(
+            settings.replay_cache_entries,
+            settings.policy.max_clock_skew.as_secs(),
+        );
         Handler {
             path: settings.path,
             policy: settings.policy,
@@ -234,6 +247,7 @@ impl<D: Deliver> Handler<D> {
             delivery,
             app_labels,
             before,
+            replays,
             report: Report::new(metrics),
             draining: AtomicBool::new(false),
         }
@@ -282,7 +296,7 @@ impl<D: Deliver> Handler<D> {
     {
         let started = Instant::now();
         let _inflight = self.metrics().inflight();
-        let attempt = self.process(request).await;
+        let attempt = self.process(request, peer.ip()).await;
         let took = started.elapsed();
         let outcome = match &attempt.result {
             Ok(_) => Outcome::Ok,
@@ -299,6 +313,10 @@ impl<D: Deliver> Handler<D> {
                 self.report.before(&attempt, *outcome, took, peer);
                 self.metrics().before.verdict(*verdict);
                 respond(StatusCode::OK, answer.clone().unwrap_or(reply::OK))
+            }
+            Ok(Answered::Replayed) => {
+                self.report.replayed(&attempt, took, peer);
+                respond(StatusCode::OK, reply::OK)
             }
             Ok(Answered::Delivered(delivered)) => {
                 self.report
@@ -340,7 +358,7 @@ impl<D: Deliver> Handler<D> {
     }
 
     /// The stages in order; each refusal ends the attempt with what was learnt so far.
-    async fn process<B>(&self, request: Request<B>) -> Attempt
+    async fn process<B>(&self, request: Request<B>, client: IpAddr) -> Attempt
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -358,7 +376,9 @@ impl<D: Deliver> Handler<D> {
             }
         };
         if let Some(before) = self.before.as_ref().filter(|_| query.is_before()) {
-            return before.answer(self, request, query, has_body, now).await;
+            return before
+                .answer(self, request, query, has_body, client, now)
+                .await;
         }
         let command = query.command_label();
         let sdkappid = Some(query.sdkappid());
@@ -373,15 +393,32 @@ impl<D: Deliver> Handler<D> {
             Err(rejection) => return Attempt::refused(command, sdkappid, rejection, has_body),
         };
         let callback = match self
-            .read_callback(request, query, &self.admission, &mut admitted, now)
+            .read_callback(
+                request,
+                query,
+                (&self.admission, &mut admitted, client),
+                now,
+            )
             .await
         {
             Ok(callback) => callback,
             Err(rejection) => return Attempt::unreadable(command, sdkappid, rejection, has_body),
         };
         let seen = Seen::of(&callback);
+        let replays = self.replays.as_ref();
+        let fingerprint = replays.and_then(|_| Replays::fingerprint(&callback));
+        if let (Some(replays), Some((fingerprint, _))) = (replays, &fingerprint) {
+            if replays.seen(fingerprint) {
+                return seen.answered(command, Ok(Answered::Replayed));
+            }
+        }
         let result = self.deliver(self.records.build(callback)).await;
         drop(admitted);
+        if let (Ok(_), Some(replays), Some((fingerprint, time))) = (&result, replays, fingerprint) {
+            if replays.remember(fingerprint, time, now.as_secs()) == Remembered::ForgotOne {
+                self.metrics().replay_forgotten();
+            }
+        }
         seen.answered(command, result.map(Answered::Delivered))
     }
 
@@ -449,28 +486,36 @@ impl<D: Deliver> Handler<D> {
             .map_or("other", |(_, label)| label.as_str())
     }
 
-    /// The body, within its memory budget, size and time, validated against the query.
+    /// The body, within its memory budget, size and time, validated against the query. The
+    /// budget is the admission's, taken for `client`.
     async fn read_callback<B>(
         &self,
         request: Request<B>,
         query: VerifiedQuery,
-        admission: &Admission,
-        admitted: &mut Admitted,
+        (admission, admitted, client): (&Admission, &mut Admitted, IpAddr),
         now: Duration,
     ) -> Result<Callback, Rejection>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        // A declared length over the limit is refused before reading anything; a body without
-        // one (chunked) is cut off by `Limited` as soon as it passes the limit.
+        // A declared length over the limit is refused before reading anything, and one within
+        // it reserved at once; a body without one (chunked) reserves its bytes as they arrive
+        // and is cut off as soon as it passes the limit.
         let declared = declared_length(&request);
         if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
             return Err(Rejection::BodyTooLarge(self.max_body_bytes));
         }
-        let reserve = declared.map_or(self.max_body_bytes, |len| len as usize);
-        admission.reserve_body(admitted, reserve)?;
-        let body = self.read_body(request.into_body()).await?;
+        let body = match declared {
+            Some(len) => {
+                admission.reserve_body(admitted, client, len as usize)?;
+                self.read_body(request.into_body()).await?
+            }
+            None => {
+                let reserve = |len| admission.reserve_body(admitted, client, len);
+                self.read_chunks(request.into_body(), reserve).await?
+            }
+        };
         Ok(query.accept(body, now.as_millis() as u64)?)
     }
 
@@ -511,6 +556,38 @@ impl<D: Deliver> Handler<D> {
                 }
             })?
             .to_bytes())
+    }
+
+    /// The body as it arrives, each frame reserved before it is kept, within the size limit and
+    /// the body-read timeout.
+    async fn read_chunks<B>(
+        &self,
+        body: B,
+        mut reserve: impl FnMut(usize) -> Result<(), Rejection>,
+    ) -> Result<Bytes, Rejection>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let read = async {
+            let mut body = std::pin::pin!(body);
+            let mut whole = bytes::BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|err| Rejection::BodyRead(err.into().to_string()))?;
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers
+                };
+                if whole.len() + data.len() > self.max_body_bytes {
+                    return Err(Rejection::BodyTooLarge(self.max_body_bytes));
+                }
+                reserve(data.len())?;
+                whole.extend_from_slice(&data);
+            }
+            Ok(whole.freeze())
+        };
+        tokio::time::timeout(self.body_read_timeout, read)
+            .await
+            .map_err(|_| Rejection::BodyTimeout(self.body_read_timeout))?
     }
 }
 

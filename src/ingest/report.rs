@@ -47,6 +47,8 @@ pub struct Metrics {
     inflight: IntGauge,
     open_connections: IntGauge,
     connections_evicted: IntCounter,
+    replays: IntCounter,
+    replays_forgotten: IntCounter,
     delivery_ready: IntGaugeVec,
     inflight_bytes: IntGauge,
     delivery_ack_latency: GaugeVec,
@@ -136,6 +138,14 @@ impl Metrics {
             "timbridge_connections_evicted_total",
             "Idle callback connections closed at --max-connections to admit a new one.",
         )?;
+        let replays = IntCounter::new(
+            "timbridge_replays_total",
+            "Signed callbacks answered 200 without being delivered again: the same app, command, Sign, RequestTime and body were delivered already within the clock-skew window.",
+        )?;
+        let replays_forgotten = IntCounter::new(
+            "timbridge_replay_cache_forgotten_total",
+            "Delivered signed callbacks forgotten before their RequestTime left the skew window, to stay within --replay-cache-entries: a replay of one of them would be delivered again.",
+        )?;
         // The handler's delivery: the sink in direct mode (label nats, kafka or stdout), the
         // spool in spooled mode (label spool).
         let delivery_ready = IntGaugeVec::new(
@@ -180,6 +190,8 @@ impl Metrics {
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(connections_evicted.clone()))?;
+        registry.register(Box::new(replays.clone()))?;
+        registry.register(Box::new(replays_forgotten.clone()))?;
         registry.register(Box::new(delivery_ready.clone()))?;
         registry.register(Box::new(inflight_bytes.clone()))?;
         registry.register(Box::new(delivery_ack_latency.clone()))?;
@@ -211,6 +223,8 @@ impl Metrics {
             inflight,
             open_connections,
             connections_evicted,
+            replays,
+            replays_forgotten,
             delivery_ready,
             inflight_bytes,
             delivery_ack_latency,
@@ -279,6 +293,17 @@ impl Metrics {
     /// `forward`).
     pub fn before_answered(&self, command: &'static str, took: Duration) {
         self.answered(command, Outcome::Ok, took);
+    }
+
+    /// A replay was answered OK without being delivered again.
+    pub fn replayed(&self, command: &'static str, took: Duration) {
+        self.answered(command, Outcome::Ok, took);
+        self.replays.inc();
+    }
+
+    /// A remembered request was forgotten early, at the replay cache's bound.
+    pub fn replay_forgotten(&self) {
+        self.replays_forgotten.inc();
     }
 
     /// A request was answered with a rejection.
@@ -435,6 +460,17 @@ impl Report {
             duplicate = delivered.ack.duplicate,
             latency_us = took.as_micros() as u64,
             "published"
+        );
+    }
+
+    pub(super) fn replayed(&self, attempt: &Attempt, took: Duration, peer: SocketAddr) {
+        self.metrics.replayed(attempt.command, took);
+        tracing::debug!(
+            %peer,
+            command = attempt.command,
+            group_id = attempt.group_id.as_deref(),
+            msg_seq = attempt.msg_seq,
+            "a signed callback delivered already came again: answered OK, not delivered again"
         );
     }
 

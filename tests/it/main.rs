@@ -18,4 +18,5 @@ mod rejections;
 mod slow_clients;
 mod spool;
 mod spool_faults;
+mod tls;
 mod trust;

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::common::nats::{start_bridge, NatsServer};
@@ -17,7 +17,7 @@ use timbridge::tencent::callback::{sign, Token};
 
 const TOKEN: &str = "trust-token";
 
-fn signed(token: &str) -> String {
+pub(crate) fn signed(token: &str) -> String {
     let time = cases::now().to_string();
     let sig = sign(&Token::new(token.into()), &time);
     format!(
@@ -27,7 +27,7 @@ fn signed(token: &str) -> String {
 }
 
 /// One request, head and body, on a keep-alive connection.
-fn request(query: &str, body: &Bytes) -> Vec<u8> {
+pub(crate) fn request(query: &str, body: &Bytes) -> Vec<u8> {
     let mut r = format!(
         "POST /callback?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -38,7 +38,7 @@ fn request(query: &str, body: &Bytes) -> Vec<u8> {
 }
 
 /// A connection from `source` (a loopback alias) to `addr`.
-async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+pub(crate) async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket
         .bind(SocketAddr::new(source.parse::<IpAddr>().unwrap(), 0))
@@ -48,7 +48,10 @@ async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
 
 /// Reads answers until `count` have arrived or the connection ends (2 s at most); returns
 /// each one's status and body, and whether the connection was closed.
-async fn answers(stream: &mut TcpStream, count: usize) -> (Vec<(u16, String)>, bool) {
+pub(crate) async fn answers<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    count: usize,
+) -> (Vec<(u16, String)>, bool) {
     let mut buf = Vec::new();
     let mut out = Vec::new();
     let mut closed = false;
@@ -199,5 +202,176 @@ async fn an_unknown_command_goes_to_the_fixed_destination() {
     assert_eq!(stored[0].subject, format!("tim.unknown.{p}"));
     assert_eq!(stored[0].header("tim-callback-command"), Some(command));
     assert_eq!(stored[0].payload, body);
+    bridge.shutdown().await;
+}
+
+/// `--trusted-proxy`: behind a trusted proxy the client is whom its PROXY header (v1 or v2) or
+/// `X-Forwarded-For` names, and that client is what `--allow-source` checks; from anyone else
+/// both are ignored. An unreadable PROXY header closes the connection, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_names_the_client() {
+    let nats = NatsServer::start();
+    let bridge = start_bridge(
+        &nats,
+        &[
+            "--sdkappid",
+            "1400000000",
+            "--allow-source",
+            "127.0.0.2/32",
+            "--trusted-proxy",
+            "127.0.0.4/32",
+        ],
+    )
+    .await;
+    let with_header = |group: &str, header: &str| {
+        let body = group_message(group, 1);
+        let mut r = request(&query("Group.CallbackAfterSendMsg"), &body);
+        let at = r.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        r.splice(at..at, header.bytes());
+        r
+    };
+    // (source, bytes sent first, group, expected status)
+    let v2 = |client: [u8; 4]| {
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        h.extend_from_slice(&client);
+        h.extend_from_slice(&[127, 0, 0, 1, 0x9c, 0x40, 0x1f, 0x90]);
+        h
+    };
+    let cases: Vec<(&str, Vec<u8>, &str, u16)> = vec![
+        ("127.0.0.4", vec![], "@TGS#xff-allowed", 200),
+        ("127.0.0.4", vec![], "@TGS#xff-refused", 403),
+        ("127.0.0.3", vec![], "@TGS#untrusted-xff", 403),
+        ("127.0.0.4", v2([127, 0, 0, 2]), "@TGS#v2-allowed", 200),
+        ("127.0.0.4", v2([127, 0, 0, 3]), "@TGS#v2-refused", 403),
+        (
+            "127.0.0.4",
+            b"PROXY TCP4 127.0.0.2 127.0.0.1 40000 80\r\n".to_vec(),
+            "@TGS#v1-allowed",
+            200,
+        ),
+    ];
+    for (source, preamble, group, expected) in cases {
+        let forwarded = match group {
+            "@TGS#xff-allowed" | "@TGS#untrusted-xff" => "X-Forwarded-For: 127.0.0.2\r\n",
+            "@TGS#xff-refused" => "X-Forwarded-For: 127.0.0.2, 127.0.0.3\r\n",
+            _ => "",
+        };
+        let mut stream = connect_from(source, bridge.addr()).await;
+        let mut bytes = preamble;
+        bytes.extend_from_slice(&with_header(group, forwarded));
+        stream.write_all(&bytes).await.unwrap();
+        let (got, _) = answers(&mut stream, 1).await;
+        assert_eq!(got.first().map(|a| a.0), Some(expected), "{group}: {got:?}");
+    }
+
+    // A garbled PROXY header from the trusted proxy: no answer, counted.
+    let mut garbled = connect_from("127.0.0.4", bridge.addr()).await;
+    garbled
+        .write_all(b"PROXY TCP4 not-an-address\r\nPOST /callback HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = answers(&mut garbled, 1).await;
+    assert!(got.is_empty() && closed, "{got:?}");
+
+    let stored = nats.reader().await.all("TIM").await;
+    let mut groups: Vec<&str> = stored
+        .iter()
+        .map(|m| m.header("tim-group-id").unwrap())
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        ["@TGS#v1-allowed", "@TGS#v2-allowed", "@TGS#xff-allowed"]
+    );
+    let (_, text) = Http::default().admin(bridge.admin_addr(), "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "timbridge_rejections_total{reason=\"source_not_allowed\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "timbridge_connections_refused_total{reason=\"proxy_header\"}"
+        ),
+        1.0
+    );
+    bridge.shutdown().await;
+}
+
+/// `--max-peer-inflight-bytes`: one client's slow chunked uploads hold only what has arrived,
+/// and at most their share; another client is still served. (Before, each chunked body
+/// reserved the whole `--max-body-bytes` at once: four slow requests took the whole budget.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_slow_uploads_do_not_starve_another() {
+    let nats = NatsServer::start();
+    let bridge = start_bridge(
+        &nats,
+        &[
+            "--sdkappid",
+            "1400000000",
+            "--max-body-bytes",
+            "64KiB",
+            "--max-inflight-bytes",
+            "256KiB",
+            "--max-peer-inflight-bytes",
+            "128KiB",
+            "--body-read-timeout",
+            "30s",
+        ],
+    )
+    .await;
+    let head = format!(
+        "POST /callback?{} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        query("Group.CallbackAfterSendMsg")
+    );
+    // Eight uploads of one 20 KiB chunk each, then silence (the body never ends).
+    let mut slow = Vec::new();
+    for _ in 0..8 {
+        let mut stream = connect_from("127.0.0.2", bridge.addr()).await;
+        let mut bytes = head.clone().into_bytes();
+        bytes.extend_from_slice(b"5000\r\n");
+        bytes.extend_from_slice(&[b' '; 0x5000]);
+        bytes.extend_from_slice(b"\r\n");
+        stream.write_all(&bytes).await.unwrap();
+        slow.push(stream);
+    }
+    let admin = bridge.admin_addr();
+    let held = eventually(
+        Duration::from_secs(5),
+        "the slow uploads held",
+        || async move {
+            let (_, text) = Http::default().admin(admin, "/metrics").await;
+            let held = metric(&text, "timbridge_inflight_body_bytes");
+            (held >= 100.0 * 1024.0).then_some(held)
+        },
+    )
+    .await;
+    assert!(held <= 128.0 * 1024.0, "one client holds {held} bytes");
+
+    // Another client is served meanwhile.
+    let mut other = connect_from("127.0.0.3", bridge.addr()).await;
+    let body = group_message("@TGS#other-client", 1);
+    other
+        .write_all(&request(&query("Group.CallbackAfterSendMsg"), &body))
+        .await
+        .unwrap();
+    let (got, _) = answers(&mut other, 1).await;
+    assert_eq!(got.first().map(|a| a.0), Some(200), "{got:?}");
+
+    // The uploads past the client's share were refused as overload.
+    let mut refused = 0;
+    let got = futures_util::future::join_all(slow.iter_mut().map(|s| answers(s, 1))).await;
+    for (got, _) in got {
+        if let Some((status, body)) = got.first() {
+            assert_eq!(*status, 503, "{body}");
+            assert!(body.contains("max-peer-inflight-bytes"), "{body}");
+            refused += 1;
+        }
+    }
+    assert!((1..=2).contains(&refused), "{refused} refused");
+    assert_eq!(nats.reader().await.count("TIM").await, 1);
     bridge.shutdown().await;
 }

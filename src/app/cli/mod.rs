@@ -13,6 +13,7 @@ use crate::before::forward::ForwardConfig;
 use crate::before::{BeforeConfig, BeforePolicy};
 use crate::core::secret::Secret;
 use crate::core::ConfigError;
+use crate::http::tls::TlsFiles;
 use crate::sink::SinkConfig;
 use crate::tencent::callback::Token;
 use crate::wire::apps::{App, Apps};
@@ -216,6 +217,53 @@ pub struct ServeArgs {
     )]
     pub allow_sources: Vec<ipnet::IpNet>,
 
+    /// Take the client's address from these proxies' PROXY protocol header (v1 or v2, when a
+    /// connection starts with one) or X-Forwarded-For (its rightmost address that is not a
+    /// trusted proxy); from anyone else both are ignored. The client's address is what
+    /// --allow-source checks and what the logs show.
+    #[arg(
+        long = "trusted-proxy",
+        env = "TIMBRIDGE_TRUSTED_PROXY",
+        value_delimiter = ',',
+        value_name = "CIDR",
+        value_parser = parse_cidr
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key. Not given:
+    /// plain HTTP, for use behind an ingress that terminates TLS.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "TIMBRIDGE_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require a client certificate chained to this CA (PEM; Tencent's mutual-authentication
+    /// CA from the console). Handshakes without one fail.
+    #[arg(
+        long,
+        env = "TIMBRIDGE_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for a change (a renewed certificate is then served
+    /// to new connections; open ones keep theirs).
+    #[arg(long, env = "TIMBRIDGE_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+
     /// Serve the --sdkappid apps without a token: their callbacks are not signed, so anyone who
     /// can reach the endpoint can publish. Only while the console's callback authentication is
     /// off.
@@ -226,6 +274,12 @@ pub struct ServeArgs {
     /// seen signed URL can be replayed).
     #[arg(long, env = "TIMBRIDGE_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_duration)]
     pub max_clock_skew: Duration,
+
+    /// Delivered signed callbacks remembered (each until its RequestTime leaves the skew
+    /// window, ~50 bytes each): the same signed request again is answered 200 and not published
+    /// again. 0 turns it off. Past the bound the oldest is forgotten early (counted).
+    #[arg(long, env = "TIMBRIDGE_REPLAY_CACHE_ENTRIES", default_value = "100000")]
+    pub replay_cache_entries: usize,
 
     /// Where callbacks are published.
     #[arg(long, env = "TIMBRIDGE_SINK", value_enum, default_value = "stdout")]
@@ -252,6 +306,12 @@ pub struct ServeArgs {
     /// --max-body-bytes for chunked bodies); past it new callbacks get 503 at once.
     #[arg(long, env = "TIMBRIDGE_MAX_INFLIGHT_BYTES", default_value = "64MiB", value_parser = parse_size)]
     pub max_inflight_bytes: usize,
+
+    /// Body bytes one client address may hold at once (its share of --max-inflight-bytes), so
+    /// that one peer's slow uploads cannot take the budget from the others; past it, 503.
+    /// Default: a quarter of --max-inflight-bytes, and at least --max-body-bytes.
+    #[arg(long, env = "TIMBRIDGE_MAX_PEER_INFLIGHT_BYTES", value_parser = parse_size)]
+    pub max_peer_inflight_bytes: Option<usize>,
 
     /// When a publish has waited longer than this for the broker's ack, new callbacks get 503 at
     /// once and /readyz turns 503 until the broker answers again; 0s disables.
@@ -338,6 +398,7 @@ impl ServeArgs {
     /// Validates the flags. Reads the token file: the one piece of I/O of configuration.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         self.check_bounds()?;
+        let max_peer_inflight_bytes = self.max_peer_inflight_bytes();
         let before = self.before_config()?;
         let sink = match self.sink {
             SinkKind::Stdout => SinkConfig::Stdout,
@@ -386,6 +447,13 @@ impl ServeArgs {
             apps,
             max_clock_skew: self.max_clock_skew,
             allow_sources: crate::http::source::AllowList::new(self.allow_sources),
+            trusted_proxies: crate::http::source::TrustedProxies::new(self.trusted_proxies),
+            tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca,
+                reload_interval: self.tls_reload_interval,
+            }),
             sink,
             publish_timeout: self.publish_timeout,
             max_body_bytes: self.max_body_bytes,
@@ -393,6 +461,7 @@ impl ServeArgs {
             admission: crate::ingest::admission::Limits {
                 max_inflight: self.max_inflight,
                 max_inflight_bytes: self.max_inflight_bytes,
+                max_peer_inflight_bytes,
                 max_ack_latency: Some(self.max_ack_latency).filter(|d| !d.is_zero()),
                 publish_timeout: self.publish_timeout,
             },
@@ -402,10 +471,16 @@ impl ServeArgs {
             shutdown_delay: self.shutdown_delay,
             shutdown_timeout: self.shutdown_timeout,
             before,
+            replay_cache_entries: self.replay_cache_entries,
             partitions: self.partitions,
             worker_threads: self.worker_threads,
             spool,
         })
+    }
+
+    fn max_peer_inflight_bytes(&self) -> usize {
+        self.max_peer_inflight_bytes
+            .unwrap_or((self.max_inflight_bytes / 4).max(self.max_body_bytes))
     }
 
     /// Every bound is more than zero, at most an hour for a wait, and consistent with the
@@ -431,10 +506,24 @@ impl ServeArgs {
         if self.max_inflight == 0 {
             return Err(ConfigError::new("--max-inflight", "must be more than 0"));
         }
+        if self.max_peer_inflight_bytes() < self.max_body_bytes
+            || self.max_peer_inflight_bytes() > self.max_inflight_bytes
+        {
+            return Err(ConfigError::new(
+                "--max-peer-inflight-bytes",
+                "must be at least --max-body-bytes and at most --max-inflight-bytes",
+            ));
+        }
         if self.max_inflight_bytes < self.max_body_bytes {
             return Err(ConfigError::new(
                 "--max-inflight-bytes",
                 "must be at least --max-body-bytes, or no large callback could ever be admitted",
+            ));
+        }
+        if self.tls_reload_interval.is_zero() {
+            return Err(ConfigError::new(
+                "--tls-reload-interval",
+                "must be more than 0",
             ));
         }
         if self.header_read_timeout.is_zero()
@@ -456,6 +545,7 @@ impl ServeArgs {
             ("--idle-timeout", self.idle_timeout),
             ("--max-ack-latency", self.max_ack_latency),
             ("--shutdown-timeout", self.shutdown_timeout),
+            ("--tls-reload-interval", self.tls_reload_interval),
         ] {
             if value > HOUR {
                 return Err(ConfigError::new(flag, "must be at most 1h"));

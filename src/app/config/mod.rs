@@ -27,6 +27,10 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// The peers the callback listener serves (`--allow-source`); `None`: every peer.
     pub allow_sources: Option<crate::http::source::AllowList>,
+    /// Whose word on the client's address is taken (`--trusted-proxy`); `None`: nobody's.
+    pub trusted_proxies: Option<crate::http::source::TrustedProxies>,
+    /// HTTPS on the callback listener (`--tls-cert`); `None`: plain HTTP.
+    pub tls: Option<crate::http::tls::TlsFiles>,
     pub sink: SinkConfig,
     /// The bound on waiting for the broker's acknowledgement.
     pub publish_timeout: Duration,
@@ -44,6 +48,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// What before-callbacks get.
     pub before: BeforeConfig,
+    /// Delivered signed callbacks remembered to answer a replay without publishing it again.
+    pub replay_cache_entries: usize,
     /// Partitions of the partition key (the `{partition}` of NATS subjects, stdout lines).
     pub partitions: u32,
     /// Threads of the async runtime; `None`: one per core.
@@ -69,6 +75,7 @@ impl Config {
             publish_timeout: self.publish_timeout,
             admission: self.admission,
             before: self.before.clone(),
+            replay_cache_entries: self.replay_cache_entries,
         }
     }
 }
