@@ -375,3 +375,52 @@ async fn one_clients_slow_uploads_do_not_starve_another() {
     assert_eq!(nats.reader().await.count("TIM").await, 1);
     bridge.shutdown().await;
 }
+
+/// `--replay-cache-entries`: the same signed request sent again is answered 200 and not
+/// published again (the broker never sees it: no broker duplicate either); a different body
+/// under the same `Sign` is a new callback and is published. With the cache off, the replay
+/// reaches the broker (which drops it by its dedup id: counted as a broker duplicate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_signed_request_is_stored_once() {
+    for (entries, replays, duplicates) in [("100000", 1.0, 0.0), ("0", 0.0, 1.0)] {
+        let nats = NatsServer::start();
+        let bridge = start_bridge(
+            &nats,
+            &[
+                "--sdkappid",
+                "1400000000",
+                "--token",
+                TOKEN,
+                "--replay-cache-entries",
+                entries,
+            ],
+        )
+        .await;
+        let query = signed(TOKEN);
+        let http = Http::default();
+        let first = group_message("@TGS#replay", 1);
+        for _ in 0..2 {
+            assert_ok(&http.callback(bridge.addr(), &query, first.clone()).await);
+        }
+        let other = group_message("@TGS#replay", 2);
+        assert_ok(&http.callback(bridge.addr(), &query, other).await);
+
+        let seqs: Vec<String> = nats
+            .reader()
+            .await
+            .all("TIM")
+            .await
+            .iter()
+            .map(|m| m.header("tim-msg-seq").unwrap().to_owned())
+            .collect();
+        assert_eq!(seqs, ["1", "2"], "cache {entries}");
+        let (_, text) = http.admin(bridge.admin_addr(), "/metrics").await;
+        assert_eq!(metric(&text, "timbridge_replays_total"), replays);
+        assert_eq!(
+            counted(&text, "timbridge_broker_duplicates_total{sink=\"nats\"}"),
+            duplicates,
+            "cache {entries}"
+        );
+        bridge.shutdown().await;
+    }
+}
