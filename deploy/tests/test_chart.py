@@ -553,6 +553,27 @@ def test_the_token_is_required_unless_the_apps_are_served_unsigned():
                                       "allowSources": ["10.0.0.0/8", "203.0.113.7"]},
                            "secret": {"token": "t"}})
     assert config["TIMBRIDGE_ALLOW_SOURCE"] == "10.0.0.0/8,203.0.113.7"
+    # TLS from bridge.tls: the Secrets mounted as directories (renewals appear in place).
+    values = {"bridge": {"sdkappids": ["1400000000"], "trustedProxies": ["10.0.0.0/8"],
+                         "tls": {"secretName": "callback-tls", "clientCASecretName": "tencent-ca"}},
+              "secret": {"token": "t"}}
+    objs = render_objects(values)
+    config = bridge_config(objs)
+    assert config["TIMBRIDGE_TLS_CERT"] == "/etc/timbridge/tls/tls.crt"
+    assert config["TIMBRIDGE_TLS_KEY"] == "/etc/timbridge/tls/tls.key"
+    assert config["TIMBRIDGE_TLS_CLIENT_CA"] == "/etc/timbridge/tls-client-ca/ca.crt"
+    assert config["TIMBRIDGE_TRUSTED_PROXY"] == "10.0.0.0/8"
+    pod = workload(objs)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert volumes["tls"] == "callback-tls" and volumes["tls-client-ca"] == "tencent-ca"
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["tls"]["mountPath"] == "/etc/timbridge/tls" and "subPath" not in mounts["tls"]
+    with pytest.raises(helm.HelmError, match="clientCASecretName needs"):
+        helmrender.render({"bridge": {"sdkappids": ["1"], "tls": {"clientCASecretName": "x"}},
+                           "secret": {"token": "t"}})
+    with pytest.raises(helm.HelmError, match="allowTencentEgress needs"):
+        helmrender.render({"bridge": {"sdkappids": ["1"], "allowTencentEgress": True},
+                           "secret": {"token": "t"}})
     # Development: any SdkAppid, a token if there is one.
     ref, _ = token_env({"bridge": {"allowAnySdkappid": True}})
     assert ref["valueFrom"]["secretKeyRef"]["optional"] is True

@@ -13,12 +13,15 @@ use crate::app::shutdown::{self, Budget, Task};
 use crate::core::deliver::Deliver;
 use crate::core::ConfigError;
 use crate::delivery::Delivery;
+use crate::http::metrics::ListenerMetrics;
+use crate::http::source::AllowList;
 use crate::http::tls::Tls;
 use crate::http::{self, admin, ConnectionLimits};
 use crate::ingest::Handler;
 use crate::sink::Sink;
 use crate::spool::forward_runtime::ForwardRuntime;
 use crate::spool::{OpenError, Spool};
+use crate::tencent::rest::{RestClient, SystemClock};
 use crate::wire::Apps;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,8 @@ pub enum StartError {
 /// A running bridge: both listeners bound and serving.
 pub struct Bridge<D: Deliver = Delivery> {
     handler: Arc<Handler<D>>,
+    /// Refreshes Tencent's egress list (`--allow-tencent-egress`); aborted at shutdown.
+    egress: Option<tokio::task::JoinHandle<()>>,
     addr: SocketAddr,
     admin_addr: SocketAddr,
     server: Task,
@@ -116,6 +121,7 @@ impl<D: Deliver> Bridge<D> {
             }
             None => None,
         };
+        let (sources, egress) = learn_egress(&config, &metrics.listener).await?;
         let handler = Arc::new(Handler::new(config.ingest(), delivery, metrics.ingest));
         let budget = Budget::new(
             config.shutdown_delay,
@@ -123,7 +129,7 @@ impl<D: Deliver> Bridge<D> {
             config.spool.is_some(),
         );
         let limits = ConnectionLimits {
-            sources: config.allow_sources.clone(),
+            sources,
             trusted_proxies: config.trusted_proxies.clone(),
             tls,
             max_connections: config.max_connections,
@@ -159,6 +165,7 @@ impl<D: Deliver> Bridge<D> {
         tracing::info!(%addr, %admin_addr, scheme, path = %config.path, sink = handler.delivery().name(), "timbridge serving");
         Ok(Bridge {
             handler,
+            egress,
             addr,
             admin_addr,
             server,
@@ -182,6 +189,9 @@ impl<D: Deliver> Bridge<D> {
 
     /// Stops gracefully, in the order [`shutdown`] describes, within the shutdown timeout.
     pub async fn shutdown(self) {
+        if let Some(egress) = &self.egress {
+            egress.abort();
+        }
         shutdown::ordered(&self.handler, self.budget, self.server, self.admin).await;
     }
 }
@@ -204,6 +214,50 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
             socket.listen(LISTEN_BACKLOG)
         })
         .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// The allow-list: `--allow-source`, and with `--allow-tencent-egress` Tencent's egress list,
+/// asked for now (no start without it) and then refreshed by the task returned.
+async fn learn_egress(
+    config: &Config,
+    metrics: &ListenerMetrics,
+) -> Result<(Option<AllowList>, Option<tokio::task::JoinHandle<()>>), StartError> {
+    let fixed = || config.allow_sources.clone();
+    let Some(egress) = &config.egress else {
+        metrics.allowed_ranges(fixed().map_or(0, |list| list.len()));
+        return Ok((fixed(), None));
+    };
+    let failed = |why: String| StartError::from(ConfigError::new("--allow-tencent-egress", why));
+    let client = RestClient::new(
+        egress.sdkappid,
+        &egress.credentials,
+        &egress.rest,
+        Arc::new(SystemClock),
+    )
+    .map_err(|err| failed(err.to_string()))?;
+    let learnt = http::egress::fetch(&client, &egress.nettypes)
+        .await
+        .map_err(failed)?;
+    let fixed_nets = config
+        .allow_sources
+        .as_ref()
+        .map(|list| list.fixed().to_vec())
+        .unwrap_or_default();
+    let list = AllowList::with_learnt(fixed_nets, learnt)
+        .ok_or_else(|| failed("no range learnt".into()))?;
+    metrics.allowed_ranges(list.len());
+    tracing::info!(
+        ranges = list.len(),
+        "serving Tencent's callback egress addresses only"
+    );
+    let task = tokio::spawn(http::egress::refresh(
+        list.clone(),
+        client,
+        egress.nettypes.clone(),
+        egress.every,
+        metrics.clone(),
+    ));
+    Ok((Some(list), Some(task)))
 }
 
 fn new_metrics() -> Result<BridgeMetrics, StartError> {

@@ -2,7 +2,7 @@
 //! their opening (the TLS handshake, a trusted proxy's PROXY header), and certificate reloads.
 //! Requests, once parsed, are counted by [`crate::ingest::report`].
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 /// Why a connection was closed before its first request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,8 @@ impl Refusal {
 pub struct ListenerMetrics {
     refused: IntCounterVec,
     tls_reloads: IntCounterVec,
+    egress_refreshes: IntCounterVec,
+    allowed_ranges: IntGauge,
 }
 
 impl ListenerMetrics {
@@ -63,7 +65,20 @@ impl ListenerMetrics {
             ),
             &["result"],
         )?;
+        let egress_refreshes = IntCounterVec::new(
+            Opts::new(
+                "timbridge_egress_refreshes_total",
+                "Refreshes of Tencent's callback egress list (--allow-tencent-egress), by result: ok, failed (the last list is kept).",
+            ),
+            &["result"],
+        )?;
+        let allowed_ranges = IntGauge::new(
+            "timbridge_allowed_source_ranges",
+            "Source ranges the callback listener serves now (--allow-source and Tencent's egress list); 0: no allow-list, every client served.",
+        )?;
         registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(egress_refreshes.clone()))?;
+        registry.register(Box::new(allowed_ranges.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
         // Series that alerts rate() over exist from the first scrape.
         for refusal in Refusal::ALL {
@@ -71,15 +86,30 @@ impl ListenerMetrics {
         }
         for result in ["ok", "failed"] {
             tls_reloads.with_label_values(&[result]);
+            egress_refreshes.with_label_values(&[result]);
         }
         Ok(ListenerMetrics {
             refused,
             tls_reloads,
+            egress_refreshes,
+            allowed_ranges,
         })
     }
 
     pub fn refused(&self, refusal: Refusal) {
         self.refused.with_label_values(&[refusal.label()]).inc();
+    }
+
+    /// The allow-list's size now (at start-up and after each refresh).
+    pub fn allowed_ranges(&self, ranges: usize) {
+        self.allowed_ranges.set(ranges as i64);
+    }
+
+    pub fn egress_refreshed(&self, ok: bool, ranges: usize) {
+        self.egress_refreshes
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+        self.allowed_ranges(ranges);
     }
 
     pub fn tls_reloaded(&self, ok: bool) {

@@ -35,6 +35,7 @@ use crate::core::deliver::Deliver;
 use crate::ingest::{Handler, Rejection};
 
 pub mod admin;
+pub mod egress;
 pub mod guarded;
 pub mod metrics;
 pub mod proxy;

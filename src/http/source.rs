@@ -11,21 +11,63 @@
 //! per request, since each request may name another client.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
 
 use http::HeaderMap;
 use ipnet::IpNet;
 
-/// The source ranges allowed, never empty (no `--allow-source`: no list, every peer served,
-/// nothing checked).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The source ranges allowed: the fixed ones (`--allow-source`) and those learnt from Tencent
+/// (`--allow-tencent-egress`), never both empty (no ranges at all: no list, every client
+/// served, nothing checked).
+#[derive(Debug, Clone)]
 pub struct AllowList {
     nets: Vec<IpNet>,
+    /// Replaced whole at each refresh, never by an empty list.
+    learnt: Option<Arc<RwLock<Vec<IpNet>>>>,
 }
 
 impl AllowList {
     /// `None` for no ranges.
     pub fn new(nets: Vec<IpNet>) -> Option<AllowList> {
-        (!nets.is_empty()).then_some(AllowList { nets })
+        (!nets.is_empty()).then_some(AllowList { nets, learnt: None })
+    }
+
+    /// The fixed ranges and a first non-empty learnt list, which [`AllowList::learn`]
+    /// replaces later.
+    pub fn with_learnt(nets: Vec<IpNet>, learnt: Vec<IpNet>) -> Option<AllowList> {
+        (!learnt.is_empty()).then(|| AllowList {
+            nets,
+            learnt: Some(Arc::new(RwLock::new(learnt))),
+        })
+    }
+
+    /// The fixed ranges (`--allow-source`).
+    pub fn fixed(&self) -> &[IpNet] {
+        &self.nets
+    }
+
+    /// Replaces the learnt ranges; an empty list is refused (false) and the last one kept.
+    pub fn learn(&self, nets: Vec<IpNet>) -> bool {
+        match &self.learnt {
+            Some(learnt) if !nets.is_empty() => {
+                *learnt.write().unwrap_or_else(|p| p.into_inner()) = nets;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many ranges are allowed now.
+    pub fn len(&self) -> usize {
+        self.nets.len()
+            + self
+                .learnt
+                .as_ref()
+                .map_or(0, |l| l.read().unwrap_or_else(|p| p.into_inner()).len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Whether `ip` may call. An IPv4 peer on a dual-stack listener (`::ffff:a.b.c.d`) is
@@ -33,8 +75,29 @@ impl AllowList {
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.nets.iter().any(|net| net.contains(&ip))
+            || self.learnt.as_ref().is_some_and(|learnt| {
+                learnt
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .any(|net| net.contains(&ip))
+            })
     }
 }
+
+impl PartialEq for AllowList {
+    /// The same fixed ranges, and the same learnt list (not a copy of it).
+    fn eq(&self, other: &AllowList) -> bool {
+        self.nets == other.nets
+            && match (&self.learnt, &other.learnt) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for AllowList {}
 
 /// The `--trusted-proxy` ranges.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +206,25 @@ mod tests {
     #[test]
     fn no_ranges_is_no_list() {
         assert_eq!(list(&[]), None);
+        assert_eq!(AllowList::with_learnt(vec![], vec![]), None);
+    }
+
+    #[test]
+    fn learnt_ranges_are_replaced_but_never_by_nothing() {
+        let nets = |n: &[&str]| n.iter().map(|n| n.parse().unwrap()).collect::<Vec<IpNet>>();
+        let allowed =
+            AllowList::with_learnt(nets(&["10.0.0.0/8"]), nets(&["127.0.0.2/32"])).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(allowed.allows(ip("10.1.1.1")) && allowed.allows(ip("127.0.0.2")));
+        assert!(allowed.learn(nets(&["127.0.0.3/32"])));
+        assert!(!allowed.allows(ip("127.0.0.2")) && allowed.allows(ip("127.0.0.3")));
+        assert!(!allowed.learn(vec![]));
+        assert!(allowed.allows(ip("127.0.0.3")));
+        assert_eq!(allowed.len(), 2);
+        // A fixed list learns nothing.
+        assert!(!list(&["10.0.0.0/8"])
+            .unwrap()
+            .learn(nets(&["127.0.0.2/32"])));
     }
 
     #[test]

@@ -424,3 +424,105 @@ async fn a_replayed_signed_request_is_stored_once() {
         bridge.shutdown().await;
     }
 }
+
+/// `--allow-tencent-egress`: the allow-list is Tencent's egress list from GetIPList (here the
+/// REST simulator's), asked with the app's REST credentials; a refresh that changes it changes
+/// who is served, and a refresh that fails, or answers an empty list, keeps the last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tencent_egress_list_is_learnt_refreshed_and_kept_when_a_refresh_fails() {
+    use crate::common::tencent::Tencent;
+    const APP: u64 = 1400000077;
+    let sim = Tencent::start(APP, "administrator", "egress-key", 200).await;
+    sim.set_ip_list(5, &["127.0.0.2"]);
+    sim.set_ip_list(6, &["192.0.2.0/24"]);
+    let dir = tempfile::tempdir().unwrap();
+    let apps = dir.path().join("apps.yaml");
+    std::fs::write(
+        &apps,
+        format!(
+            "apps:\n  - sdkappid: {APP}\n    token: {TOKEN}\n    rest:\n      region: singapore\n      identifier: administrator\n      secret_key: egress-key\n"
+        ),
+    )
+    .unwrap();
+    let nats = NatsServer::start();
+    let endpoint = sim.endpoint();
+    let bridge = start_bridge(
+        &nats,
+        &[
+            "--config",
+            apps.to_str().unwrap(),
+            "--allow-tencent-egress",
+            "--egress-refresh",
+            "200ms",
+            "--rest-endpoint",
+            &endpoint,
+            "--rest-allow-http",
+        ],
+    )
+    .await;
+    let query = || {
+        let time = cases::now().to_string();
+        let sig = sign(&Token::new(TOKEN.into()), &time);
+        format!(
+            "SdkAppid={APP}&CallbackCommand=Group.CallbackAfterSendMsg&contenttype=json&RequestTime={time}&Sign={sig}"
+        )
+    };
+    let addr = bridge.addr();
+    let status_from = |source: &'static str, seq: u64| {
+        let query = query();
+        async move {
+            let mut stream = connect_from(source, addr).await;
+            let body = group_message("@TGS#egress", seq);
+            stream.write_all(&request(&query, &body)).await.unwrap();
+            answers(&mut stream, 1).await.0.first().map(|a| a.0)
+        }
+    };
+    assert_eq!(status_from("127.0.0.2", 1).await, Some(200));
+    assert_eq!(status_from("127.0.0.3", 2).await, Some(403));
+
+    // Tencent's list changes: .3 in, .2 out.
+    sim.set_ip_list(5, &["127.0.0.3/32"]);
+    eventually(Duration::from_secs(10), "the new list served", || async {
+        (status_from("127.0.0.3", 3).await == Some(200)).then_some(())
+    })
+    .await;
+    assert_eq!(status_from("127.0.0.2", 4).await, Some(403));
+
+    // Refreshes fail, then answer nothing: the last list stays.
+    sim.fail_ip_list();
+    let admin = bridge.admin_addr();
+    let failed = || async move {
+        let (_, text) = Http::default().admin(admin, "/metrics").await;
+        metric(&text, "timbridge_egress_refreshes_total{result=\"failed\"}")
+    };
+    eventually(Duration::from_secs(10), "a failed refresh", || async {
+        (failed().await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(status_from("127.0.0.3", 5).await, Some(200));
+    sim.set_ip_list(5, &[]);
+    let before = failed().await;
+    // Two more failures: at least one refresh was answered with the empty list.
+    eventually(
+        Duration::from_secs(10),
+        "an empty answer refused",
+        || async { (failed().await >= before + 2.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(status_from("127.0.0.3", 6).await, Some(200));
+    assert_eq!(status_from("127.0.0.2", 7).await, Some(403));
+    let (_, text) = Http::default().admin(admin, "/metrics").await;
+    // 127.0.0.3/32 and 192.0.2.0/24.
+    assert_eq!(metric(&text, "timbridge_allowed_source_ranges"), 2.0);
+
+    let seqs: Vec<String> = nats
+        .reader()
+        .await
+        .all("TIM")
+        .await
+        .iter()
+        .map(|m| m.header("tim-msg-seq").unwrap().to_owned())
+        .collect();
+    assert_eq!(seqs, ["1", "3", "5", "6"]);
+    bridge.shutdown().await;
+}

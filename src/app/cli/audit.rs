@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::parse::parse_duration;
+use super::rest::RestEndpointArgs;
 use super::{KafkaArgs, NatsArgs, OrderedArgs, SinkKind};
 use crate::audit::{AuditConfig, Shard};
 use crate::core::ConfigError;
@@ -198,22 +199,8 @@ pub struct AuditArgs {
     #[arg(long, env = "TIMBRIDGE_REST_RETRY_MAX", default_value = "10s", value_parser = parse_duration, help_heading = "Tencent REST API")]
     pub rest_retry_max: Duration,
 
-    /// Base URL instead of https://{region domain} (an egress proxy).
-    #[arg(
-        long,
-        env = "TIMBRIDGE_REST_ENDPOINT",
-        help_heading = "Tencent REST API"
-    )]
-    pub rest_endpoint: Option<String>,
-
-    /// Let --rest-endpoint be plain http:// (a local simulator in tests). Every call carries the
-    /// admin's UserSig in its query: anywhere else it must travel over https://.
-    #[arg(
-        long,
-        env = "TIMBRIDGE_REST_ALLOW_HTTP",
-        help_heading = "Tencent REST API"
-    )]
-    pub rest_allow_http: bool,
+    #[command(flatten)]
+    pub rest_endpoint: RestEndpointArgs,
 
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -294,9 +281,7 @@ impl AuditArgs {
                 "no app has `rest:` credentials (region, identifier, secret_key): nothing to audit",
             ));
         }
-        if let Some(endpoint) = &self.rest_endpoint {
-            check_rest_endpoint(endpoint, self.rest_allow_http)?;
-        }
+        let endpoint = self.rest_endpoint.into_endpoint()?;
         Ok(AuditConfig {
             admin_listen: self.admin_listen,
             sink,
@@ -309,7 +294,7 @@ impl AuditArgs {
                 timeout: self.rest_timeout,
                 attempts: self.rest_attempts,
                 retry_max: self.rest_retry_max,
-                endpoint: self.rest_endpoint,
+                endpoint,
             },
             consumer: self.audit_consumer,
             state_bucket: self.audit_state_bucket,
@@ -367,25 +352,6 @@ fn shard(
         ));
     }
     Ok(Shard { index, count })
-}
-
-/// The REST endpoint is https:// (the UserSig is in every call's query), or http:// when
-/// allowed for a local test endpoint.
-fn check_rest_endpoint(endpoint: &str, allow_http: bool) -> Result<(), ConfigError> {
-    let flag = "--rest-endpoint";
-    match endpoint.split_once("://") {
-        Some(("https", rest)) if !rest.is_empty() => Ok(()),
-        Some(("http", rest)) if !rest.is_empty() && allow_http => Ok(()),
-        Some(("http", _)) => Err(ConfigError::new(
-            flag,
-            "must be https:// (every call carries the admin's UserSig); --rest-allow-http allows \
-             http:// for a local test endpoint",
-        )),
-        _ => Err(ConfigError::new(
-            flag,
-            format!("{endpoint:?} is not an https://host[:port] URL"),
-        )),
-    }
 }
 
 #[cfg(test)]

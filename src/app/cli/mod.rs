@@ -23,6 +23,7 @@ mod kafka;
 mod nats;
 mod ordered;
 pub mod parse;
+mod rest;
 mod spool;
 
 pub use audit::AuditArgs;
@@ -230,6 +231,24 @@ pub struct ServeArgs {
     )]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Serve also Tencent's callback egress addresses, learnt from Tencent's GetIPList with the
+    /// REST credentials of the first --config app that has them, and refreshed every
+    /// --egress-refresh (a failed refresh keeps the last list). Does not start without them.
+    #[arg(long, env = "TIMBRIDGE_ALLOW_TENCENT_EGRESS", requires = "config")]
+    pub allow_tencent_egress: bool,
+
+    /// GetIPList's nettype lists that --allow-tencent-egress serves: 5 the Chinese mainland and
+    /// Hong Kong, 6 the rest of the world.
+    #[arg(long, env = "TIMBRIDGE_EGRESS_NETTYPE", value_delimiter = ',', default_value = "5,6", value_parser = clap::value_parser!(u8).range(5..=6))]
+    pub egress_nettype: Vec<u8>,
+
+    /// How often --allow-tencent-egress asks Tencent for the list again.
+    #[arg(long, env = "TIMBRIDGE_EGRESS_REFRESH", default_value = "1h", value_parser = parse_duration)]
+    pub egress_refresh: Duration,
+
+    #[command(flatten)]
+    pub rest_endpoint: rest::RestEndpointArgs,
+
     /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key. Not given:
     /// plain HTTP, for use behind an ingress that terminates TLS.
     #[arg(
@@ -431,6 +450,31 @@ impl ServeArgs {
                 self.allow_unsigned,
             )?,
         };
+        let egress = if self.allow_tencent_egress {
+            let endpoint = self.rest_endpoint.into_endpoint()?;
+            let app = apps
+                .listed()
+                .iter()
+                .find(|app| app.rest.is_some())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "--allow-tencent-egress",
+                        "no --config app has `rest:` credentials to ask Tencent for its egress list",
+                    )
+                })?;
+            Some(crate::http::egress::EgressConfig {
+                sdkappid: app.sdkappid,
+                credentials: app.rest.clone().expect("found with credentials"),
+                rest: crate::tencent::rest::RestConfig {
+                    endpoint,
+                    ..Default::default()
+                },
+                nettypes: self.egress_nettype,
+                every: self.egress_refresh,
+            })
+        } else {
+            None
+        };
         if self.max_clock_skew > MAX_CLOCK_SKEW_CEILING {
             return Err(ConfigError::new(
                 "--max-clock-skew",
@@ -448,6 +492,7 @@ impl ServeArgs {
             max_clock_skew: self.max_clock_skew,
             allow_sources: crate::http::source::AllowList::new(self.allow_sources),
             trusted_proxies: crate::http::source::TrustedProxies::new(self.trusted_proxies),
+            egress,
             tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles {
                 cert,
                 key,
@@ -546,6 +591,7 @@ impl ServeArgs {
             ("--max-ack-latency", self.max_ack_latency),
             ("--shutdown-timeout", self.shutdown_timeout),
             ("--tls-reload-interval", self.tls_reload_interval),
+            ("--egress-refresh", self.egress_refresh),
         ] {
             if value > HOUR {
                 return Err(ConfigError::new(flag, "must be at most 1h"));

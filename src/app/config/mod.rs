@@ -27,6 +27,8 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// The peers the callback listener serves (`--allow-source`); `None`: every peer.
     pub allow_sources: Option<crate::http::source::AllowList>,
+    /// Tencent's callback egress list served besides `allow_sources` (`--allow-tencent-egress`).
+    pub egress: Option<crate::http::egress::EgressConfig>,
     /// Whose word on the client's address is taken (`--trusted-proxy`); `None`: nobody's.
     pub trusted_proxies: Option<crate::http::source::TrustedProxies>,
     /// HTTPS on the callback listener (`--tls-cert`); `None`: plain HTTP.

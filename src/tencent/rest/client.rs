@@ -227,16 +227,33 @@ impl RestClient {
         Req: Serialize + Sync,
         Answer: DeserializeOwned,
     {
+        self.call_with(command, "", body).await
+    }
+
+    /// As [`RestClient::call`], with `extra` (`name=value&...`, already encoded) added to the
+    /// URL's parameters.
+    pub async fn call_with<Req, Answer>(
+        &self,
+        command: &'static str,
+        extra: &str,
+        body: &Req,
+    ) -> Result<Answer, RestError>
+    where
+        Req: Serialize + Sync,
+        Answer: DeserializeOwned,
+    {
         let body = serde_json::to_vec(body).expect("request bodies are plain data");
         let once = || async {
-            match self.attempt(command, &body, false).await {
-                Err(Attempt::SigExpired(info)) => match self.attempt(command, &body, true).await {
-                    Err(Attempt::SigExpired(_)) => {
-                        Err(RestError::Credentials { code: 70001, info })
+            match self.attempt(command, extra, &body, false).await {
+                Err(Attempt::SigExpired(info)) => {
+                    match self.attempt(command, extra, &body, true).await {
+                        Err(Attempt::SigExpired(_)) => {
+                            Err(RestError::Credentials { code: 70001, info })
+                        }
+                        Err(Attempt::Failed(err)) => Err(err),
+                        Ok(answer) => Ok(answer),
                     }
-                    Err(Attempt::Failed(err)) => Err(err),
-                    Ok(answer) => Ok(answer),
-                },
+                }
                 Err(Attempt::Failed(err)) => Err(err),
                 Ok(answer) => Ok(answer),
             }
@@ -275,12 +292,18 @@ impl RestClient {
     async fn attempt<Answer: DeserializeOwned>(
         &self,
         command: &'static str,
+        extra: &str,
         body: &[u8],
         renew: bool,
     ) -> Result<Answer, Attempt> {
         self.limiter.until_ready().await;
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!("&{extra}")
+        };
         let url = format!(
-            "{}/v4/{command}?sdkappid={}&identifier={}&usersig={}&random={}&contenttype=json",
+            "{}/v4/{command}?sdkappid={}&identifier={}&usersig={}&random={}&contenttype=json{extra}",
             self.base,
             self.sdkappid,
             form_urlencoded::byte_serialize(self.identifier.as_bytes()).collect::<String>(),

@@ -1,8 +1,10 @@
 //! Tencent's server-side REST API, which the auditor calls on an app's behalf: where each
 //! app's calls go ([`Region`]), the admin's UserSig ([`usersig`]), the calling convention with
-//! its rate limit and retries ([`client`]) and the group calls ([`group`]).
+//! its rate limit and retries ([`client`]), the group calls ([`group`]) and the callback
+//! egress addresses ([`egress`]), which the bridge's allow-list can learn.
 
 pub mod client;
+pub mod egress;
 pub mod group;
 pub mod usersig;
 

@@ -11,6 +11,8 @@
 //!   code for that, 10004 here, is the simulator's choice: Tencent's pages only say the type is
 //!   not supported);
 //! - `get_group_info`: `Type` and `NextMsgSeq` of up to 50 groups;
+//! - `ConfigSvc/GetIPList`: the list of the URL's `nettype`, as set by the test, or an error
+//!   on demand;
 //! - a calls-per-second limit per app answered with 60007, and 60007 injected on demand.
 
 use std::collections::{BTreeMap, HashMap};
@@ -56,6 +58,8 @@ struct State {
     history_calls: HashMap<String, u64>,
     rate_limited: u64,
     inject_60007: u32,
+    /// GetIPList's answer per `nettype`; `None`: answered with an error.
+    ip_lists: Option<HashMap<u8, Vec<String>>>,
 }
 
 #[derive(Clone)]
@@ -123,6 +127,20 @@ impl Tencent {
 
     pub fn set_group(&self, id: &str, group: SimGroup) {
         self.state.lock().unwrap().groups.insert(id.into(), group);
+    }
+
+    /// What GetIPList answers for `nettype`.
+    pub fn set_ip_list(&self, nettype: u8, list: &[&str]) {
+        let mut state = self.state.lock().unwrap();
+        state
+            .ip_lists
+            .get_or_insert_with(HashMap::new)
+            .insert(nettype, list.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// GetIPList fails until a list is set again.
+    pub fn fail_ip_list(&self) {
+        self.state.lock().unwrap().ip_lists = None;
     }
 
     /// The next `n` calls are answered 60007 whatever the rate.
@@ -217,6 +235,17 @@ impl Tencent {
                 history(&state.groups, &request).unwrap_or_else(|(c, i)| fail(c, &i))
             }
             "/v4/group_open_http_svc/get_group_info" => group_info(&state.groups, &request),
+            "/v4/ConfigSvc/GetIPList" => {
+                let nettype = params.get("nettype").and_then(|n| n.parse::<u8>().ok());
+                match (&state.ip_lists, nettype) {
+                    (Some(lists), Some(nettype)) => json!({
+                        "ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": "",
+                        "IPList": lists.get(&nettype).cloned().unwrap_or_default(),
+                    }),
+                    (None, _) => fail(10003, "injected: no list"),
+                    (_, None) => fail(10004, "nettype missing"),
+                }
+            }
             _ => fail(10004, "unknown command"),
         }
     }
