@@ -29,6 +29,7 @@ use super::ordered::{self, Consumed, Orderer};
 use super::repair::{now_ms, Recheck, Repaired, Repairer};
 use super::tail;
 use super::tracker::{Eviction, Gap, GroupKey, Seen, Tracker};
+use super::verify::{Sample, Verifier};
 use super::{AdminStatus, AuditConfig};
 
 /// Checkpoint writes in flight at once.
@@ -46,6 +47,8 @@ type Workers = HashMap<u64, mpsc::Sender<Gap>>;
 
 /// Each app's rate-limited REST client, by SdkAppid (the tail check uses them too).
 type Clients = HashMap<u64, Arc<RestClient>>;
+/// Each app's verification worker (`--verify-sample`); empty when off.
+type Verifiers = HashMap<u64, mpsc::Sender<Sample>>;
 
 /// The running auditor: what it read, what it waits for, and where it sends work.
 pub struct Auditor {
@@ -76,6 +79,7 @@ pub struct Auditor {
     counted: HashMap<GroupKey, u64>,
     workers: Workers,
     clients: Clients,
+    verifiers: Verifiers,
     /// The workers' questions: what of a queued gap is still missing.
     rechecks: mpsc::Receiver<Recheck>,
     /// The workers' answers: what became of a gap.
@@ -111,7 +115,8 @@ impl Auditor {
         let (done_tx, repaired) = mpsc::channel::<Repaired>(config.max_queued_gaps.max(1));
         // A worker asks one question at a time and waits for the answer: one slot per app.
         let (recheck_tx, rechecks) = mpsc::channel::<Recheck>(config.apps.len().max(1));
-        let (workers, clients) = spawn_workers(&config, &sink, &metrics, recheck_tx, done_tx)?;
+        let (workers, clients, verifiers) =
+            spawn_workers(&config, &sink, &metrics, recheck_tx, done_tx)?;
 
         let tracker = restore(&config, &store, &mut orderer).await?;
         tracing::info!(groups = tracker.len(), "audit: checkpoint loaded");
@@ -143,6 +148,7 @@ impl Auditor {
             counted: HashMap::new(),
             workers,
             clients,
+            verifiers,
             rechecks,
             repaired,
             tail_tx,
@@ -246,6 +252,9 @@ impl Auditor {
         consumed: Option<Consumed>,
     ) -> Result<(), String> {
         let (kind, evicted) = self.tracker.see(&seen.key, seen.seq, &seen.kind, now_ms());
+        if !seen.backfill && kind != Seen::Repeat {
+            self.maybe_verify(&seen);
+        }
         // The auditor's own backfills come back through the stream: expected.
         if !(seen.backfill && kind == Seen::Repeat) {
             self.metrics
@@ -261,6 +270,25 @@ impl Auditor {
         }
         self.dirty.insert(seen.key);
         Ok(())
+    }
+
+    /// Sends a share `--verify-sample` of the live group messages to their app's verifier;
+    /// never waits for it (a full queue skips the sample, counted).
+    fn maybe_verify(&self, seen: &Observation) {
+        let Some(verifier) = self.verifiers.get(&seen.key.sdkappid) else {
+            return;
+        };
+        if fastrand::f64() >= self.config.verify_sample {
+            return;
+        }
+        let sample = Sample {
+            key: seen.key.clone(),
+            seq: seen.seq,
+            body: seen.body.clone(),
+        };
+        if verifier.try_send(sample).is_err() {
+            self.metrics.verified("skipped");
+        }
     }
 
     /// Any other record with a command goes to the ordered stream as it came.
@@ -560,19 +588,21 @@ async fn open_orderer(
     Ok(Some(Orderer::new(output, ordered, metrics.ordered.clone())))
 }
 
-/// One repair worker per app with REST credentials, each with the app's REST client; an error
-/// when no app has them.
+/// One repair worker per app with REST credentials, each with the app's REST client (and with
+/// `--verify-sample`, a verification worker on the same client); an error when no app has
+/// them.
 fn spawn_workers(
     config: &AuditConfig,
     sink: &Arc<Sink>,
     metrics: &AuditMetrics,
     recheck_tx: mpsc::Sender<Recheck>,
     done_tx: mpsc::Sender<Repaired>,
-) -> Result<(Workers, Clients), String> {
+) -> Result<(Workers, Clients, Verifiers), String> {
     let builder =
         RecordBuilder::new(config.sink.destination(), config.partitions).with_apps(&config.apps);
     let mut workers = HashMap::new();
     let mut clients = HashMap::new();
+    let mut verifiers = HashMap::new();
     for app in &config.apps {
         let Some(credentials) = &app.rest else {
             continue;
@@ -602,13 +632,25 @@ fn spawn_workers(
             metrics: metrics.clone(),
         };
         tokio::spawn(repairer.run(rx, recheck_tx.clone(), done_tx.clone()));
+        if config.verify_sample > 0.0 {
+            let (tx, rx) = mpsc::channel::<Sample>(config.verify_queue.max(1));
+            let verifier = Verifier {
+                client: client.clone(),
+                sink: sink.clone(),
+                event_subject: config.event_subject.clone(),
+                partitions: config.partitions,
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(verifier.run(rx));
+            verifiers.insert(app.sdkappid, tx);
+        }
         workers.insert(app.sdkappid, tx);
         clients.insert(app.sdkappid, client);
     }
     if workers.is_empty() {
         return Err("--config: no app has REST credentials (rest: region, identifier, secret_key); nothing to audit".into());
     }
-    Ok((workers, clients))
+    Ok((workers, clients, verifiers))
 }
 
 /// The tracker, and the ordered stream's lines, as the last checkpoint left this shard's

@@ -3,6 +3,7 @@
 //! the group's `Type` from its body). Records that are not group messages are skipped.
 
 use async_nats::jetstream::{self, consumer, Message};
+use bytes::Bytes;
 
 use super::tracker::GroupKey;
 use crate::core::record::header;
@@ -18,6 +19,8 @@ pub struct Observation {
     pub received_at_ms: u64,
     /// Published by the auditor itself (`tim-source: backfill`).
     pub backfill: bool,
+    /// The record's body (shared, not copied), for `--verify-sample`.
+    pub body: Bytes,
 }
 
 /// The group message in a JetStream `message`, if it is one.
@@ -32,7 +35,7 @@ pub fn observe(message: &Message) -> Option<Observation> {
 /// The group message of a record with these headers (`get`) and body, if it is one.
 pub fn observation<'h>(
     get: impl Fn(&str) -> Option<&'h str>,
-    payload: &[u8],
+    payload: &Bytes,
 ) -> Option<Observation> {
     if get(header::COMMAND)? != super::backfill::COMMAND {
         return None;
@@ -61,6 +64,7 @@ pub fn observation<'h>(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         backfill: get(header::SOURCE) == Some(super::backfill::SOURCE_BACKFILL),
+        body: payload.clone(),
     })
 }
 

@@ -82,10 +82,10 @@ impl KafkaFeed {
                 .and_then(|ms| u64::try_from(ms).ok())
                 .unwrap_or(0),
         });
-        let payload = message.payload().unwrap_or_default();
+        let payload = bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default());
         // The record's headers are read once: from what the ordered stream keeps, when it does.
         let seen = match &consumed {
-            Some(consumed) => observation(|name| consumed.raw.header(name), payload),
+            Some(consumed) => observation(|name| consumed.raw.header(name), &payload),
             None => {
                 let mut headers: HashMap<&str, String> = HashMap::new();
                 if let Some(h) = message.headers() {
@@ -95,7 +95,7 @@ impl KafkaFeed {
                         }
                     }
                 }
-                observation(|name| headers.get(name).map(String::as_str), payload)
+                observation(|name| headers.get(name).map(String::as_str), &payload)
             }
         };
         Ok((seen, consumed))

@@ -34,6 +34,10 @@ pub struct AuditMetrics {
     pub kafka: KafkaGauges,
     /// The ordered stream's (registered whether it is on or not).
     pub ordered: OrderedMetrics,
+    /// Samples compared with Tencent's history (`--verify-sample`), by result.
+    verified: IntCounterVec,
+    /// Published group messages found forged, by reason.
+    forged: IntCounterVec,
 }
 
 impl AuditMetrics {
@@ -110,6 +114,22 @@ impl AuditMetrics {
         registry
             .register(Box::new(lag.clone()))
             .expect("registered once");
+        let verified = counter(
+            "timbridge_audit_verified_total",
+            "Live group messages sampled by --verify-sample and compared with Tencent's history, by result: ok, forged, unverifiable (deleted, recalled, expired), failed (the lookup), skipped (the queue was full).",
+            &["result"],
+        );
+        let forged = counter(
+            "timbridge_audit_forged_total",
+            "Published group messages that are not Tencent's, by reason: mismatch (fields differ from the history), not_in_history (no message at that seq), above_next_msg_seq (a seq Tencent has not assigned yet opened a gap, which was not walked).",
+            &["reason"],
+        );
+        for result in ["ok", "forged", "unverifiable", "failed", "skipped"] {
+            verified.with_label_values(&[result]);
+        }
+        for reason in ["mismatch", "not_in_history", "above_next_msg_seq"] {
+            forged.with_label_values(&[reason]);
+        }
         for outcome in ["found", "backfilled", "settled", "unrecoverable"] {
             gap_seqs.with_label_values(&[outcome]);
         }
@@ -149,7 +169,19 @@ impl AuditMetrics {
             backing_off,
             kafka,
             ordered,
+            verified,
+            forged,
         }
+    }
+
+    /// A sample's result: ok, forged, unverifiable, failed or skipped.
+    pub fn verified(&self, result: &'static str) {
+        self.verified.with_label_values(&[result]).inc();
+    }
+
+    /// A forged group message: mismatch, not_in_history or above_next_msg_seq.
+    pub fn forged(&self, reason: &'static str) {
+        self.forged.with_label_values(&[reason]).inc();
     }
 
     pub fn encode(&self) -> String {

@@ -10,6 +10,7 @@
 //!     published like the live one + tim-source: backfill │ settled: system notice, placeholder
 //!     │ unrecoverable: an event on --audit-event-subject
 //!  tail (every --tail-interval): get_group_info NextMsgSeq for recently active groups
+//!  verify (--verify-sample): a share of the live group messages compared with the history
 //!  ordered (--ordered-subject / --ordered-topic): every record consumed and every repaired
 //!     gap's outcome ──▶ ordered/: each group's seqs once, in order, a message or a marker
 //!  checkpoint (every --audit-checkpoint-interval): changed groups (and their ordered lines) to
@@ -33,6 +34,7 @@ pub mod repair;
 pub mod resolve;
 pub mod tail;
 pub mod tracker;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,6 +82,10 @@ pub struct AuditConfig {
     pub shard: Shard,
     /// The ordered stream, when on.
     pub ordered: Option<OrderedConfig>,
+    /// The share of live group messages compared with Tencent's history (0: none).
+    pub verify_sample: f64,
+    /// Samples queued per app for its verifier; past it a sample is skipped.
+    pub verify_queue: usize,
 }
 
 /// `--audit-shard I` of `--audit-shards N`: this replica audits the groups whose partition

@@ -117,6 +117,9 @@ impl Repairer {
             }
         };
         let now = now_ms();
+        if resolution.beyond_tencent {
+            self.metrics.forged("above_next_msg_seq");
+        }
         let mut gone: Vec<(u64, Gone)> = Vec::new();
         let mut backfilled = Vec::with_capacity(resolution.backfill.len());
         for message in &resolution.backfill {

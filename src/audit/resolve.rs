@@ -59,6 +59,9 @@ pub struct Resolution {
     pub settled: Vec<(u64, Settled)>,
     /// `(first, last, reason)`, ascending.
     pub unrecoverable: Vec<(u64, u64, Reason)>,
+    /// The gap reached at or past Tencent's `NextMsgSeq`: the record that opened it carries a
+    /// seq Tencent has not assigned (a forgery); those seqs were refused, not walked.
+    pub beyond_tencent: bool,
 }
 
 /// The group types without history.
@@ -75,6 +78,28 @@ pub async fn resolve(client: &RestClient, gap: &Gap) -> Result<Resolution, RestE
         return Ok(out);
     }
     let mut top = gap.last;
+    // A gap of more than a page costs a walk: first ask where the group really is. Seqs at or
+    // past its NextMsgSeq do not exist yet, so a forged record far ahead cannot make the
+    // auditor spend the app's REST quota on them. (Topics share their community's seq space:
+    // not checked.)
+    if gap.last - gap.first >= u64::from(MAX_PAGE) && gap.key.topic.is_none() {
+        let info = client.group_info(&[gap.key.group.as_str()]).await?;
+        let next = info
+            .iter()
+            .find(|i| i.group_id == gap.key.group && i.error_code == 0)
+            .map_or(0, |i| i.next_msg_seq);
+        if next > 0 && gap.last >= next {
+            let from = gap.first.max(next);
+            tracing::warn!(group = %gap.key.group, first = from, last = gap.last, next_msg_seq = next,
+                "audit: seqs past Tencent's NextMsgSeq: the record that opened this gap is forged; refused, not walked");
+            out.unrecoverable.push((from, gap.last, Reason::Refused));
+            out.beyond_tencent = true;
+            if from == gap.first {
+                return Ok(out);
+            }
+            top = from - 1;
+        }
+    }
     loop {
         let count = (top - gap.first + 1).min(u64::from(MAX_PAGE)) as u32;
         let page = match client

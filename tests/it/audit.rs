@@ -1197,3 +1197,139 @@ async fn a_queued_gap_filled_live_before_its_lookup_costs_no_call() {
         .all(|r| r.header("tim-source") != Some("backfill")));
     drop(bridge);
 }
+
+/// The auditor's events on the audit subject, once at least `count` have arrived.
+async fn audit_events(nats: &NatsServer, count: usize) -> Vec<Value> {
+    let reader = nats.reader().await;
+    eventually(Duration::from_secs(30), "the audit events", || {
+        let reader = &reader;
+        async move {
+            let events: Vec<Value> = reader
+                .all(STREAM)
+                .await
+                .into_iter()
+                .filter(|r| r.subject == "tim.audit.unrecoverable")
+                .map(|r| serde_json::from_slice(&r.payload).unwrap())
+                .collect();
+            (events.len() >= count).then_some(events)
+        }
+    })
+    .await
+}
+
+/// `--verify-sample 1`: every live group message is compared with Tencent's history; one whose
+/// body was forged under a valid request (another sender, another text) is a `forged` event
+/// naming the fields that differ, and the genuine ones are counted ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_body_is_reported_by_verification_against_the_history() {
+    let _serial = crate::common::serial().await;
+    let World {
+        nats,
+        bridge,
+        sim,
+        dir: _dir,
+        config,
+    } = World::start(KEY).await;
+    sim.set_group(
+        "@TGS#verify",
+        sim_group("Public", "@TGS#verify", 5, |_| false),
+    );
+    let http = Http::default();
+    for seq in 1..=5 {
+        let mut body = String::from_utf8(group_message("@TGS#verify", seq).to_vec()).unwrap();
+        if seq == 3 {
+            body = body
+                .replace("\"From_Account\":\"user3\"", "\"From_Account\":\"mallory\"")
+                .replace("message 3 of", "pay mallory, says");
+        }
+        let answer = http
+            .callback(
+                bridge.addr(),
+                &crate::common::query("Group.CallbackAfterSendMsg"),
+                body.into(),
+            )
+            .await;
+        assert_eq!(answer.status, 200);
+    }
+    let (admin, _auditor) = start_auditor(&config, &nats, &sim, &["--verify-sample", "1"]);
+    let events = audit_events(&nats, 1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["Event"], "forged");
+    assert_eq!(events[0]["MsgSeq"], 3);
+    assert_eq!(events[0]["Reason"], "mismatch");
+    assert_eq!(
+        events[0]["Fields"],
+        serde_json::json!(["From_Account", "MsgBody"])
+    );
+    let text = eventually(Duration::from_secs(10), "every sample judged", || {
+        let http = http.clone();
+        async move {
+            let text = admin_metrics(&http, admin).await;
+            (metric(&text, "timbridge_audit_verified_total{result=\"ok\"}") == 4.0).then_some(text)
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "timbridge_audit_verified_total{result=\"forged\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "timbridge_audit_forged_total{reason=\"mismatch\"}"),
+        1.0
+    );
+    drop(bridge);
+}
+
+/// A forged record far ahead of the group (seq 1,000,000 when Tencent's NextMsgSeq is 4) opens
+/// a gap that is refused, never walked: a `get_group_info` per chunk, no history call, an
+/// event per chunk with its range, counted as forged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_past_tencents_next_msg_seq_is_refused_not_walked() {
+    let _serial = crate::common::serial().await;
+    let World {
+        nats,
+        bridge,
+        sim,
+        dir: _dir,
+        config,
+    } = World::start(KEY).await;
+    sim.set_group(
+        "@TGS#ahead",
+        sim_group("Public", "@TGS#ahead", 3, |_| false),
+    );
+    let http = Http::default();
+    for seq in [1, 2, 3, 1_000_000] {
+        assert_eq!(
+            http.group_message(bridge.addr(), "@TGS#ahead", seq)
+                .await
+                .status,
+            200
+        );
+    }
+    let (admin, _auditor) = start_auditor(&config, &nats, &sim, &[]);
+    // The gap is taken in chunks of --audit-max-pending seqs: each is refused at the cost of
+    // one get_group_info call.
+    let events = audit_events(&nats, 2).await;
+    let mut ranges: Vec<(u64, u64)> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["Reason"], "refused", "{e}");
+            (
+                e["FirstMsgSeq"].as_u64().unwrap(),
+                e["LastMsgSeq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    ranges.sort();
+    assert_eq!(ranges[0].0, 4);
+    assert_eq!(ranges[1].0, ranges[0].1 + 1, "{ranges:?}");
+    assert_eq!(sim.history_calls("@TGS#ahead"), 0);
+    let text = admin_metrics(&http, admin).await;
+    assert!(
+        metric(
+            &text,
+            "timbridge_audit_forged_total{reason=\"above_next_msg_seq\"}"
+        ) >= 2.0
+    );
+    drop(bridge);
+}

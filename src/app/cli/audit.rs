@@ -89,6 +89,21 @@ pub struct AuditArgs {
     )]
     pub audit_max_queued_gaps: usize,
 
+    /// The share (0 to 1) of live group messages compared with Tencent's history (From_Account,
+    /// MsgBody, MsgTime, Random): a difference, or a seq Tencent does not have, is a `forged`
+    /// event. Each sample is one REST call of the app's --rest-max-rate. 0: none.
+    #[arg(long, env = "TIMBRIDGE_VERIFY_SAMPLE", default_value_t = 0.0, value_parser = parse_share, help_heading = "Auditor")]
+    pub verify_sample: f64,
+
+    /// Samples queued per app for verification; past it a sample is skipped (counted).
+    #[arg(
+        long,
+        env = "TIMBRIDGE_VERIFY_QUEUE",
+        default_value_t = 1000,
+        help_heading = "Auditor"
+    )]
+    pub verify_queue: usize,
+
     /// The longest a group waits after failed lookups: 5 s after the first failure in a row,
     /// twice as long after each next one, up to this.
     #[arg(long, env = "TIMBRIDGE_AUDIT_RETRY_MAX", default_value = "5m", value_parser = parse_duration, help_heading = "Auditor")]
@@ -312,7 +327,17 @@ impl AuditArgs {
             retry_max: self.audit_retry_max,
             shard,
             ordered,
+            verify_sample: self.verify_sample,
+            verify_queue: self.verify_queue,
         })
+    }
+}
+
+/// A share between 0 and 1.
+fn parse_share(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{value:?} is not a share between 0 and 1")),
     }
 }
 
