@@ -113,12 +113,12 @@ impl Across {
         if let Some(high) = self.high {
             if first_seq <= high {
                 return Some(Break {
-                    expected: high + 1,
+                    expected: high.saturating_add(1),
                     found: first_seq,
                 });
             }
         }
-        let expected = self.high.unwrap_or(0).max(self.position) + 1;
+        let expected = self.high.unwrap_or(0).max(self.position).saturating_add(1);
         (first_seq > expected && !self.open_end).then_some(Break {
             expected,
             found: first_seq,
@@ -228,5 +228,10 @@ mod tests {
         assert_eq!(across.segment(60), None);
         across.ended(60, Some(70), true);
         assert_eq!(across.segment(75), None);
+        // A frame numbered u64::MAX (found by fuzzing): a break, not an overflow.
+        let mut across = Across::new(u64::MAX);
+        assert_eq!(across.segment(1), None);
+        across.ended(1, Some(u64::MAX), false);
+        assert!(across.segment(98).is_some());
     }
 }
