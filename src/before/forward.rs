@@ -1,7 +1,8 @@
 //! `--before-callbacks forward`: an app has one callback URL, so an app that moderates in its
 //! own service puts the bridge in front of it. The bridge relays the before-callback (the same
 //! query without `Sign` and `RequestTime`, the same body) to `--before-callback-url` over a
-//! pooled keep-alive client and answers Tencent with the service's answer; when the service
+//! pooled keep-alive client (http://, or https:// checked against the system's roots or
+//! `--before-callback-ca`) and answers Tencent with the service's answer; when the service
 //! does not answer within `--before-callback-timeout`, or fails, the bridge answers allow (what
 //! Tencent itself does on a timeout). The callback is published in the background with the
 //! verdict in a header.
@@ -11,9 +12,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 
 use crate::core::ConfigError;
 
@@ -23,9 +27,12 @@ const MAX_ANSWER_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
-    /// `http://host:port/path` of the moderation service.
+    /// `http(s)://host:port/path` of the moderation service.
     pub url: Uri,
     pub timeout: Duration,
+    /// For https://: the CA certificates the service's certificate must chain to, besides the
+    /// system's roots (`--before-callback-ca`).
+    pub ca: Vec<CertificateDer<'static>>,
 }
 
 impl ForwardConfig {
@@ -34,10 +41,10 @@ impl ForwardConfig {
         let url: Uri = url
             .parse()
             .map_err(|e| ConfigError::new(flag, format!("{url:?}: {e}")))?;
-        if url.scheme_str() != Some("http") || url.authority().is_none() {
+        if !matches!(url.scheme_str(), Some("http" | "https")) || url.authority().is_none() {
             return Err(ConfigError::new(
                 flag,
-                "must be an http://host[:port]/path URL (the service runs beside the bridge)",
+                "must be an http(s)://host[:port]/path URL",
             ));
         }
         if url.query().is_some() {
@@ -52,7 +59,27 @@ impl ForwardConfig {
                 "must be more than 0 and less than Tencent's 2 s",
             ));
         }
-        Ok(ForwardConfig { url, timeout })
+        Ok(ForwardConfig {
+            url,
+            timeout,
+            ca: Vec::new(),
+        })
+    }
+
+    /// Trusts the CA certificates of a PEM file too (a private CA of the service's).
+    pub fn with_ca(mut self, path: &std::path::Path) -> Result<ForwardConfig, ConfigError> {
+        let flag = "--before-callback-ca";
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(ConfigError::new(
+                flag,
+                format!("{}: no PEM certificate", path.display()),
+            ));
+        }
+        self.ca = certs;
+        Ok(self)
     }
 }
 
@@ -91,7 +118,7 @@ impl Verdict {
 }
 
 pub struct Relay {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     config: ForwardConfig,
 }
 
@@ -100,6 +127,12 @@ impl Relay {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeout));
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(&config.ca))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
@@ -121,7 +154,7 @@ impl Relay {
     async fn ask(&self, query: &str, body: Bytes) -> Result<(Bytes, Verdict), String> {
         let path = self.config.url.path();
         let uri = Uri::builder()
-            .scheme("http")
+            .scheme(self.config.url.scheme_str().unwrap_or("http"))
             .authority(
                 self.config
                     .url
@@ -152,6 +185,21 @@ impl Relay {
         let verdict = verdict_of(&answer)?;
         Ok((answer, verdict))
     }
+}
+
+/// The client side of https:// to the moderation service: the system's roots (unreadable ones
+/// are skipped) and the configured CA certificates.
+fn tls_config(ca: &[CertificateDer<'static>]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    roots.add_parsable_certificates(ca.iter().cloned());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// Tencent's query without `Sign` and `RequestTime`: the moderation service gets no signed URL
@@ -231,7 +279,8 @@ mod tests {
     fn the_url_must_be_plain_http_without_a_query() {
         let t = Duration::from_millis(1500);
         assert!(ForwardConfig::parse("http://moderation:8080/tim", t).is_ok());
-        assert!(ForwardConfig::parse("https://moderation/tim", t).is_err());
+        assert!(ForwardConfig::parse("https://moderation/tim", t).is_ok());
+        assert!(ForwardConfig::parse("ftp://moderation/tim", t).is_err());
         assert!(ForwardConfig::parse("http://moderation/tim?x=1", t).is_err());
         assert!(ForwardConfig::parse("moderation/tim", t).is_err());
         assert!(ForwardConfig::parse("http://moderation/tim", Duration::from_secs(2)).is_err());

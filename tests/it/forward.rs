@@ -21,12 +21,20 @@ const BEFORE: &str = "Group.CallbackBeforeSendMsg";
 const DENY: &str = r#"{"ActionStatus":"FAIL","ErrorInfo":"not allowed here","ErrorCode":1}"#;
 const REWRITE: &str = r#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"***"}}]}"#;
 
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
 /// What the service saw: (query, body) of each request.
 type Seen = Arc<Mutex<Vec<(String, Bytes)>>>;
 
 /// A moderation service on a free loopback port; it answers by the body's text: "deny",
 /// "rewrite", "hang" (never answers), "crash" (closes the connection), else allow.
 async fn moderation_service() -> (SocketAddr, Seen) {
+    moderation_service_over(None).await
+}
+
+/// As [`moderation_service`], over TLS when `tls` is given.
+async fn moderation_service_over(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Seen = Arc::default();
@@ -35,7 +43,15 @@ async fn moderation_service() -> (SocketAddr, Seen) {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let log = log.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
+                let stream: Box<dyn Io> = match tls {
+                    None => Box::new(stream),
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => Box::new(stream),
+                        Err(_) => return,
+                    },
+                };
                 let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                     let log = log.clone();
                     async move {
@@ -68,8 +84,11 @@ async fn moderation_service() -> (SocketAddr, Seen) {
 }
 
 fn handler(service: SocketAddr) -> Arc<Handler<Scripted>> {
-    let url = format!("http://{service}/moderate");
-    let config = config(&[
+    handler_at(&format!("http://{service}/moderate"), &[])
+}
+
+fn handler_at(url: &str, extra: &[&str]) -> Arc<Handler<Scripted>> {
+    let mut flags = vec![
         "--sdkappid",
         "1400000000",
         "--token",
@@ -77,10 +96,12 @@ fn handler(service: SocketAddr) -> Arc<Handler<Scripted>> {
         "--before-callbacks",
         "forward",
         "--before-callback-url",
-        &url,
+        url,
         "--before-callback-timeout",
         "300ms",
-    ]);
+    ];
+    flags.extend_from_slice(extra);
+    let config = config(&flags);
     Arc::new(Handler::new(
         config.ingest(),
         Scripted::new(Outcome::Ok),
@@ -204,4 +225,37 @@ async fn a_service_that_is_not_there_means_allow() {
     assert_eq!(answer["ErrorCode"], 0);
     assert!(took < Duration::from_millis(300), "{took:?}");
     assert_eq!(verdicts(&h, "error"), 1.0);
+}
+
+/// An https:// moderation service whose certificate chains to `--before-callback-ca` is
+/// relayed to (and gets no Sign); without that CA the handshake fails and the bridge allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_moderation_service_is_relayed_to_when_its_ca_is_trusted() {
+    let ca = crate::tls::Ca::new("moderation CA");
+    let (service, seen) = moderation_service_over(Some(ca.acceptor("127.0.0.1"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let url = format!("https://{service}/moderate");
+
+    let trusting = handler_at(&url, &["--before-callback-ca", ca_file.to_str().unwrap()]);
+    let (status, answer, _) = send(&trusting, "deny this").await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["ErrorCode"], 1, "{answer}");
+    assert_eq!(verdicts(&trusting, "deny"), 1.0);
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert!(!seen[0].0.contains("Sign="), "{}", seen[0].0);
+    }
+
+    let strange = handler_at(&url, &[]);
+    let (status, answer, _) = send(&strange, "deny this").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer["ErrorCode"], 0,
+        "an unverified service is not asked: allow"
+    );
+    assert_eq!(verdicts(&strange, "error"), 1.0);
+    assert_eq!(seen.lock().unwrap().len(), 1);
 }

@@ -23,13 +23,13 @@ use crate::common::*;
 use crate::trust::{answers, request};
 
 /// A certificate authority that signs server and client certificates.
-struct Ca {
+pub(crate) struct Ca {
     cert: rcgen::Certificate,
     key: KeyPair,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -38,6 +38,10 @@ impl Ca {
             cert: params.self_signed(&key).unwrap(),
             key,
         }
+    }
+
+    pub(crate) fn pem(&self) -> String {
+        self.cert.pem()
     }
 
     fn issue(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> CertifiedKey {
@@ -54,6 +58,22 @@ impl Ca {
 
     fn server(&self) -> CertifiedKey {
         self.issue("localhost", ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A TLS server configuration with a certificate for `name` (a host name or an address).
+    pub(crate) fn acceptor(&self, name: &str) -> tokio_rustls::TlsAcceptor {
+        let issued = self.issue(name, ExtendedKeyUsagePurpose::ServerAuth);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![issued.cert.der().clone()],
+                PrivateKeyDer::try_from(issued.key_pair.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 
     fn client(&self) -> CertifiedKey {

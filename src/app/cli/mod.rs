@@ -377,10 +377,15 @@ pub struct ServeArgs {
     #[arg(long, env = "TIMBRIDGE_BEFORE_CALLBACK_QUEUE", default_value_t = 1024)]
     pub before_callback_queue: usize,
 
-    /// With --before-callbacks forward: the app's moderation service (http://host:port/path),
-    /// sent each before-callback with Tencent's query and body.
+    /// With --before-callbacks forward: the app's moderation service (http(s)://host:port/path),
+    /// sent each before-callback with Tencent's query (without Sign and RequestTime) and body.
     #[arg(long, env = "TIMBRIDGE_BEFORE_CALLBACK_URL")]
     pub before_callback_url: Option<String>,
+
+    /// With an https:// --before-callback-url: CA certificates (PEM) the service's certificate
+    /// may also chain to, besides the system's roots (a private CA).
+    #[arg(long, env = "TIMBRIDGE_BEFORE_CALLBACK_CA", value_name = "FILE")]
+    pub before_callback_ca: Option<PathBuf>,
 
     /// With --before-callbacks forward: how long the service may take; then the bridge
     /// answers allow (Tencent's own default on a timeout).
@@ -622,7 +627,11 @@ impl ServeArgs {
         }
         let forward = match (self.before_callbacks, &self.before_callback_url) {
             (BeforePolicy::Forward, Some(url)) => {
-                Some(ForwardConfig::parse(url, self.before_callback_timeout)?)
+                let forward = ForwardConfig::parse(url, self.before_callback_timeout)?;
+                Some(match &self.before_callback_ca {
+                    Some(ca) => forward.with_ca(ca)?,
+                    None => forward,
+                })
             }
             (BeforePolicy::Forward, None) => {
                 return Err(ConfigError::new(
