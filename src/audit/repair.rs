@@ -189,31 +189,21 @@ impl Repairer {
             "Reason": reason.label(),
             "DetectedAt": now,
         });
-        let mut headers = vec![
-            (header::SDKAPPID, key.sdkappid.to_string()),
-            (header::GROUP_ID, key.group.clone()),
-        ];
-        if let Some(topic) = &key.topic {
-            headers.push((header::TOPIC_ID, topic.clone()));
-        }
-        headers.push((header::RECEIVED_AT, now.to_string()));
-        headers.push((
-            header::DEDUP_ID,
-            format!(
-                "u:{}:{first}:{last}:{}:{}:{}:{topic}",
-                key.sdkappid,
-                key.group.len(),
-                key.group,
-                topic.len()
-            ),
-        ));
-        let record = Record {
-            destination: self.event_subject.clone(),
-            key: key.group.clone(),
-            partition: partition(key.group.as_bytes(), self.partitions),
-            headers,
-            body: serde_json::to_vec(&body).expect("plain data").into(),
-        };
+        let dedup = format!(
+            "u:{}:{first}:{last}:{}:{}:{}:{topic}",
+            key.sdkappid,
+            key.group.len(),
+            key.group,
+            topic.len()
+        );
+        let record = event_record(
+            key,
+            (&self.event_subject, self.partitions),
+            Vec::new(),
+            dedup,
+            &body,
+            now,
+        );
         if let Err(err) = self.sink.deliver(&record).await {
             tracing::warn!(group = %key.group, error = %err, "audit: publishing an unrecoverable gap failed; will try again");
             return false;
@@ -230,6 +220,35 @@ impl Repairer {
         tracing::warn!(sdkappid = key.sdkappid, group = %key.group, first, last, reason = reason.label(),
             "audit: unrecoverable gap");
         true
+    }
+}
+
+/// An event of the auditor's about `key`'s group, on the audit event subject of `partitions`
+/// partitions, with `extra` headers after the group's and a dedup id of its own.
+pub fn event_record(
+    key: &super::tracker::GroupKey,
+    (subject, partitions): (&str, u32),
+    extra: Vec<(&'static str, String)>,
+    dedup: String,
+    body: &serde_json::Value,
+    now: u64,
+) -> Record {
+    let mut headers = vec![
+        (header::SDKAPPID, key.sdkappid.to_string()),
+        (header::GROUP_ID, key.group.clone()),
+    ];
+    headers.extend(extra);
+    if let Some(topic) = &key.topic {
+        headers.push((header::TOPIC_ID, topic.clone()));
+    }
+    headers.push((header::RECEIVED_AT, now.to_string()));
+    headers.push((header::DEDUP_ID, dedup));
+    Record {
+        destination: subject.to_owned(),
+        key: key.group.clone(),
+        partition: partition(key.group.as_bytes(), partitions),
+        headers,
+        body: serde_json::to_vec(body).expect("plain data").into(),
     }
 }
 

@@ -14,15 +14,13 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::metrics::AuditMetrics;
-use super::repair::now_ms;
+use super::repair::{event_record, now_ms};
 use super::tracker::GroupKey;
 use crate::core::deliver::Deliver;
 use crate::core::record::header;
-use crate::core::Record;
 use crate::sink::Sink;
 use crate::tencent::rest::group::HistoryMessage;
 use crate::tencent::rest::RestClient;
-use crate::wire::partition;
 
 /// One consumed live group message to compare with Tencent's history.
 #[derive(Debug, Clone)]
@@ -154,31 +152,20 @@ impl Verifier {
             "Fields": fields,
             "DetectedAt": now,
         });
-        let mut headers = vec![
-            (header::SDKAPPID, key.sdkappid.to_string()),
-            (header::GROUP_ID, key.group.clone()),
-            (header::MSG_SEQ, seq.to_string()),
-        ];
-        if let Some(topic) = &key.topic {
-            headers.push((header::TOPIC_ID, topic.clone()));
-        }
-        headers.push((header::RECEIVED_AT, now.to_string()));
-        headers.push((
-            header::DEDUP_ID,
-            format!(
-                "f:{}:{seq}:{}:{}:{topic}",
-                key.sdkappid,
-                key.group.len(),
-                key.group
-            ),
-        ));
-        let record = Record {
-            destination: self.event_subject.clone(),
-            key: key.group.clone(),
-            partition: partition(key.group.as_bytes(), self.partitions),
-            headers,
-            body: serde_json::to_vec(&body).expect("plain data").into(),
-        };
+        let dedup = format!(
+            "f:{}:{seq}:{}:{}:{topic}",
+            key.sdkappid,
+            key.group.len(),
+            key.group
+        );
+        let record = event_record(
+            key,
+            (&self.event_subject, self.partitions),
+            vec![(header::MSG_SEQ, seq.to_string())],
+            dedup,
+            &body,
+            now,
+        );
         if let Err(err) = self.sink.deliver(&record).await {
             tracing::warn!(group = %key.group, seq, error = %err, "audit: publishing a forged event failed");
         }

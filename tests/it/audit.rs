@@ -571,20 +571,7 @@ async fn gaps_without_history_are_reported_unrecoverable_with_their_range() {
 
     let (admin, _auditor) = start_auditor(&config, &nats, &sim, &[]);
     let reader = nats.reader().await;
-    let events = eventually(Duration::from_secs(30), "two unrecoverable events", || {
-        let reader = &reader;
-        async move {
-            let events: Vec<Value> = reader
-                .all(STREAM)
-                .await
-                .into_iter()
-                .filter(|r| r.subject == "tim.audit.unrecoverable")
-                .map(|r| serde_json::from_slice(&r.payload).unwrap())
-                .collect();
-            (events.len() >= 2).then_some(events)
-        }
-    })
-    .await;
+    let events = audit_events(&nats, 2).await;
     let mut ranges: Vec<(String, u64, u64, String)> = events
         .iter()
         .map(|e| {
