@@ -2,8 +2,8 @@
 //! the callback is stored: in direct mode the broker acknowledged it; in spooled mode it is
 //! fsynced in the spool, which forwards it to the broker afterwards.
 //!
-//! One `Group.CallbackAfterSendMsg` in direct mode, in the order the data flows (twelve files
-//! of `src/`, all that runs for it: `bench/walk.py` counts them):
+//! One signed `Group.CallbackAfterSendMsg` in direct mode, in the order the data flows
+//! (thirteen files of `src/`, all that runs for it: `bench/walk.py` counts them):
 //!
 //! ```text
 //!  Tencent IM ──POST /callback?SdkAppid=..&CallbackCommand=..──▶ http::serve (one task per
@@ -16,6 +16,7 @@
 //!    3. ingest::admission: a request slot, acks not too slow             → 503
 //!    4. the body: memory budget, size, time                              → 503 / 413 / 408
 //!    5. VerifiedQuery::accept (tencent::callback::body): validation → Callback   → 400
+//!       ingest::replay: the same signed request delivered already → 200, not again
 //!    6. wire::RecordBuilder::build: Callback → Record (key, headers; wire::destination: the
 //!       subject or topic and the partition)
 //!    7. Delivery::deliver_owned, one publish deadline                     → 503 / 500
@@ -37,7 +38,7 @@
 //! before    before-callbacks: the policies, the background publisher, the moderation relay
 //! ingest    the handler: admission, verification, the after and before paths, rejections, the report
 //! delivery  direct (the sink) or spooled (the spool in front of it)
-//! http      the callback listener, the slow-loris guard, the admin listener
+//! http      the callback listener (TLS, PROXY headers, who the client is), the slow-loris guard, the admin listener
 //! audit     `timbridge audit`: MsgSeq gaps, backfills, the ordered stream
 //! app       flags, the configuration file, the registry, the composition root, shutdown
 //! ```
