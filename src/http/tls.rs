@@ -74,10 +74,6 @@ impl Tls {
         self.lock_read().1.clone()
     }
 
-    pub fn reload_interval(&self) -> Duration {
-        self.files.reload_interval
-    }
-
     /// Reads the files again if they changed since the last read: `Ok(true)` when the new
     /// configuration is in use, `Ok(false)` when nothing changed; on an error the last good
     /// configuration stays, and the same files are not tried again until they change.
