@@ -15,7 +15,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RELEASE = ROOT / "target" / "release"
+# BENCH_RELEASE: another build's binaries (an A/B against an older commit's build).
+RELEASE = Path(os.environ.get("BENCH_RELEASE", ROOT / "target" / "release"))
 OUT = ROOT / "bench" / "out"
 DURATION = int(os.environ.get("BENCH_DURATION", "10"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
@@ -27,6 +28,12 @@ TARGETS = os.environ.get("BENCH_TARGETS", "baseline stdout nats kafka").split()
 TICK = os.sysconf("SC_CLK_TCK")
 TOPIC = "tim.Group.CallbackAfterSendMsg"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+# Callbacks are signed as Tencent signs them (the bridge checks Sign and RequestTime, and
+# remembers each for replays); BENCH_TOKEN= (empty) sends unsigned ones to --allow-any-sdkappid.
+TOKEN = os.environ.get("BENCH_TOKEN", "bench-token")
+SDKAPPID = "1400000000"
+# Bodies padded to at least this many bytes (timbridge-load --body-bytes); 0: 0.3–2 KB.
+BODY_BYTES = int(os.environ.get("BENCH_BODY_BYTES", "0"))
 
 
 def free_port():
@@ -72,7 +79,7 @@ class Brokers:
     def __init__(self, workdir):
         self.procs = []
         self.nats_url = self.kafka = None
-        if "nats" in TARGETS or "nats-spooled" in TARGETS:
+        if any(t.startswith("nats") for t in TARGETS):
             port = free_port()
             store = Path(workdir) / "nats"
             self.procs.append(subprocess.Popen(
@@ -80,7 +87,7 @@ class Brokers:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             wait_port(port)
             self.nats_url = f"nats://127.0.0.1:{port}"
-        if "kafka" in TARGETS:
+        if any(t.startswith("kafka") for t in TARGETS):
             port = free_port()
             url = f"tcp://127.0.0.1:{port}"
             tansu = shutil.which("tansu") or str(Path.home() / ".cargo/bin/tansu")
@@ -106,19 +113,20 @@ class Server:
         if target == "baseline":
             cmd = [str(RELEASE / "timbridge-baseline"), f"127.0.0.1:{self.port}"]
         else:
-            cmd = [str(RELEASE / "timbridge"), "serve", "--allow-any-sdkappid", "--log-level", "warn",
+            cmd = [str(RELEASE / "timbridge"), "serve", "--log-level", "warn",
                    "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin}",
                    "--shutdown-delay", "0s"]
-            if target == "nats":
+            cmd += ["--sdkappid", SDKAPPID, "--token", TOKEN] if TOKEN else ["--allow-any-sdkappid"]
+            if target.startswith("nats"):
                 cmd += ["--sink", "nats", "--nats-url", brokers.nats_url]
-            elif target == "nats-spooled":
+            elif target.startswith("kafka"):
+                cmd += ["--sink", "kafka", "--kafka-brokers", brokers.kafka]
+            if target.endswith("-spooled"):
                 # Spooled mode on this machine's disk (ext4 on the VM's virtio disk), not tmpfs:
                 # the fdatasync is real.
                 self.spool = Path(log_dir) / f"spool-{self.port}"
-                cmd += ["--sink", "nats", "--nats-url", brokers.nats_url, "--spool-dir", str(self.spool)]
+                cmd += ["--spool-dir", str(self.spool)]
                 cmd += os.environ.get("BENCH_SPOOL_FLAGS", "").split()
-            elif target == "kafka":
-                cmd += ["--sink", "kafka", "--kafka-brokers", brokers.kafka]
         self.log = open(Path(log_dir) / f"{target}.log", "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)
         wait_port(self.port)
@@ -150,9 +158,13 @@ def load(server, prefix, rate=None, duration=DURATION, drained=True):
            "--group-prefix", f"@TGS#{server.target}-{prefix}-", "--out", str(out)]
     if rate:
         cmd += ["--rate", str(rate)]
+    if TOKEN:
+        cmd += ["--token", TOKEN, "--sdkappid", SDKAPPID]
+    if BODY_BYTES:
+        cmd += ["--body-bytes", str(BODY_BYTES)]
     before = cpu_seconds(server.proc.pid)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    if server.target == "nats-spooled" and drained:
+    if server.target.endswith("-spooled") and drained:
         # A callback's work ends when the forwarder has published it: past --forward-max-rate
         # (or while NATS is slower than the spool) the forwarder is still at it after the load.
         wait_forwarded(server)
@@ -177,7 +189,7 @@ def verify(target, brokers, summaries):
     cmd = [str(RELEASE / "timbridge-load"), "verify"]
     for s in summaries:
         cmd += ["--expect", s["summary_path"]]
-    if target in ("nats", "nats-spooled"):
+    if target.startswith("nats"):
         cmd += ["--nats-url", brokers.nats_url]
     else:
         cmd += ["--kafka-brokers", brokers.kafka, "--kafka-topic", TOPIC]
@@ -204,7 +216,7 @@ def main():
             r["phases"]["p50"] = load(server, "p50", rate=round(top * 0.5))
             r["phases"]["p90"] = load(server, "p90", rate=round(top * 0.9))
             r["peak_rss_mib"] = peak_rss_mib(server.proc.pid)
-            if target == "nats-spooled":
+            if target.endswith("-spooled"):
                 r["spool_metrics"] = server.metrics()
             server.stop()
             results[target] = r
@@ -225,7 +237,7 @@ def main():
             results[target]["phases"]["common"] = ordered[len(ordered) // 2]
             results[target]["common_rounds_cpu_us"] = [r["cpu_us_per_callback"] for r in rounds[target]]
             results[target]["common_rounds_non_200"] = sum(r["sent"] - r["ok"] + r["missed"] for r in rounds[target])
-            if target in ("nats", "nats-spooled", "kafka"):
+            if target != "baseline" and target != "stdout":
                 phases = [p for name, p in results[target]["phases"].items() if name != "common"]
                 results[target]["verify"] = verify(target, brokers, phases + rounds[target])
     finally:

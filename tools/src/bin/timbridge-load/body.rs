@@ -41,8 +41,9 @@ impl Rng {
     }
 }
 
-/// The body of `Group.CallbackAfterSendMsg` number `seq` of `group_id`.
-pub fn group_message(group_index: usize, group_id: &str, seq: u64) -> String {
+/// The body of `Group.CallbackAfterSendMsg` number `seq` of `group_id`, its `CloudCustomData`
+/// padded so that the body is at least `at_least` bytes (0: as it comes, 0.3–2 KB).
+pub fn group_message(group_index: usize, group_id: &str, seq: u64, at_least: usize) -> String {
     let mut rng = Rng::new(group_index, seq);
     let mut elements = String::with_capacity(512);
     let count = 1 + rng.below(3);
@@ -92,9 +93,17 @@ pub fn group_message(group_index: usize, group_id: &str, seq: u64) -> String {
             }
         }
     }
-    format!(
-        r#"{{"CallbackCommand":"Group.CallbackAfterSendMsg","GroupId":"{group_id}","Type":"Public","From_Account":"user{}","Operator_Account":"admin","Random":{},"MsgSeq":{seq},"MsgTime":1490686222,"OnlineOnlyFlag":0,"MsgBody":[{elements}],"CloudCustomData":"your cloud custom data","EventTime":1670574414123}}"#,
-        rng.below(1000),
-        rng.next() as u32,
-    )
+    let from = rng.below(1000);
+    let random = rng.next() as u32;
+    let body = |custom: &str| {
+        format!(
+            r#"{{"CallbackCommand":"Group.CallbackAfterSendMsg","GroupId":"{group_id}","Type":"Public","From_Account":"user{from}","Operator_Account":"admin","Random":{random},"MsgSeq":{seq},"MsgTime":1490686222,"OnlineOnlyFlag":0,"MsgBody":[{elements}],"CloudCustomData":"{custom}","EventTime":1670574414123}}"#
+        )
+    };
+    let custom = "your cloud custom data";
+    let plain = body(custom);
+    match at_least.checked_sub(plain.len()) {
+        Some(short) if short > 0 => body(&format!("{custom}{}", "x".repeat(short))),
+        _ => plain,
+    }
 }
