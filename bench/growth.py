@@ -10,10 +10,8 @@ percent of the smaller. Writes bench/out/growth.json.
 """
 
 import json
-import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,13 +32,7 @@ SLOPES = [("groups, 10 → 100,000", "10 groups", "100,000 groups"),
 
 
 def main():
-    targets = sys.argv[1].split(",") if len(sys.argv) > 1 else ["stdout", "nats"]
-    duration = int(os.environ.get("D", "8"))
-    rounds = int(os.environ.get("ROUNDS", "2"))
-    bench.TARGETS = targets
-    bench.OUT.mkdir(parents=True, exist_ok=True)
-    work = tempfile.mkdtemp(prefix="timbridge-growth-")
-    brokers = bench.Brokers(work)
+    targets, duration, rounds, work, brokers = saturation.setup(["stdout", "nats"], "growth")
     cells = {}
     try:
         for n in range(rounds):

@@ -89,14 +89,20 @@ def median_point(points):
     return out
 
 
-def main():
-    targets = sys.argv[1].split(",") if len(sys.argv) > 1 else ALL
+def setup(default_targets, name):
+    """The targets (argv[1], comma-separated), D, ROUNDS, a work directory and the brokers the
+    targets need, started."""
+    targets = sys.argv[1].split(",") if len(sys.argv) > 1 else default_targets
     duration = int(os.environ.get("D", "8"))
     rounds = int(os.environ.get("ROUNDS", "2"))
     bench.TARGETS = targets
     bench.OUT.mkdir(parents=True, exist_ok=True)
-    work = tempfile.mkdtemp(prefix="timbridge-saturation-")
-    brokers = bench.Brokers(work)
+    work = tempfile.mkdtemp(prefix=f"timbridge-{name}-")
+    return targets, duration, rounds, work, bench.Brokers(work)
+
+
+def main():
+    targets, duration, rounds, work, brokers = setup(ALL, "saturation")
     results = {t: {"max": [], "rates": {}} for t in targets}
     try:
         for n in range(rounds):
