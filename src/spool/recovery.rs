@@ -19,7 +19,7 @@ pub struct Recovered {
     /// Whole records found after the acknowledged position: the backlog to forward.
     pub unforwarded: u64,
     /// Bytes cut off the last segment (a write that never reached stable storage, so never
-    /// answered 200).
+    /// answered 200). Segments after it that held no record are removed, not counted here.
     pub torn_bytes: u64,
     /// Records that failed their check (skipped), and segments set aside because of them.
     pub corrupt_records: u64,
@@ -35,7 +35,19 @@ pub struct Recovered {
 /// Recovers the spool in `dir`, whose forwarder had acknowledged everything up to `position`.
 pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
     let mut found = Recovered::default();
-    let segments = segment::list(dir)?;
+    let mut segments = segment::list(dir)?;
+    let (keep, mut cached) = records_end(&segments, position);
+    for segment in segments.drain(keep..) {
+        // Created and never written, or holding only a torn write (a filler is only ever
+        // written in front of a record, in the same write): nothing of it was answered 200,
+        // and its numbers are free again. Removed before the rest is looked at, so that the
+        // segment before it is the last one at this start as at the next.
+        super::fs::remove_file(&segment.path)?;
+        tracing::warn!(
+            segment = %segment.path.display(),
+            "spool recovery: removed a last segment that holds no record (nothing in it was answered 200)"
+        );
+    }
     let count = segments.len();
     // Sequence numbers that set-aside unreadable segments may hold: never given out again.
     let mut unreadable = segment::list_unreadable(dir)?;
@@ -52,7 +64,9 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
         }
         // A read that fails once (a transient EIO) is tried again before the segment is set
         // aside for good.
-        let scanned = scan(&segment.path, segment.first_seq, position)
+        let cached = if last { cached.take() } else { None };
+        let scanned = cached
+            .map_or_else(|| scan(&segment.path, segment.first_seq, position), Ok)
             .or_else(|_| scan(&segment.path, segment.first_seq, position))
             .or_else(|_| scan(&segment.path, segment.first_seq, position));
         let scan = match scanned {
@@ -174,6 +188,29 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
         found.segments.push(segment);
     }
     Ok(found)
+}
+
+/// How many segments to keep: those up to the last one that holds a record (or damage, or is
+/// set aside), with that one's scan, so that it is not read twice. The segments after it hold
+/// nothing: none, a torn write, or a filler with no record after it.
+fn records_end(segments: &[Segment], position: u64) -> (usize, Option<Scan>) {
+    let mut keep = segments.len();
+    while let Some(segment) = keep.checked_sub(1).map(|i| &segments[i]) {
+        if segment.corrupt {
+            break;
+        }
+        // A read error is left to the loop, which tries again and sets the segment aside.
+        let Ok(scan) = scan(&segment.path, segment.first_seq, position) else {
+            break;
+        };
+        let holds_nothing = scan.skipped == 0
+            && (scan.frames == 0 || (scan.frames == 1 && scan.filler_at_end.is_some()));
+        if !holds_nothing {
+            return (keep, Some(scan));
+        }
+        keep -= 1;
+    }
+    (keep, None)
 }
 
 /// The highest sequence number a segment starting at `first_seq` can hold, from its size
@@ -363,6 +400,33 @@ mod tests {
         }
         assert_eq!(first.last_seq, again.last_seq);
         assert_eq!(readable(&again.segments[0].path), [1, 2]);
+    }
+
+    /// A segment ending in a filler, then empty last segments (created, never written): they
+    /// are removed first, so that the filler is cut at the first start, not left to be cut at
+    /// the second, where appending would already have given its numbers out again. Found by
+    /// the recovery fuzz target.
+    #[test]
+    fn empty_last_segments_go_first_and_the_one_before_them_is_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_segment(dir.path(), 1, 3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        frame::put_filler(&mut bytes, 4, 5);
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(Segment::path_for(dir.path(), 6), [0u8; 64]).unwrap();
+        std::fs::write(Segment::path_for(dir.path(), 7), []).unwrap();
+
+        let first = recover(dir.path(), 0).unwrap();
+        assert_eq!((first.last_seq, first.sequence_breaks), (3, 0));
+        assert!(first.torn_bytes > 0, "the filler is cut at the first start");
+        assert_eq!(first.segments.len(), 1);
+        assert!(!Segment::path_for(dir.path(), 6).exists());
+        assert!(!Segment::path_for(dir.path(), 7).exists());
+        let again = recover(dir.path(), 0).unwrap();
+        assert_eq!(
+            (again.last_seq, again.torn_bytes, again.corrupt_records),
+            (3, 0, 0)
+        );
     }
 
     /// A frame that starts in damage and reaches into a torn tail, whose CRC matches the
