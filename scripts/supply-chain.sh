@@ -24,6 +24,9 @@ if ! cargo deny --version >/dev/null 2>&1; then
     echo "supply-chain: cargo-deny installed in $((SECONDS - start)) s"
 fi
 
+# cargo-deny reads the whole dependency graph (every target's crates, the Windows ones too),
+# which a build on this machine never downloads: fetch them first (crates.io, no build).
+cargo fetch --locked >/dev/null
 cargo_ deny --locked --offline check licenses bans sources
 
 # cargo-deny's default database directory (deny.toml sets no other).
