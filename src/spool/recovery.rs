@@ -36,16 +36,17 @@ pub struct Recovered {
 pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
     let mut found = Recovered::default();
     let mut segments = segment::list(dir)?;
-    let (keep, mut cached) = records_end(&segments, position);
+    let files = segments.len();
+    let (keep, mut cached) = unwritten_end(&segments, position);
     for segment in segments.drain(keep..) {
-        // Created and never written, or holding only a torn write (a filler is only ever
-        // written in front of a record, in the same write): nothing of it was answered 200,
-        // and its numbers are free again. Removed before the rest is looked at, so that the
-        // segment before it is the last one at this start as at the next.
+        // Created and never written (zeros, or nothing): removed before the rest is looked
+        // at. Its existence still tells that every batch before it was made durable (a segment
+        // is made only after the batch before it was synced, and after a restart only after
+        // recovery): the segment before it is not the last one, whose tail may be torn.
         super::fs::remove_file(&segment.path)?;
-        tracing::warn!(
+        tracing::info!(
             segment = %segment.path.display(),
-            "spool recovery: removed a last segment that holds no record (nothing in it was answered 200)"
+            "spool recovery: removed a segment at the end that was never written"
         );
     }
     let count = segments.len();
@@ -58,13 +59,15 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
     let mut unreadable = unreadable.into_iter().peekable();
     let mut across = sequence::Across::new(position);
     for (i, mut segment) in segments.into_iter().enumerate() {
-        let last = i + 1 == count;
+        // The last file in the directory: the only one whose tail can be a write that was
+        // never made durable.
+        let last = i + 1 == count && count == files;
         while let Some((first, _)) = unreadable.next_if(|(f, _)| *f < segment.first_seq) {
             across.unreadable(first);
         }
         // A read that fails once (a transient EIO) is tried again before the segment is set
         // aside for good.
-        let cached = if last { cached.take() } else { None };
+        let cached = if i + 1 == count { cached.take() } else { None };
         let scanned = cached
             .map_or_else(|| scan(&segment.path, segment.first_seq, position), Ok)
             .or_else(|_| scan(&segment.path, segment.first_seq, position))
@@ -94,15 +97,16 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
         let (mut high, mut frames) = (scan.high, scan.frames);
         found.unforwarded += scan.unforwarded;
         let mut damaged = scan.skipped;
-        let torn_tail = last && (scan.trailing > 0 || scan.filler_at_end.is_some());
-        // A tail is cut only from a segment with no damage before it. After damage stepped
-        // over, zeroing could complete a frame that starts in that damage and reaches into
-        // the tail (its CRC would then pass, and it would hide the records after it); and in a
-        // segment already set aside, nothing has been appended since, so its tail is not a
-        // torn write but damage found at an earlier start (a record answered 200 before a
-        // filler that was cut, for one). Such a tail is kept and counted as damage, the same
-        // at every start.
-        if torn_tail && scan.skipped == 0 && !segment.corrupt {
+        // Bytes after the last record, or a filler with no record after it.
+        let tail = scan.trailing > 0 || scan.filler_at_end.is_some();
+        // A tail is cut only from the last file, with no damage before it, not set aside.
+        // After damage stepped over, zeroing could complete a frame that starts in that damage
+        // and reaches into the tail (its CRC would then pass, and it would hide the records
+        // after it). Nothing is appended to a set-aside segment, nor to one with a file after
+        // it: their tail is not a torn write but a record answered 200 and damaged since (a
+        // filler is written in the same write as the record after it). Such a tail is kept
+        // and counted as damage, the same at every start.
+        if last && tail && scan.skipped == 0 && !segment.corrupt {
             // Damage after the last valid record of the last segment is a torn write: the
             // fsync that would have answered 200 never returned. So is a filler with no record
             // after it: it is only ever written in front of a record, in the same write.
@@ -121,7 +125,7 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
                 bytes = found.torn_bytes,
                 "spool recovery: zeroed a torn write at the end of the last segment (it was never answered 200)"
             );
-        } else if scan.trailing > 0 {
+        } else if tail {
             damaged += 1;
         }
         found.last_seq = found.last_seq.max(high.unwrap_or(0));
@@ -181,7 +185,8 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
             found.corrupt_segments.push(segment.clone());
         }
         if last && frames == 0 && !segment.corrupt {
-            // An empty last segment (created, nothing written): appending starts a new one.
+            // The last file, empty once its torn write was cut (or never written, when the
+            // read before the loop failed): removed; appending starts a new one.
             super::fs::remove_file(&segment.path)?;
             continue;
         }
@@ -190,10 +195,9 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
     Ok(found)
 }
 
-/// How many segments to keep: those up to the last one that holds a record (or damage, or is
-/// set aside), with that one's scan, so that it is not read twice. The segments after it hold
-/// nothing: none, a torn write, or a filler with no record after it.
-fn records_end(segments: &[Segment], position: u64) -> (usize, Option<Scan>) {
+/// How many segments to keep: all but those at the end that were never written (no frame, no
+/// damage: zeros or nothing), with the last kept one's scan, so that it is not read twice.
+fn unwritten_end(segments: &[Segment], position: u64) -> (usize, Option<Scan>) {
     let mut keep = segments.len();
     while let Some(segment) = keep.checked_sub(1).map(|i| &segments[i]) {
         if segment.corrupt {
@@ -203,9 +207,7 @@ fn records_end(segments: &[Segment], position: u64) -> (usize, Option<Scan>) {
         let Ok(scan) = scan(&segment.path, segment.first_seq, position) else {
             break;
         };
-        let holds_nothing = scan.skipped == 0
-            && (scan.frames == 0 || (scan.frames == 1 && scan.filler_at_end.is_some()));
-        if !holds_nothing {
+        if scan.frames > 0 || scan.skipped > 0 || scan.trailing > 0 {
             return (keep, Some(scan));
         }
         keep -= 1;
@@ -393,7 +395,8 @@ mod tests {
         let first = recover(dir.path(), 0).unwrap();
         let again = recover(dir.path(), 0).unwrap();
         for found in [&first, &again] {
-            assert_eq!(found.corrupt_records, 1);
+            // Record 3, and the filler kept (in a segment with damage it is not cut).
+            assert_eq!(found.corrupt_records, 2);
             assert_eq!(found.torn_bytes, 0);
             assert_eq!(found.corrupt_segments.len(), 1);
             assert!(found.last_seq >= 3);
@@ -402,31 +405,49 @@ mod tests {
         assert_eq!(readable(&again.segments[0].path), [1, 2]);
     }
 
-    /// A segment ending in a filler, then empty last segments (created, never written): they
-    /// are removed first, so that the filler is cut at the first start, not left to be cut at
-    /// the second, where appending would already have given its numbers out again. Found by
-    /// the recovery fuzz target.
+    /// Segments at the end that were never written (created, then the process died) are
+    /// removed first; the segment before them is not the last file: every batch in it was
+    /// durable before they were made, so damage at its end is a record answered 200, set
+    /// aside and counted at this start and the next, never cut. Here record 3 lost its last
+    /// byte, or a filler lost the record written after it.
     #[test]
-    fn empty_last_segments_go_first_and_the_one_before_them_is_the_last() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_segment(dir.path(), 1, 3);
-        let mut bytes = std::fs::read(&path).unwrap();
-        frame::put_filler(&mut bytes, 4, 5);
-        std::fs::write(&path, &bytes).unwrap();
-        std::fs::write(Segment::path_for(dir.path(), 6), [0u8; 64]).unwrap();
-        std::fs::write(Segment::path_for(dir.path(), 7), []).unwrap();
+    fn unwritten_segments_at_the_end_go_and_the_one_before_them_keeps_its_tail() {
+        for filler in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = write_segment(dir.path(), 1, 3);
+            let mut bytes = std::fs::read(&path).unwrap();
+            if filler {
+                frame::put_filler(&mut bytes, 4, 5);
+            } else {
+                bytes.pop();
+            }
+            bytes.resize(bytes.len() + 64, 0);
+            std::fs::write(&path, &bytes).unwrap();
+            std::fs::write(Segment::path_for(dir.path(), 6), [0u8; 64]).unwrap();
+            std::fs::write(Segment::path_for(dir.path(), 7), []).unwrap();
 
-        let first = recover(dir.path(), 0).unwrap();
-        assert_eq!((first.last_seq, first.sequence_breaks), (3, 0));
-        assert!(first.torn_bytes > 0, "the filler is cut at the first start");
-        assert_eq!(first.segments.len(), 1);
-        assert!(!Segment::path_for(dir.path(), 6).exists());
-        assert!(!Segment::path_for(dir.path(), 7).exists());
-        let again = recover(dir.path(), 0).unwrap();
-        assert_eq!(
-            (again.last_seq, again.torn_bytes, again.corrupt_records),
-            (3, 0, 0)
-        );
+            let first = recover(dir.path(), 0).unwrap();
+            assert!(!Segment::path_for(dir.path(), 6).exists());
+            assert!(!Segment::path_for(dir.path(), 7).exists());
+            let again = recover(dir.path(), 0).unwrap();
+            for found in [&first, &again] {
+                assert_eq!(found.torn_bytes, 0, "filler {filler}");
+                assert_eq!(found.corrupt_records, 1, "filler {filler}");
+                assert_eq!(found.corrupt_segments.len(), 1, "filler {filler}");
+                // Past every readable record (the filler's numbers too); a damaged record's
+                // number may be given out again, as for damage anywhere.
+                assert_eq!(
+                    found.last_seq,
+                    if filler { 5 } else { 2 },
+                    "filler {filler}"
+                );
+            }
+            let kept = &again.segments[0].path;
+            assert!(kept.to_str().unwrap().ends_with(".seg.corrupt"));
+            let expected: &[u64] = if filler { &[1, 2, 3] } else { &[1, 2] };
+            assert_eq!(readable(kept), expected, "filler {filler}");
+            assert_eq!(std::fs::read(kept).unwrap(), bytes, "nothing of it zeroed");
+        }
     }
 
     /// A frame that starts in damage and reaches into a torn tail, whose CRC matches the
