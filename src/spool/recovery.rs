@@ -37,18 +37,14 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
     let mut found = Recovered::default();
     let mut segments = segment::list(dir)?;
     let files = segments.len();
+    // Segments at the end that were created and never written (zeros, or nothing). Their
+    // existence tells that every batch before them was made durable (a segment is made only
+    // after the batch before it was synced, and after a restart only after recovery): the
+    // segment before them is not the last one, whose tail may be torn. They are removed after
+    // the others were set aside, and after the directory is synced, so that a crash in
+    // between never shows the next start that segment as the last file.
     let (keep, mut cached) = unwritten_end(&segments, position);
-    for segment in segments.drain(keep..) {
-        // Created and never written (zeros, or nothing): removed before the rest is looked
-        // at. Its existence still tells that every batch before it was made durable (a segment
-        // is made only after the batch before it was synced, and after a restart only after
-        // recovery): the segment before it is not the last one, whose tail may be torn.
-        super::fs::remove_file(&segment.path)?;
-        tracing::info!(
-            segment = %segment.path.display(),
-            "spool recovery: removed a segment at the end that was never written"
-        );
-    }
+    let unwritten: Vec<Segment> = segments.drain(keep..).collect();
     let count = segments.len();
     // Sequence numbers that set-aside unreadable segments may hold: never given out again.
     let mut unreadable = segment::list_unreadable(dir)?;
@@ -191,6 +187,16 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
             continue;
         }
         found.segments.push(segment);
+    }
+    if !unwritten.is_empty() {
+        segment::sync_dir(dir)?;
+        for segment in unwritten {
+            super::fs::remove_file(&segment.path)?;
+            tracing::info!(
+                segment = %segment.path.display(),
+                "spool recovery: removed a segment at the end that was never written"
+            );
+        }
     }
     Ok(found)
 }
