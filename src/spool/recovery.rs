@@ -109,8 +109,8 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
             // Zeroed (the segment is preallocated), so that nothing of it is ever read again;
             // the numbers of a cut filler held nothing and may be given out again.
             let from = match scan.filler_at_end {
-                Some((offset, before)) => {
-                    (high, frames) = (before, frames - 1);
+                Some((offset, before, run)) => {
+                    (high, frames) = (before, frames - run);
                     offset
                 }
                 None => scan.len - scan.trailing,
@@ -243,8 +243,10 @@ struct Scan {
     breaks: Vec<sequence::Break>,
     /// Ended in damage: the next segment may start further on.
     damaged_end: bool,
-    /// The last frame is a filler: its offset, and the highest number before it.
-    filler_at_end: Option<(u64, Option<u64>)>,
+    /// The last frames are fillers (one, or a run with no record between them): the first
+    /// one's offset, the highest number before it, and how many. Cut, they all go, so that the
+    /// next start does not find a filler at the end again.
+    filler_at_end: Option<(u64, Option<u64>, u64)>,
 }
 
 fn scan(path: &Path, first_seq: u64, position: u64) -> io::Result<Scan> {
@@ -270,7 +272,10 @@ fn scan(path: &Path, first_seq: u64, position: u64) -> io::Result<Scan> {
                 scan.breaks.extend(check.frame(seq, &payload));
                 scan.high = check.high();
                 if frame::filler_first(seq, &payload).is_some() {
-                    scan.filler_at_end = Some((offset, before));
+                    match &mut scan.filler_at_end {
+                        Some((_, _, run)) => *run += 1,
+                        None => scan.filler_at_end = Some((offset, before, 1)),
+                    }
                 } else {
                     scan.filler_at_end = None;
                     scan.unforwarded += u64::from(seq > position);
@@ -454,6 +459,33 @@ mod tests {
             assert_eq!(readable(kept), expected, "filler {filler}");
             assert_eq!(std::fs::read(kept).unwrap(), bytes, "nothing of it zeroed");
         }
+    }
+
+    /// Two fillers at the end of the last segment, no record after them (a crafted spool:
+    /// the writer puts a record after each filler): both are cut at the first start, so the
+    /// second does not find the first one at the end and count it. Found by the recovery
+    /// fuzz target.
+    #[test]
+    fn a_run_of_fillers_at_the_end_is_cut_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_segment(dir.path(), 1, 3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let written = bytes.len();
+        frame::put_filler(&mut bytes, 4, 4);
+        frame::put_filler(&mut bytes, 5, 6);
+        bytes.resize(4096, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let first = recover(dir.path(), 0).unwrap();
+        assert_eq!((first.last_seq, first.corrupt_records), (3, 0));
+        assert!(first.torn_bytes > 0);
+        assert!(std::fs::read(&path).unwrap()[written..]
+            .iter()
+            .all(|b| *b == 0));
+        let again = recover(dir.path(), 0).unwrap();
+        assert_eq!(
+            (again.last_seq, again.corrupt_records, again.torn_bytes),
+            (3, 0, 0)
+        );
     }
 
     /// A frame that starts in damage and reaches into a torn tail, whose CRC matches the
