@@ -188,6 +188,11 @@ pub fn recover(dir: &Path, position: u64) -> io::Result<Recovered> {
         }
         found.segments.push(segment);
     }
+    // A set-aside segment's name is never given out again, even when no frame of it can be
+    // read: a new segment of that name beside it would be renamed over it when set aside.
+    for segment in found.segments.iter().filter(|s| s.corrupt) {
+        found.last_seq = found.last_seq.max(segment.first_seq);
+    }
     if !unwritten.is_empty() {
         segment::sync_dir(dir)?;
         for segment in unwritten {
@@ -486,6 +491,23 @@ mod tests {
             (again.last_seq, again.corrupt_records, again.torn_bytes),
             (3, 0, 0)
         );
+    }
+
+    /// A set-aside segment of which nothing can be read still holds its name: appending
+    /// resumes past it, so that no new segment takes the name (a break would later rename the
+    /// new one over the damaged one). Found in review.
+    #[test]
+    fn a_set_aside_segment_with_nothing_readable_keeps_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3);
+        let aside = dir.path().join("00000000000000000004.seg.corrupt");
+        assert_eq!(
+            Segment::path_for(dir.path(), 4).with_extension("seg.corrupt"),
+            aside
+        );
+        std::fs::write(&aside, [0xab; 40]).unwrap();
+        let found = recover(dir.path(), 0).unwrap();
+        assert!(found.last_seq >= 4, "resumes at {}", found.last_seq);
     }
 
     /// A frame that starts in damage and reaches into a torn tail, whose CRC matches the
